@@ -1,0 +1,193 @@
+//! The same client without async.
+//!
+//! Every connection is served by one shared I/O thread (a one-worker tokio runtime started
+//! on first use), so reading never stops: events that arrive while the caller sleeps are
+//! queued in order, and nothing waits for the caller to "pump". Calls block the calling
+//! thread; they must not be made from inside an async runtime ([`Error::InsideAsyncRuntime`]).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use qmp::{blocking, EventFilter};
+//!
+//! # fn demo() -> qmp::Result<()> {
+//! let client = blocking::Client::connect(&"/run/vm/qmp.sock".parse().unwrap())?;
+//! let mut stops = client.subscribe(EventFilter::name("STOP"))?;
+//! client.execute("stop", serde_json::json!({}))?;
+//! let event = stops.recv_timeout(Duration::from_secs(5))?;
+//! println!("{event}");
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::os::fd::AsFd;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::runtime::{Handle, Runtime};
+
+use crate::address::Address;
+use crate::client::{ClientBuilder, Request};
+use crate::command::Command;
+use crate::error::{DisconnectReason, Error, Result};
+use crate::events::EventFilter;
+use crate::message::{Event, Greeting, Response};
+use crate::server::Listener;
+
+/// The I/O thread shared by every blocking client.
+pub fn runtime() -> Result<&'static Runtime> {
+    static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("qmp-io")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| {
+            Error::io(
+                "starting the QMP I/O thread",
+                std::io::Error::other(e.clone()),
+            )
+        })
+}
+
+/// Runs `future` to completion on the shared I/O runtime, blocking this thread.
+pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
+    if Handle::try_current().is_ok() {
+        return Err(Error::InsideAsyncRuntime);
+    }
+    Ok(runtime()?.block_on(future))
+}
+
+/// A blocking QMP session; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: crate::Client,
+}
+
+impl Client {
+    /// Connects with default settings.
+    pub fn connect(address: &Address) -> Result<Client> {
+        Client::connect_with(ClientBuilder::default(), address)
+    }
+
+    /// Connects with the settings of `builder`.
+    pub fn connect_with(builder: ClientBuilder, address: &Address) -> Result<Client> {
+        let inner = block_on(builder.connect(address))??;
+        Ok(Client { inner })
+    }
+
+    /// Takes over a connected UNIX stream (e.g. a socketpair end).
+    pub fn adopt_unix(
+        builder: ClientBuilder,
+        stream: std::os::unix::net::UnixStream,
+    ) -> Result<Client> {
+        let inner = block_on(builder.adopt_unix(stream))??;
+        Ok(Client { inner })
+    }
+
+    /// Waits for one peer on `listener` (server mode).
+    pub fn accept(listener: Listener, builder: ClientBuilder, timeout: Duration) -> Result<Client> {
+        let inner = block_on(listener.accept(builder, timeout))??;
+        Ok(Client { inner })
+    }
+
+    /// Wraps an async client (it keeps running on its own runtime).
+    pub fn from_async(inner: crate::Client) -> Client {
+        Client { inner }
+    }
+
+    /// The async client underneath.
+    pub fn as_async(&self) -> &crate::Client {
+        &self.inner
+    }
+
+    /// The peer's greeting.
+    pub fn greeting(&self) -> Option<&Greeting> {
+        self.inner.greeting()
+    }
+
+    /// See [`crate::Client::execute`].
+    pub fn execute(&self, name: &str, arguments: Value) -> Result<Value> {
+        block_on(self.inner.execute(name, arguments))?
+    }
+
+    /// See [`crate::Client::execute_request`].
+    pub fn execute_request(&self, request: Request) -> Result<Value> {
+        block_on(self.inner.execute_request(request))?
+    }
+
+    /// See [`crate::Client::send`].
+    pub fn send(&self, request: Request) -> Result<Response> {
+        block_on(self.inner.send(request))?
+    }
+
+    /// See [`crate::Client::call`].
+    pub fn call<C: Command>(&self, command: &C) -> Result<C::Returns> {
+        block_on(self.inner.call(command))?
+    }
+
+    /// See [`crate::Client::execute_and_wait`].
+    pub fn execute_and_wait(
+        &self,
+        request: Request,
+        filter: EventFilter,
+        timeout: Duration,
+    ) -> Result<(Value, Event)> {
+        block_on(self.inner.execute_and_wait(request, filter, timeout))?
+    }
+
+    /// Subscribes to events; see [`crate::Client::subscribe`].
+    pub fn subscribe(&self, filter: EventFilter) -> Result<Subscription> {
+        Ok(Subscription {
+            inner: self.inner.subscribe(filter),
+        })
+    }
+
+    /// See [`crate::Client::send_fd`].
+    pub fn send_fd(&self, fd: impl AsFd) -> Result<()> {
+        self.inner.send_fd(fd)
+    }
+
+    /// Ends the session.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// True until the session ends.
+    pub fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
+
+    /// Why the session ended, if it has.
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        self.inner.disconnect_reason()
+    }
+}
+
+/// A blocking view of a [`crate::Subscription`].
+#[derive(Debug)]
+pub struct Subscription {
+    inner: crate::Subscription,
+}
+
+impl Subscription {
+    /// The next event, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Event> {
+        block_on(self.inner.recv_timeout(timeout))?
+    }
+
+    /// The next queued event, if any, without waiting.
+    pub fn try_recv(&mut self) -> Option<Result<Event>> {
+        self.inner.try_recv()
+    }
+
+    /// Takes every event queued now.
+    pub fn drain(&mut self) -> Vec<Event> {
+        self.inner.drain()
+    }
+}

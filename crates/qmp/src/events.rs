@@ -1,0 +1,227 @@
+//! Event subscriptions: one bounded queue per subscriber, filled by the reader without ever
+//! blocking it.
+//!
+//! Overflow policy: when a subscriber's queue is full, the *oldest* queued event is dropped
+//! and counted. The subscriber's next `recv` returns [`Error::EventsLost`] with the count,
+//! then carries on with the newest events. On disconnect every subscriber gets the queued
+//! events first, then [`Error::Disconnected`] for ever.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::client::Shared;
+use crate::error::{DisconnectReason, Error};
+use crate::message::Event;
+
+/// The default capacity of a subscriber's queue.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+
+type Predicate = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
+
+/// Which events a subscriber wants: by name (any of several), by predicate, or both.
+///
+/// ```
+/// use qmp::EventFilter;
+///
+/// let all = EventFilter::all();
+/// let stops = EventFilter::names(["STOP", "RESUME"]);
+/// let one_device = EventFilter::name("DEVICE_DELETED")
+///     .and(|e| e.data()["device"] == "disk1");
+/// # let _ = (all, stops, one_device);
+/// ```
+#[derive(Clone, Default)]
+pub struct EventFilter {
+    names: Option<Vec<String>>,
+    predicate: Option<Predicate>,
+}
+
+impl EventFilter {
+    /// Every event.
+    pub fn all() -> Self {
+        EventFilter::default()
+    }
+
+    /// Events with this name.
+    pub fn name(name: impl Into<String>) -> Self {
+        EventFilter {
+            names: Some(vec![name.into()]),
+            predicate: None,
+        }
+    }
+
+    /// Events with any of these names.
+    pub fn names<I, S>(names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        EventFilter {
+            names: Some(names.into_iter().map(Into::into).collect()),
+            predicate: None,
+        }
+    }
+
+    /// Also requires `predicate` to hold (applied after the name check).
+    pub fn and(mut self, predicate: impl Fn(&Event) -> bool + Send + Sync + 'static) -> Self {
+        self.predicate = Some(match self.predicate.take() {
+            None => Arc::new(predicate),
+            Some(first) => Arc::new(move |e| first(e) && predicate(e)),
+        });
+        self
+    }
+
+    /// Whether `event` passes.
+    pub fn matches(&self, event: &Event) -> bool {
+        self.names
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == event.name()))
+            && self.predicate.as_ref().is_none_or(|p| p(event))
+    }
+}
+
+impl fmt::Debug for EventFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventFilter")
+            .field("names", &self.names)
+            .field("predicate", &self.predicate.is_some())
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct QueueState {
+    events: VecDeque<Event>,
+    lost: u64,
+    closed: Option<DisconnectReason>,
+}
+
+/// The reader's side of a subscription.
+pub(crate) struct EventQueue {
+    pub(crate) filter: EventFilter,
+    capacity: usize,
+    state: Mutex<QueueState>,
+    notify: Notify,
+}
+
+impl EventQueue {
+    pub(crate) fn new(filter: EventFilter, capacity: usize) -> Arc<Self> {
+        Arc::new(EventQueue {
+            filter,
+            capacity: capacity.max(1),
+            state: Mutex::new(QueueState {
+                events: VecDeque::new(),
+                lost: 0,
+                closed: None,
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Never blocks: a full queue loses its oldest event.
+    pub(crate) fn push(&self, event: &Event) {
+        {
+            let mut state = self.lock();
+            if state.closed.is_some() {
+                return;
+            }
+            if state.events.len() >= self.capacity {
+                state.events.pop_front();
+                state.lost += 1;
+            }
+            state.events.push_back(event.clone());
+        }
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn close(&self, reason: DisconnectReason) {
+        self.lock().closed.get_or_insert(reason);
+        self.notify.notify_one();
+    }
+
+    fn try_take(&self) -> Option<Result<Event, Error>> {
+        let mut state = self.lock();
+        if state.lost > 0 {
+            let lost = std::mem::take(&mut state.lost);
+            return Some(Err(Error::EventsLost(lost)));
+        }
+        if let Some(event) = state.events.pop_front() {
+            return Some(Ok(event));
+        }
+        state
+            .closed
+            .clone()
+            .map(|reason| Err(Error::Disconnected(reason)))
+    }
+}
+
+/// A live subscription: events that pass its filter, in arrival order, from the moment it
+/// was created. Dropping it unsubscribes.
+pub struct Subscription {
+    pub(crate) queue: Arc<EventQueue>,
+    pub(crate) shared: Weak<Shared>,
+}
+
+impl Subscription {
+    /// The next event. Fails with [`Error::EventsLost`] once after an overflow (then goes
+    /// on), and with [`Error::Disconnected`] once the session is over and the queue empty.
+    pub async fn recv(&mut self) -> Result<Event, Error> {
+        loop {
+            let notified = self.queue.notify.notified();
+            if let Some(item) = self.queue.try_take() {
+                return item;
+            }
+            notified.await;
+        }
+    }
+
+    /// [`recv`](Self::recv) with a deadline.
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Event, Error> {
+        match tokio::time::timeout(timeout, self.recv()).await {
+            Ok(item) => item,
+            Err(_) => Err(Error::Timeout {
+                awaited: format!("an event matching {:?}", self.queue.filter),
+                after: timeout,
+                seen: "no matching event arrived".into(),
+            }),
+        }
+    }
+
+    /// The next queued event, if any, without waiting.
+    pub fn try_recv(&mut self) -> Option<Result<Event, Error>> {
+        self.queue.try_take()
+    }
+
+    /// Takes every event queued now.
+    pub fn drain(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.queue.lock().events).into()
+    }
+
+    /// The filter this subscription was made with.
+    pub fn filter(&self) -> &EventFilter {
+        &self.queue.filter
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.unsubscribe(&self.queue);
+        }
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("filter", &self.queue.filter)
+            .finish()
+    }
+}

@@ -1,0 +1,67 @@
+//! A client for the QEMU Machine Protocol (QMP).
+//!
+//! - [`Client`]: async (tokio). One reader task per connection reads all the time; replies
+//!   are routed by id to any number of concurrent callers; events go to every matching
+//!   [`Subscription`]'s own bounded queue. Every wait has a deadline.
+//! - [`blocking::Client`]: the same without async, on a shared I/O thread.
+//! - [`Listener`]: server mode, where QEMU connects to us.
+//! - [`commands`]: typed commands ([`Command`]); [`TypedEvent`]: typed events. Plain JSON is
+//!   always available.
+//! - [`fake::FakePeer`]: a scriptable fake QMP peer for tests.
+//!
+//! ```no_run
+//! # #[tokio::main]
+//! # async fn main() -> qmp::Result<()> {
+//! use std::time::Duration;
+//! use qmp::{Client, EventFilter};
+//! use serde_json::json;
+//!
+//! let client = Client::builder().connect(&"/tmp/qmp.sock".parse().unwrap()).await?;
+//! println!("QEMU {}", client.greeting().unwrap().version.qemu);
+//! let mut events = client.subscribe(EventFilter::names(["STOP", "RESUME"]));
+//! client.execute("stop", json!({})).await?;
+//! client.execute("cont", json!({})).await?;
+//! for _ in 0..2 {
+//!     println!("{}", events.recv_timeout(Duration::from_secs(5)).await?.name());
+//! }
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod address;
+pub mod blocking;
+mod client;
+mod command;
+mod error;
+mod events;
+pub mod fake;
+pub mod framing;
+mod message;
+mod open_enum;
+mod server;
+mod transcript;
+mod transport;
+mod typed_event;
+
+pub use address::{Address, AddressParseError};
+pub use client::{
+    Client, ClientBuilder, Request, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_GREETING_TIMEOUT,
+};
+pub use command::Command;
+pub use error::{CommandError, DisconnectReason, Error, ProtocolError, Result};
+pub use events::{EventFilter, Subscription, DEFAULT_QUEUE_CAPACITY};
+pub use message::{
+    ErrorInfo, Event, Greeting, Message, Response, Timestamp, VersionInfo, VersionTriple,
+};
+pub use server::Listener;
+pub use typed_event::{
+    BlockJobData, BlockJobErrorData, DeviceDeletedData, JobStatusChangeData, MigrationData,
+    ResetData, ShutdownData, TypedEvent,
+};
+
+/// Typed definitions of the everyday commands and their replies.
+pub mod commands {
+    pub use crate::command::*;
+}

@@ -1,0 +1,188 @@
+//! Server mode: we listen, QEMU connects (`-chardev socket,...,server=off`).
+//!
+//! Binding happens before QEMU starts, so QEMU never races a missing socket. Exactly one peer
+//! is accepted; later ones are refused (closed at once) and logged while the session lives.
+
+use std::net::TcpListener as StdTcpListener;
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::address::Address;
+use crate::client::{Client, ClientBuilder};
+use crate::error::{Error, Result};
+use tokio::sync::watch;
+
+/// A bound listening socket waiting for one QMP peer.
+///
+/// ```no_run
+/// # async fn demo() -> qmp::Result<()> {
+/// use std::time::Duration;
+///
+/// let listener = qmp::Listener::bind_unix("/tmp/vm1/qmp.sock")?;
+/// // ... start QEMU with -chardev socket,id=mon,path=/tmp/vm1/qmp.sock -mon chardev=mon,mode=control
+/// let client = listener
+///     .accept(qmp::Client::builder(), Duration::from_secs(10))
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Listener {
+    socket: ListenSocket,
+    address: Address,
+    /// The socket file, removed when the listener is gone.
+    unlink: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+enum ListenSocket {
+    Unix(StdUnixListener),
+    Tcp(StdTcpListener),
+}
+
+impl Listener {
+    /// Binds a UNIX socket at `path` (which must not exist yet).
+    pub fn bind_unix(path: impl AsRef<Path>) -> Result<Listener> {
+        let path = path.as_ref();
+        let socket = StdUnixListener::bind(path).map_err(|source| Error::Connect {
+            address: path.display().to_string(),
+            source,
+        })?;
+        Ok(Listener {
+            socket: ListenSocket::Unix(socket),
+            address: Address::Unix(path.into()),
+            unlink: Some(path.into()),
+        })
+    }
+
+    /// Binds a TCP socket; port 0 picks a free port (see [`address`](Self::address)).
+    pub fn bind_tcp(host: &str, port: u16) -> Result<Listener> {
+        let wrap = |source| Error::Connect {
+            address: Address::Tcp(host.into(), port).to_string(),
+            source,
+        };
+        let socket = StdTcpListener::bind((host, port)).map_err(wrap)?;
+        let port = socket.local_addr().map_err(wrap)?.port();
+        Ok(Listener {
+            socket: ListenSocket::Tcp(socket),
+            address: Address::Tcp(host.into(), port),
+            unlink: None,
+        })
+    }
+
+    /// Where peers should connect (with the real port for TCP).
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Waits up to `timeout` for the peer, then runs the session set-up `builder` describes.
+    pub async fn accept(mut self, builder: ClientBuilder, timeout: Duration) -> Result<Client> {
+        let address = self.address.to_string();
+        let wrap = |source| Error::Connect {
+            address: address.clone(),
+            source,
+        };
+        let timed_out = || Error::Timeout {
+            awaited: format!("QEMU to connect to {address}"),
+            after: timeout,
+            seen: "no connection".into(),
+        };
+        let unlink = UnlinkOnDrop(self.unlink.take());
+        let (listener, stream) = match &self.socket {
+            ListenSocket::Unix(socket) => {
+                let socket = socket.try_clone().map_err(wrap)?;
+                socket.set_nonblocking(true).map_err(wrap)?;
+                let listener = tokio::net::UnixListener::from_std(socket).map_err(wrap)?;
+                let (stream, _) = tokio::time::timeout(timeout, listener.accept())
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(wrap)?;
+                (Accepting::Unix(listener), Accepted::Unix(stream))
+            }
+            ListenSocket::Tcp(socket) => {
+                let socket = socket.try_clone().map_err(wrap)?;
+                socket.set_nonblocking(true).map_err(wrap)?;
+                let listener = tokio::net::TcpListener::from_std(socket).map_err(wrap)?;
+                let (stream, _) = tokio::time::timeout(timeout, listener.accept())
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(wrap)?;
+                (Accepting::Tcp(listener), Accepted::Tcp(stream))
+            }
+        };
+        drop(self);
+        let client = match stream {
+            Accepted::Unix(stream) => builder.adopt_tokio_unix(stream, address.clone()).await?,
+            Accepted::Tcp(stream) => builder.adopt_tcp(stream, address.clone()).await?,
+        };
+        tokio::spawn(refuse_others(
+            listener,
+            client.closed_watch(),
+            address,
+            unlink,
+        ));
+        Ok(client)
+    }
+}
+
+enum Accepted {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+enum Accepting {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+impl Accepting {
+    /// Accepts one connection and closes it at once.
+    async fn refuse_one(&self) -> std::io::Result<()> {
+        match self {
+            Accepting::Unix(l) => l.accept().await.map(drop),
+            Accepting::Tcp(l) => l.accept().await.map(drop),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(path) = self.unlink.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+struct UnlinkOnDrop(Option<PathBuf>);
+
+impl Drop for UnlinkOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Keeps the listener open while the session lives, refusing every further peer; the socket
+/// file goes when the session does.
+async fn refuse_others(
+    listener: Accepting,
+    mut closed: watch::Receiver<bool>,
+    address: String,
+    unlink: UnlinkOnDrop,
+) {
+    loop {
+        tokio::select! {
+            // Also ends when the session's state is dropped (the sender goes away).
+            _ = closed.wait_for(|closed| *closed) => break,
+            result = listener.refuse_one() => match result {
+                Ok(()) => tracing::warn!("refused an extra QMP peer on {address}: one session per listener"),
+                Err(e) => {
+                    tracing::warn!("listening on {address} failed: {e}");
+                    break;
+                }
+            },
+        }
+    }
+    drop(unlink);
+}

@@ -1,0 +1,88 @@
+//! A record of every message in and out: `tracing` debug records always, and a file on
+//! request.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::Error;
+
+/// Which way a message went.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Direction {
+    Out,
+    In,
+}
+
+impl Direction {
+    fn arrow(self) -> &'static str {
+        match self {
+            Direction::Out => "-->",
+            Direction::In => "<--",
+        }
+    }
+}
+
+/// Writes one line per message: `<unix seconds.micros> --> {...}`.
+#[derive(Debug)]
+pub(crate) struct Transcript {
+    file: Mutex<File>,
+}
+
+impl Transcript {
+    /// Opens (appending; created 0600) a transcript file.
+    pub(crate) fn open(path: &Path) -> Result<Transcript, Error> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening QMP transcript {}", path.display()), e))?;
+        Ok(Transcript {
+            file: Mutex::new(file),
+        })
+    }
+
+    fn write(&self, direction: Direction, message: &[u8]) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut line = format!(
+            "{}.{:06} {} ",
+            now.as_secs(),
+            now.subsec_micros(),
+            direction.arrow()
+        )
+        .into_bytes();
+        line.extend_from_slice(message.trim_ascii_end());
+        line.push(b'\n');
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = file.write_all(&line) {
+            tracing::warn!("cannot write the QMP transcript: {e}");
+        }
+    }
+}
+
+/// Logs a message at debug level and, when there is one, to the transcript file.
+pub(crate) fn record(
+    transcript: Option<&Transcript>,
+    name: &str,
+    direction: Direction,
+    message: &[u8],
+) {
+    if tracing::enabled!(target: "qmp::wire", tracing::Level::DEBUG) {
+        tracing::debug!(
+            target: "qmp::wire",
+            peer = name,
+            "{} {}",
+            direction.arrow(),
+            String::from_utf8_lossy(message.trim_ascii_end())
+        );
+    }
+    if let Some(transcript) = transcript {
+        transcript.write(direction, message);
+    }
+}
