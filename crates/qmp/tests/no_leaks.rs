@@ -1,0 +1,87 @@
+//! Every mode, run to the end, leaves no fd, QEMU child or socket file behind. One test in
+//! its own binary, so no other test's descriptors blur the count.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{open_fds, qemu_children, Qemu};
+use qmp::{Client, EventFilter, Listener};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn quit(client: Client, mut qemu: Qemu) {
+    let mut events = client.subscribe(EventFilter::all());
+    client.execute("quit", json!({})).await.unwrap();
+    while events.recv_timeout(T).await.is_ok() {}
+    assert!(qemu.wait_exit(T).success());
+}
+
+#[test]
+fn nothing_is_left_behind() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    qmp::blocking::runtime().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let baseline = open_fds();
+
+    runtime.block_on(async {
+        for round in 0..3 {
+            // Socketpair.
+            let (qemu, ours) = Qemu::with_socketpair(&["-machine", "none"]);
+            let client = Client::builder().adopt_unix(ours).await.unwrap();
+            quit(client, qemu).await;
+
+            // Server mode, UNIX.
+            let path = dir.path().join(format!("qmp{round}.sock"));
+            let listener = Listener::bind_unix(&path).unwrap();
+            let qemu = Qemu::spawn(
+                &[
+                    "-machine".into(),
+                    "none".into(),
+                    "-chardev".into(),
+                    format!("socket,id=mon,path={}", path.display()),
+                    "-mon".into(),
+                    "chardev=mon,mode=control".into(),
+                ],
+                &[],
+            );
+            let client = listener.accept(Client::builder(), T).await.unwrap();
+            quit(client, qemu).await;
+
+            // A session dropped without quit: the QEMU is killed by its guard, and the
+            // client's socket closes with the last handle.
+            let (qemu, ours) = Qemu::with_socketpair(&["-machine", "none"]);
+            let client = Client::builder().adopt_unix(ours).await.unwrap();
+            let _subscription = client.subscribe(EventFilter::all());
+            drop(client);
+            drop(qemu);
+        }
+    });
+
+    // The blocking facade too.
+    let (qemu, ours) = Qemu::with_socketpair(&["-machine", "none"]);
+    let client = qmp::blocking::Client::adopt_unix(Client::builder(), ours).unwrap();
+    client.execute("query-status", json!({})).unwrap();
+    drop(client);
+    drop(qemu);
+
+    let deadline = Instant::now() + T;
+    loop {
+        let now = open_fds();
+        let children = qemu_children();
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        if now <= baseline && children.is_empty() && files.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: fds {baseline} -> {now}, QEMU children {children:?}, files {files:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

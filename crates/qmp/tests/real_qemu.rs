@@ -1,0 +1,336 @@
+//! The client against a real `qemu-system-x86_64`, in all three connection modes.
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use common::Qemu;
+use qmp::commands::{AddFd, Closefd, Getfd, QueryFdsets, QueryStatus, QueryVersion, RunState};
+use qmp::{Address, Client, Error, EventFilter, Listener, Request, TypedEvent};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn socketpair_client(extra: &[&str]) -> (Qemu, Client) {
+    let (qemu, ours) = Qemu::with_socketpair(extra);
+    let client = Client::builder().adopt_unix(ours).await.expect("handshake");
+    (qemu, client)
+}
+
+#[tokio::test]
+async fn socketpair_greeting_version_and_command_errors() {
+    let (_qemu, client) = socketpair_client(&["-machine", "none"]).await;
+    let greeting = client.greeting().expect("greeting");
+    assert!(greeting.capabilities.iter().any(|c| c == "oob"));
+    assert!(greeting.version.qemu.major >= 2);
+
+    let version = client.call(&QueryVersion {}).await.unwrap();
+    assert_eq!(version, greeting.version);
+
+    let err = client
+        .execute("no-such-command", json!({"x": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), Some("CommandNotFound"));
+    let Error::Command(e) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(e.command, "no-such-command");
+    assert_eq!(e.arguments, json!({"x": 1}));
+    assert!(err.to_string().contains("no-such-command"), "{err}");
+
+    // The raw variant does not fail on a QMP error.
+    let raw = client.send(Request::new("no-such-command")).await.unwrap();
+    assert_eq!(raw.to_json()["error"]["class"], "CommandNotFound");
+
+    // Out of band works, because negotiation enabled oob.
+    let status = client
+        .execute_request(Request::new("query-status").oob())
+        .await;
+    // query-status is not allowed out of band: QEMU says so, which proves exec-oob was sent.
+    let err = status.unwrap_err();
+    assert!(err.to_string().contains("does not support OOB"), "{err}");
+}
+
+#[tokio::test]
+async fn server_mode_unix_qemu_connects_to_us() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qmp.sock");
+    let listener = Listener::bind_unix(&path).unwrap();
+    let _qemu = Qemu::spawn(
+        &[
+            "-machine".into(),
+            "none".into(),
+            "-chardev".into(),
+            format!("socket,id=mon,path={}", path.display()),
+            "-mon".into(),
+            "chardev=mon,mode=control".into(),
+        ],
+        &[],
+    );
+    let client = listener.accept(Client::builder(), T).await.unwrap();
+    let status = client.call(&QueryStatus {}).await.unwrap();
+    assert_eq!(status.status, RunState::Running);
+
+    // A second peer is refused while the session lives.
+    let second = Client::builder()
+        .greeting_timeout(Duration::from_millis(500))
+        .connect_unix(&path)
+        .await;
+    assert!(second.is_err());
+
+    client.execute("quit", json!({})).await.unwrap();
+    client.closed().await;
+    // The socket file goes with the session.
+    let deadline = Instant::now() + T;
+    while path.exists() {
+        assert!(Instant::now() < deadline, "socket file left behind");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn server_mode_tcp_loopback() {
+    let listener = Listener::bind_tcp("127.0.0.1", 0).unwrap();
+    let Address::Tcp(_, port) = listener.address().clone() else {
+        unreachable!()
+    };
+    let _qemu = Qemu::spawn(
+        &[
+            "-machine".into(),
+            "none".into(),
+            "-chardev".into(),
+            format!("socket,id=mon,host=127.0.0.1,port={port}"),
+            "-mon".into(),
+            "chardev=mon,mode=control".into(),
+        ],
+        &[],
+    );
+    let client = listener.accept(Client::builder(), T).await.unwrap();
+    assert!(client.call(&QueryVersion {}).await.is_ok());
+    // fds cannot travel over TCP: a clear error, not a silent loss.
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let err = client.send_fd(file.as_fd()).unwrap_err();
+    assert!(matches!(err, Error::FdPassingUnsupported), "{err}");
+}
+
+#[tokio::test]
+async fn client_mode_connects_to_qemus_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qmp.sock");
+    let _qemu = Qemu::spawn(
+        &[
+            "-machine".into(),
+            "none".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", path.display()),
+        ],
+        &[],
+    );
+    // QEMU creates the socket as it starts; this mode has to wait for the file.
+    let deadline = Instant::now() + T;
+    let client = loop {
+        match Client::builder().connect_unix(&path).await {
+            Ok(client) => break client,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(client.call(&QueryStatus {}).await.unwrap().running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_commands_from_twenty_tasks() {
+    let (_qemu, client) = socketpair_client(&["-machine", "none"]).await;
+    let mut tasks = Vec::new();
+    for task in 0..20 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                // Each answer must be its own: HMP `print N` answers N in hex.
+                let n = task * 1000 + i + 1;
+                let out = client
+                    .execute(
+                        "human-monitor-command",
+                        json!({"command-line": format!("print {n}")}),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(out.as_str().unwrap().trim(), format!("{n:#x}"));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn stop_cont_events_reach_two_subscribers_in_order() {
+    let (_qemu, client) = socketpair_client(&["-machine", "pc", "-S"]).await;
+    let mut a = client.subscribe(EventFilter::names(["STOP", "RESUME"]));
+    let mut b = client.subscribe(EventFilter::all());
+    client.execute("cont", json!({})).await.unwrap();
+    client.execute("stop", json!({})).await.unwrap();
+    client.execute("cont", json!({})).await.unwrap();
+    for sub in [&mut a, &mut b] {
+        let names: Vec<String> = [
+            sub.recv_timeout(T).await.unwrap(),
+            sub.recv_timeout(T).await.unwrap(),
+            sub.recv_timeout(T).await.unwrap(),
+        ]
+        .iter()
+        .map(|e| e.name().to_string())
+        .collect();
+        assert_eq!(names, ["RESUME", "STOP", "RESUME"]);
+    }
+    let event = b.try_recv();
+    assert!(event.is_none(), "{event:?}");
+}
+
+#[tokio::test]
+async fn execute_then_await_its_event() {
+    let (_qemu, client) = socketpair_client(&["-machine", "pc", "-S"]).await;
+    let (ret, event) = client
+        .execute_and_wait(
+            Request::new("system_reset"),
+            EventFilter::name("RESET").and(|e| e.data()["guest"] == false),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ret, json!({}));
+    let TypedEvent::Reset(data) = event.typed() else {
+        panic!("{event}")
+    };
+    assert_eq!(data.reason, "host-qmp-system-reset");
+    assert!(event.timestamp().seconds > 0);
+}
+
+#[tokio::test]
+async fn getfd_closefd_and_add_fd_with_real_descriptors() {
+    let (_qemu, client) = socketpair_client(&["-machine", "none"]).await;
+    let file = tempfile::tempfile().unwrap();
+
+    let getfd = Getfd {
+        fdname: "myfd".into(),
+    };
+    client
+        .execute_request(
+            Request::new("getfd")
+                .arguments(serde_json::to_value(&getfd).unwrap())
+                .fd(file.as_fd().try_clone_to_owned().unwrap()),
+        )
+        .await
+        .unwrap();
+    client
+        .call(&Closefd {
+            fdname: "myfd".into(),
+        })
+        .await
+        .unwrap();
+    // Closing it again fails: QEMU really had it, and really closed it.
+    let again = client
+        .call(&Closefd {
+            fdname: "myfd".into(),
+        })
+        .await;
+    assert!(again.is_err());
+
+    // The two-step form, as Python's send_fd_scm: the fd first, then the command.
+    client.send_fd(file.as_fd()).unwrap();
+    let added = client
+        .execute(
+            "add-fd",
+            serde_json::to_value(AddFd {
+                fdset_id: Some(3),
+                opaque: Some("scratch".into()),
+            })
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(added["fdset-id"], 3);
+    let sets = client.call(&QueryFdsets {}).await.unwrap();
+    let set = sets.iter().find(|s| s.fdset_id == 3).expect("fd set 3");
+    assert_eq!(set.fds[0].opaque.as_deref(), Some("scratch"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_quit_everything_ends_with_a_disconnect() {
+    let (mut qemu, client) = socketpair_client(&["-machine", "none"]).await;
+    let mut events = client.subscribe(EventFilter::all());
+    // A pending command that will never be answered: QEMU queues it behind `quit`... or
+    // answers it first. Either way it must not hang.
+    let quit = client.execute("quit", json!({}));
+    let pending = client.execute("query-status", json!({}));
+    let (quit, pending) = tokio::join!(quit, pending);
+    assert!(quit.is_ok(), "EOF after quit is success: {quit:?}");
+    if let Err(e) = pending {
+        assert!(e.is_disconnected(), "{e}");
+    }
+    let later = client.execute("query-status", json!({})).await.unwrap_err();
+    assert!(later.is_disconnected(), "{later}");
+    // The subscriber gets SHUTDOWN, then the end.
+    let mut saw_shutdown = false;
+    loop {
+        match events.recv_timeout(T).await {
+            Ok(e) => saw_shutdown |= e.name() == "SHUTDOWN",
+            Err(e) => {
+                assert!(e.is_disconnected(), "{e}");
+                break;
+            }
+        }
+    }
+    assert!(saw_shutdown);
+    assert!(qemu.wait_exit(T).success());
+}
+
+#[test]
+fn blocking_facade_queues_events_while_the_caller_sleeps() {
+    // Two monitors on one QEMU: events go to both. The blocking client sleeps while the
+    // other monitor makes QEMU emit events.
+    let (a_ours, a_theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (b_ours, b_theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    use std::os::fd::AsRawFd;
+    let (fa, fb) = (a_theirs.as_raw_fd(), b_theirs.as_raw_fd());
+    let _qemu = Qemu::spawn(
+        &[
+            "-machine".into(),
+            "pc".into(),
+            "-S".into(),
+            "-chardev".into(),
+            format!("socket,id=a,fd={fa}"),
+            "-mon".into(),
+            "chardev=a,mode=control".into(),
+            "-chardev".into(),
+            format!("socket,id=b,fd={fb}"),
+            "-mon".into(),
+            "chardev=b,mode=control".into(),
+        ],
+        &[fa, fb],
+    );
+    drop((a_theirs, b_theirs));
+    let sleeper = qmp::blocking::Client::adopt_unix(Client::builder(), a_ours).unwrap();
+    let other = qmp::blocking::Client::adopt_unix(Client::builder(), b_ours).unwrap();
+    let mut events = sleeper
+        .subscribe(EventFilter::names(["STOP", "RESUME"]))
+        .unwrap();
+
+    let actor = std::thread::spawn(move || {
+        other.execute("cont", json!({})).unwrap();
+        other.execute("stop", json!({})).unwrap();
+    });
+    actor.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let slept_until = std::time::SystemTime::now();
+    // No call of the sleeper's was running, yet both events are already queued.
+    let queued = events.drain();
+    let names: Vec<&str> = queued.iter().map(|e| e.name()).collect();
+    assert_eq!(names, ["RESUME", "STOP"]);
+    assert!(queued.iter().all(|e| e.received() < slept_until));
+}
