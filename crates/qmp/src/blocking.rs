@@ -1,8 +1,9 @@
 //! The same client without async.
 //!
-//! Every connection is served by one shared I/O thread (a one-worker tokio runtime started
-//! on first use), so reading never stops: events that arrive while the caller sleeps are
-//! queued in order, and nothing waits for the caller to "pump". Calls block the calling
+//! Every connection is served by one shared runtime that is always being driven: by a
+//! background I/O thread between calls, by the calling thread during a call. So reading
+//! never stops: events that arrive while the caller sleeps are queued in order, and nothing
+//! waits for the caller to "pump". Calls block the calling
 //! thread; they must not be made from inside an async runtime ([`Error::InsideAsyncRuntime`]).
 //!
 //! ```no_run
@@ -20,11 +21,12 @@
 
 use std::future::Future;
 use std::os::fd::AsFd;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::runtime::{Handle, Runtime};
+use tokio::sync::Notify;
 
 use crate::address::Address;
 use crate::client::{ClientBuilder, Request};
@@ -34,19 +36,48 @@ use crate::events::EventFilter;
 use crate::message::{Event, Greeting, Response};
 use crate::server::Listener;
 
-/// The I/O thread shared by every blocking client.
-pub fn runtime() -> Result<&'static Runtime> {
-    static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
-    RUNTIME
+/// The runtime behind every blocking client, and who drives it.
+///
+/// A current-thread runtime is driven by whichever thread is inside its `block_on`. A
+/// background thread ("qmp-io") drives it whenever no blocking call is in progress, so
+/// events are read between calls; a blocking call takes the runtime over for its own
+/// duration, so its reply is read on the caller's thread with no second thread to wake (the
+/// hand-over happens while QEMU is still working on the command).
+const TAKEOVER_GRACE: Duration = Duration::from_millis(2);
+
+struct IoDriver {
+    runtime: Runtime,
+    calls: Mutex<Calls>,
+    caller_arrived: Notify,
+}
+
+#[derive(Default)]
+struct Calls {
+    active: usize,
+    started: u64,
+}
+
+fn io_driver() -> Result<&'static IoDriver> {
+    static DRIVER: OnceLock<std::result::Result<&'static IoDriver, String>> = OnceLock::new();
+    DRIVER
         .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("qmp-io")
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            let driver: &'static IoDriver = Box::leak(Box::new(IoDriver {
+                runtime,
+                calls: Mutex::new(Calls::default()),
+                caller_arrived: Notify::new(),
+            }));
+            std::thread::Builder::new()
+                .name("qmp-io".into())
+                .spawn(move || driver.drive_while_idle())
+                .map_err(|e| e.to_string())?;
+            Ok(driver)
         })
         .as_ref()
+        .copied()
         .map_err(|e| {
             Error::io(
                 "starting the QMP I/O thread",
@@ -55,12 +86,63 @@ pub fn runtime() -> Result<&'static Runtime> {
         })
 }
 
-/// Runs `future` to completion on the shared I/O runtime, blocking this thread.
+impl IoDriver {
+    fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn drive_while_idle(&self) {
+        loop {
+            // Take over only after a quiet moment: back-to-back calls then hand the runtime
+            // from one to the next, and nobody ever has to wake this thread.
+            let started = self.calls().started;
+            std::thread::sleep(TAKEOVER_GRACE);
+            {
+                let calls = self.calls();
+                if calls.active > 0 || calls.started != started {
+                    continue;
+                }
+            }
+            self.runtime.block_on(async {
+                loop {
+                    let arrived = self.caller_arrived.notified();
+                    if self.calls().active > 0 {
+                        return;
+                    }
+                    arrived.await;
+                }
+            });
+        }
+    }
+}
+
+struct CallerGuard(&'static IoDriver);
+
+impl Drop for CallerGuard {
+    fn drop(&mut self) {
+        self.0.calls().active -= 1;
+    }
+}
+
+/// The runtime shared by every blocking client (started on first use).
+pub fn runtime() -> Result<&'static Runtime> {
+    Ok(&io_driver()?.runtime)
+}
+
+/// Runs `future` to completion on the shared runtime, blocking this thread.
 pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
     if Handle::try_current().is_ok() {
         return Err(Error::InsideAsyncRuntime);
     }
-    Ok(runtime()?.block_on(future))
+    let driver = io_driver()?;
+    {
+        let mut calls = driver.calls();
+        calls.active += 1;
+        calls.started += 1;
+    }
+    let _guard = CallerGuard(driver);
+    driver.caller_arrived.notify_waiters();
+    Ok(driver.runtime.block_on(future))
 }
 
 /// A blocking QMP session; see the [module docs](self).
