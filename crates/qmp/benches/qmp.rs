@@ -16,7 +16,7 @@ use qmp::{Client, EventFilter};
 use serde_json::json;
 
 const ROUND_TRIPS: usize = 5000;
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 50;
 const EVENTS: usize = 200_000;
 
 struct KillOnDrop(Child);
