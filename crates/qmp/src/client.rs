@@ -63,6 +63,7 @@ pub struct ClientBuilder {
     max_message_size: usize,
     event_queue_capacity: usize,
     transcript: Option<PathBuf>,
+    initial_subscription: Option<EventFilter>,
 }
 
 impl Default for ClientBuilder {
@@ -78,6 +79,7 @@ impl Default for ClientBuilder {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             event_queue_capacity: DEFAULT_QUEUE_CAPACITY,
             transcript: None,
+            initial_subscription: None,
         }
     }
 }
@@ -142,6 +144,14 @@ impl ClientBuilder {
     /// Appends every message in and out to this file (created 0600).
     pub fn transcript(mut self, path: impl Into<PathBuf>) -> Self {
         self.transcript = Some(path.into());
+        self
+    }
+
+    /// Subscribes before the first byte is read, so not even an event that arrives in the
+    /// same read as the negotiation reply is missed; collect it with
+    /// [`Client::take_initial_subscription`].
+    pub fn subscribe_from_start(mut self, filter: EventFilter) -> Self {
+        self.initial_subscription = Some(filter);
         self
     }
 
@@ -237,7 +247,18 @@ impl ClientBuilder {
             greeting: OnceLock::new(),
             reader: Mutex::new(None),
             closed: closed_tx,
+            initial_subscription: Mutex::new(None),
         });
+        if let Some(filter) = self.initial_subscription.clone() {
+            let subscription = Client {
+                shared: shared.clone(),
+            }
+            .subscribe(filter);
+            *shared
+                .initial_subscription
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(subscription);
+        }
         let (greeting_tx, greeting_rx) = oneshot::channel();
         if self.await_greeting || self.negotiate {
             shared.lock().greeting_waiter = Some(greeting_tx);
@@ -383,6 +404,15 @@ impl Client {
     /// The peer's greeting, unless greeting was skipped.
     pub fn greeting(&self) -> Option<&Greeting> {
         self.shared.greeting.get()
+    }
+
+    /// The subscription asked for with [`ClientBuilder::subscribe_from_start`] (once).
+    pub fn take_initial_subscription(&self) -> Option<Subscription> {
+        self.shared
+            .initial_subscription
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Sends a command and returns its `return` value; a QMP error becomes
@@ -711,6 +741,7 @@ pub(crate) struct Shared {
     greeting: OnceLock<Greeting>,
     reader: Mutex<Option<JoinHandle<()>>>,
     closed: watch::Sender<bool>,
+    initial_subscription: Mutex<Option<Subscription>>,
 }
 
 impl Shared {

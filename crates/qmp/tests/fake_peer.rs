@@ -477,3 +477,28 @@ fn blocking_calls_inside_a_runtime_are_refused() {
         assert!(matches!(err, Error::InsideAsyncRuntime), "{err}");
     });
 }
+
+#[tokio::test]
+async fn a_subscription_from_the_start_sees_an_event_packed_with_the_negotiation_reply() {
+    let builder = Client::builder().subscribe_from_start(EventFilter::all());
+    let (client, fake) = with_fake(builder, |mut fake| async move {
+        fake.greet().await?;
+        let request = fake.expect_command("qmp_capabilities", T).await?;
+        let packed = format!(
+            "{}\r\n{}\r\n",
+            json!({"return": {}, "id": request["id"]}),
+            json!({"event": "FIRST", "timestamp": {"seconds": 1, "microseconds": 0}}),
+        );
+        fake.send_raw(packed.as_bytes()).await?;
+        fake.wait_closed(T).await
+    })
+    .await;
+    let client = client.unwrap();
+    let mut events = client
+        .take_initial_subscription()
+        .expect("initial subscription");
+    assert!(client.take_initial_subscription().is_none());
+    assert_eq!(events.recv_timeout(T).await.unwrap().name(), "FIRST");
+    client.close();
+    fake.await.unwrap().unwrap();
+}
