@@ -1,0 +1,167 @@
+//! The same machine without async: every call runs on the shared QMP I/O runtime
+//! ([`qmp::blocking`]), so events keep arriving between calls.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use qemu_machine::blocking::Machine;
+//! use serde_json::json;
+//!
+//! # fn main() -> qemu_machine::Result<()> {
+//! let mut vm = Machine::new(qemu_machine::Machine::builder("qemu-system-x86_64").machine_type("none"));
+//! vm.launch()?;
+//! println!("{}", vm.cmd("query-status", json!({}))?);
+//! vm.shutdown()?;
+//! # Ok(()) }
+//! ```
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use qmp::{Event, Request};
+use serde_json::Value;
+
+use crate::config::MachineBuilder;
+use crate::error::{Error, Result};
+
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
+    qmp::blocking::block_on(future).map_err(|source| Error::Qmp {
+        machine: String::new(),
+        source,
+    })
+}
+
+/// A QEMU virtual machine, blocking form; see [`crate::Machine`] for each method.
+#[derive(Debug)]
+pub struct Machine {
+    inner: crate::Machine,
+}
+
+impl Machine {
+    /// A machine from a configuration (not launched yet).
+    pub fn new(config: MachineBuilder) -> Machine {
+        Machine {
+            inner: crate::Machine::new(config),
+        }
+    }
+
+    /// The async machine underneath.
+    pub fn as_async(&mut self) -> &mut crate::Machine {
+        &mut self.inner
+    }
+
+    /// The machine's name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// See [`crate::Machine::launch`].
+    pub fn launch(&mut self) -> Result<()> {
+        block_on(self.inner.launch())?
+    }
+
+    /// See [`crate::Machine::qmp`].
+    pub fn qmp(&mut self, name: &str, arguments: Value) -> Result<Value> {
+        block_on(self.inner.qmp(name, arguments))?
+    }
+
+    /// See [`crate::Machine::cmd`].
+    pub fn cmd(&mut self, name: &str, arguments: Value) -> Result<Value> {
+        block_on(self.inner.cmd(name, arguments))?
+    }
+
+    /// See [`crate::Machine::request`].
+    pub fn request(&mut self, request: Request) -> Result<Value> {
+        block_on(self.inner.request(request))?
+    }
+
+    /// See [`crate::Machine::send_fd_scm`].
+    pub fn send_fd_scm(&self, fd: impl AsFd) -> Result<()> {
+        self.inner.send_fd_scm(fd)
+    }
+
+    /// See [`crate::Machine::send_file_scm`].
+    pub fn send_file_scm(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.inner.send_file_scm(path)
+    }
+
+    /// See [`crate::Machine::get_qmp_event`].
+    pub fn get_qmp_event(&mut self) -> Option<Event> {
+        self.inner.get_qmp_event()
+    }
+
+    /// See [`crate::Machine::get_qmp_event_wait`].
+    pub fn get_qmp_event_wait(&mut self, timeout: Duration) -> Result<Event> {
+        block_on(self.inner.get_qmp_event_wait(timeout))?
+    }
+
+    /// See [`crate::Machine::get_qmp_events`].
+    pub fn get_qmp_events(&mut self) -> Vec<Event> {
+        self.inner.get_qmp_events()
+    }
+
+    /// See [`crate::Machine::event_wait`].
+    pub fn event_wait(
+        &mut self,
+        name: &str,
+        pattern: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Event> {
+        block_on(self.inner.event_wait(name, pattern, timeout))?
+    }
+
+    /// See [`crate::Machine::events_wait`].
+    pub fn events_wait(
+        &mut self,
+        wanted: &[(&str, Option<Value>)],
+        timeout: Duration,
+    ) -> Result<Event> {
+        block_on(self.inner.events_wait(wanted, timeout))?
+    }
+
+    /// See [`crate::Machine::shutdown`].
+    pub fn shutdown(&mut self) -> Result<()> {
+        block_on(self.inner.shutdown())?
+    }
+
+    /// See [`crate::Machine::shutdown_timeout`].
+    pub fn shutdown_timeout(&mut self, timeout: Duration) -> Result<()> {
+        block_on(self.inner.shutdown_timeout(timeout))?
+    }
+
+    /// See [`crate::Machine::wait`].
+    pub fn wait(&mut self, timeout: Duration) -> Result<()> {
+        block_on(self.inner.wait(timeout))?
+    }
+
+    /// See [`crate::Machine::kill`].
+    pub fn kill(&mut self) -> Result<()> {
+        block_on(self.inner.kill())?
+    }
+
+    /// See [`crate::Machine::is_running`].
+    pub fn is_running(&mut self) -> bool {
+        self.inner.is_running()
+    }
+
+    /// See [`crate::Machine::exit_status`].
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.inner.exit_status()
+    }
+
+    /// See [`crate::Machine::pid`].
+    pub fn pid(&self) -> Option<u32> {
+        self.inner.pid()
+    }
+
+    /// See [`crate::Machine::run_dir`].
+    pub fn run_dir(&self) -> Option<&Path> {
+        self.inner.run_dir()
+    }
+
+    /// See [`crate::Machine::get_log`].
+    pub fn get_log(&self) -> Option<&str> {
+        self.inner.get_log()
+    }
+}

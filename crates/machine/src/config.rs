@@ -1,0 +1,279 @@
+//! What a machine is made of: every QEMUMachine constructor parameter and setter, as a
+//! builder. The builder is plain data; `launch()` turns it into a process.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::accel::Accel;
+use crate::error::{Error, Result};
+
+/// Default deadline from spawn to QMP ready.
+pub const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default deadline for a graceful shutdown before SIGKILL.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the QMP monitor lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Monitor {
+    /// A socketpair; QEMU inherits its end (`-chardev socket,id=mon,fd=N`). The default: no
+    /// socket file, no race, no path-length limit.
+    Socketpair,
+    /// We listen on this UNIX path and QEMU connects (`path=`). A relative path is taken
+    /// inside the run dir.
+    Unix(PathBuf),
+    /// We listen on this TCP address and QEMU connects (`host=,port=`); port 0 picks one.
+    Tcp(String, u16),
+}
+
+/// When to keep the run directory after shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeepRunDir {
+    /// Always remove it (the default).
+    #[default]
+    Never,
+    /// Keep it when launch or shutdown failed, for diagnosis.
+    OnFailure,
+    /// Always keep it.
+    Always,
+}
+
+/// The serial console (QEMUMachine's `set_console`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// `None`: `-serial chardev:console`; `Some(type)`: `-device TYPE,chardev=console`.
+    pub device_type: Option<String>,
+    /// How many `-serial null` come first (so the console is serial port N).
+    pub index: usize,
+}
+
+/// A descriptor handed to QEMU with `-add-fd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AddFd {
+    pub(crate) fd: RawFd,
+    pub(crate) fdset: u32,
+    pub(crate) opaque: String,
+    pub(crate) opts: String,
+}
+
+/// Everything about a machine before it runs. Build with [`Machine::builder`](crate::Machine::builder).
+///
+/// ```
+/// use qemu_machine::{Accel, Machine};
+///
+/// let config = Machine::builder("qemu-system-x86_64")
+///     .name("web1")
+///     .machine_type("pc")
+///     .accel(Accel::Tcg)
+///     .console(None, 0)
+///     .args(["-m", "256M"]);
+/// assert_eq!(config.name_str(), "web1");
+/// ```
+#[derive(Debug, Clone)]
+pub struct MachineBuilder {
+    pub(crate) binary: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) wrapper: Vec<String>,
+    pub(crate) name: String,
+    pub(crate) base_temp_dir: PathBuf,
+    pub(crate) monitor: Monitor,
+    pub(crate) qmp_enabled: bool,
+    pub(crate) console_log: Option<PathBuf>,
+    pub(crate) log_dir: Option<PathBuf>,
+    pub(crate) launch_timeout: Duration,
+    pub(crate) machine_type: Option<String>,
+    pub(crate) console: Option<ConsoleConfig>,
+    pub(crate) accel: Option<Accel>,
+    pub(crate) add_fds: Vec<AddFd>,
+    pub(crate) keep_run_dir: KeepRunDir,
+    pub(crate) qmp_transcript: bool,
+}
+
+fn unique_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "vm-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl MachineBuilder {
+    pub(crate) fn new(binary: impl Into<String>) -> Self {
+        MachineBuilder {
+            binary: binary.into(),
+            args: Vec::new(),
+            wrapper: Vec::new(),
+            name: unique_name(),
+            base_temp_dir: std::env::temp_dir(),
+            monitor: Monitor::Socketpair,
+            qmp_enabled: true,
+            console_log: None,
+            log_dir: None,
+            launch_timeout: DEFAULT_LAUNCH_TIMEOUT,
+            machine_type: None,
+            console: None,
+            accel: None,
+            add_fds: Vec::new(),
+            keep_run_dir: KeepRunDir::Never,
+            qmp_transcript: false,
+        }
+    }
+
+    /// Appends arguments after the generated ones (QEMUMachine's `args`/`add_args`).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// An argv prefix, e.g. `["gdbserver", ":1234"]` or `["valgrind"]`.
+    pub fn wrapper<I, S>(mut self, wrapper: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.wrapper = wrapper.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The machine's name: names its log file and run dir, and appears in every error.
+    /// Unique by default. It must not contain `/` or be `.` or `..`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Where the run dir is created (default: the system temp dir).
+    pub fn base_temp_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.base_temp_dir = dir.into();
+        self
+    }
+
+    /// Where QMP lives (default: a socketpair).
+    pub fn monitor(mut self, monitor: Monitor) -> Self {
+        self.monitor = monitor;
+        self
+    }
+
+    /// Disables (or re-enables) the QMP monitor; shutdown then uses SIGTERM.
+    pub fn qmp_monitor(mut self, enabled: bool) -> Self {
+        self.qmp_enabled = enabled;
+        self
+    }
+
+    /// A raw log of everything the console sends (created 0600).
+    pub fn console_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.console_log = Some(path.into());
+        self
+    }
+
+    /// Where `<name>.log` (QEMU's stdout and stderr) goes; by default the run dir, which
+    /// goes away at shutdown (the text stays available from `get_log()`).
+    pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.log_dir = Some(dir.into());
+        self
+    }
+
+    /// Deadline from spawn to QMP ready (QEMUMachine's `qmp_timer`; default 30 s).
+    pub fn launch_timeout(mut self, timeout: Duration) -> Self {
+        self.launch_timeout = timeout;
+        self
+    }
+
+    /// `-machine TYPE` (QEMUMachine's `set_machine`).
+    pub fn machine_type(mut self, machine_type: impl Into<String>) -> Self {
+        self.machine_type = Some(machine_type.into());
+        self
+    }
+
+    /// Adds a serial console (QEMUMachine's `set_console`): `index` × `-serial null` first,
+    /// then the console on `-serial chardev:console`, or on `-device TYPE,chardev=console`
+    /// when `device_type` is given.
+    pub fn console(mut self, device_type: Option<&str>, index: usize) -> Self {
+        self.console = Some(ConsoleConfig {
+            device_type: device_type.map(Into::into),
+            index,
+        });
+        self
+    }
+
+    /// Adds `-monitor null`.
+    pub fn monitor_null(self) -> Self {
+        self.args(["-monitor", "null"])
+    }
+
+    /// Hands `fd` to QEMU as `-add-fd fd=N,set=S,opaque=O[,opts]`. The descriptor must stay
+    /// open until launch; it is inherited under its own number.
+    pub fn add_fd(
+        mut self,
+        fd: RawFd,
+        fdset: u32,
+        opaque: impl Into<String>,
+        opts: impl Into<String>,
+    ) -> Self {
+        self.add_fds.push(AddFd {
+            fd,
+            fdset,
+            opaque: opaque.into(),
+            opts: opts.into(),
+        });
+        self
+    }
+
+    /// The accelerator: [`Accel::Tcg`], [`Accel::Kvm`], or [`Accel::KvmOrTcg`] (KVM only
+    /// where it really works). Unset, QEMU picks (TCG on x86 hosts).
+    pub fn accel(mut self, accel: Accel) -> Self {
+        self.accel = Some(accel);
+        self
+    }
+
+    /// Whether to keep the run dir after shutdown (default: never).
+    pub fn keep_run_dir(mut self, keep: KeepRunDir) -> Self {
+        self.keep_run_dir = keep;
+        self
+    }
+
+    /// Writes a QMP transcript (`qmp.log`) in the run dir.
+    pub fn qmp_transcript(mut self, on: bool) -> Self {
+        self.qmp_transcript = on;
+        self
+    }
+
+    /// The name in force.
+    pub fn name_str(&self) -> &str {
+        &self.name
+    }
+
+    /// The binary.
+    pub fn binary(&self) -> &str {
+        &self.binary
+    }
+
+    /// The extra arguments so far.
+    pub fn extra_args(&self) -> &[String] {
+        &self.args
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let name = &self.name;
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            return Err(Error::Config(format!(
+                "machine name {name:?} must be a plain file name (no '/', not '.' or '..')"
+            )));
+        }
+        if self.binary.is_empty() {
+            return Err(Error::Config("the QEMU binary is empty".into()));
+        }
+        if !self.qmp_enabled && self.monitor != Monitor::Socketpair {
+            return Err(Error::Config(
+                "a monitor address was given but the QMP monitor is disabled".into(),
+            ));
+        }
+        Ok(())
+    }
+}

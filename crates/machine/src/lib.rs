@@ -1,0 +1,50 @@
+//! One QEMU virtual machine's whole life, as QEMU's Python `QEMUMachine` does it, with
+//! deadlines on every wait and nothing left behind.
+//!
+//! - [`Machine`] (async) and [`blocking::Machine`]: launch QEMU with the seed's command line,
+//!   QMP over a socketpair (or server mode), events with sub-dict matching and one deadline,
+//!   the shutdown ladder (`quit` → SIGKILL) with an error that says why.
+//! - Supervision: QEMU gets its own process group and dies with its parent
+//!   (`PR_SET_PDEATHSIG`); dropping a running [`Machine`] kills and reaps it; the private
+//!   run dir is removed.
+//! - [`fleet`]: many machines concurrently.
+//!
+//! ```no_run
+//! # #[tokio::main]
+//! # async fn main() -> qemu_machine::Result<()> {
+//! use std::time::Duration;
+//! use qemu_machine::{Accel, Machine};
+//! use serde_json::json;
+//!
+//! let mut vm = Machine::new(
+//!     Machine::builder("qemu-system-x86_64").machine_type("pc").accel(Accel::KvmOrTcg).args(["-S"]),
+//! );
+//! vm.launch().await?; // fails with exit status + command line + QEMU's output
+//! vm.cmd("cont", json!({})).await?;
+//! vm.event_wait("RESUME", None, Duration::from_secs(5)).await?;
+//! vm.shutdown().await?; // quit -> SIGKILL, each with a deadline
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod accel;
+mod argv;
+pub mod blocking;
+mod config;
+mod error;
+mod event_match;
+pub mod fleet;
+mod machine;
+mod run_dir;
+mod spawn;
+
+pub use accel::{is_kvm_pvm, kvm_really_usable, Accel};
+pub use config::{
+    ConsoleConfig, KeepRunDir, MachineBuilder, Monitor, DEFAULT_LAUNCH_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+};
+pub use error::{shell_words, AbnormalShutdown, Error, LaunchFailure, QemuExited, Result};
+pub use event_match::{conv_keys, event_match};
+pub use machine::Machine;
+pub use qmp;

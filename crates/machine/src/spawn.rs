@@ -1,0 +1,108 @@
+//! Starting QEMU so that it can never outlive us, and stopping it.
+//!
+//! - QEMU gets its own process group, so a wrapper and everything it started are signalled
+//!   together.
+//! - `PR_SET_PDEATHSIG(SIGKILL)` kills QEMU when its parent goes. The kernel ties that to the
+//!   *thread* that forked, not the process, so every spawn happens on one thread that lives
+//!   as long as the process (a short-lived caller thread would take its QEMU with it).
+//! - Only the descriptors meant for QEMU lose CLOEXEC, in the child, between fork and exec.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::Child;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+struct SpawnRequest {
+    command: std::process::Command,
+    runtime: Handle,
+    reply: oneshot::Sender<io::Result<Child>>,
+}
+
+fn spawner() -> io::Result<mpsc::Sender<SpawnRequest>> {
+    static SPAWNER: OnceLock<Mutex<Option<mpsc::Sender<SpawnRequest>>>> = OnceLock::new();
+    let slot = SPAWNER.get_or_init(|| Mutex::new(None));
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(sender) = slot.as_ref() {
+        return Ok(sender.clone());
+    }
+    let (sender, requests) = mpsc::channel::<SpawnRequest>();
+    std::thread::Builder::new()
+        .name("qemu-spawner".into())
+        .spawn(move || {
+            for request in requests {
+                let _runtime = request.runtime.enter();
+                let child = tokio::process::Command::from(request.command).spawn();
+                let _ = request.reply.send(child);
+            }
+        })?;
+    *slot = Some(sender.clone());
+    Ok(sender)
+}
+
+/// Spawns `argv` with stdin from /dev/null, stdout and stderr into `log`, and `inherit`
+/// kept open under their numbers.
+pub(crate) async fn spawn(argv: &[String], inherit: Vec<RawFd>, log: &File) -> io::Result<Child> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command line"))?;
+    let mut command = std::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?)
+        .process_group(0);
+    let parent = nix::unistd::getpid();
+    // SAFETY: between fork and exec only async-signal-safe system calls are made (prctl,
+    // getppid, fcntl), and nothing is allocated.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                // The parent died before the death signal was armed.
+                return Err(io::Error::other("the parent exited during spawn"));
+            }
+            for fd in &inherit {
+                nix::fcntl::fcntl(
+                    *fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )
+                .map_err(io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    let (reply, child) = oneshot::channel();
+    spawner()?
+        .send(SpawnRequest {
+            command,
+            runtime: Handle::current(),
+            reply,
+        })
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    child
+        .await
+        .map_err(|_| io::Error::other("the spawner thread dropped the request"))?
+}
+
+/// Sends `signal` to QEMU's whole process group (QEMU, or its wrapper and all it started).
+pub(crate) fn signal_group(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // ESRCH (already gone) is what we want anyway.
+        let _ = killpg(Pid::from_raw(pid), signal);
+    }
+}
+
+/// True while any process of the group is alive (zombies included until reaped).
+pub(crate) fn group_alive(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|pid| killpg(Pid::from_raw(pid), None).is_ok())
+}
