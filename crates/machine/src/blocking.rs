@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
     qmp::blocking::block_on(future).map_err(|source| Error::Qmp {
         machine: String::new(),
-        source,
+        source: Box::new(source),
     })
 }
 

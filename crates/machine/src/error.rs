@@ -25,7 +25,7 @@ pub enum Error {
         machine: String,
         /// The QMP error.
         #[source]
-        source: qmp::Error,
+        source: Box<qmp::Error>,
     },
     /// A wait (for an event, for exit) passed its deadline.
     #[error("{machine}: timed out after {after:?} waiting for {awaited}; {seen}")]

@@ -201,7 +201,7 @@ impl Machine {
     ) -> Result<(MonitorChardev, (PendingQmp, Option<UnixStream>))> {
         let wrap = |e: qmp::Error| Error::Qmp {
             machine: self.config.name.clone(),
-            source: e,
+            source: Box::new(e),
         };
         Ok(match &self.config.monitor {
             Monitor::Socketpair => {
@@ -421,7 +421,7 @@ impl Machine {
     pub fn send_fd_scm(&self, fd: impl AsFd) -> Result<()> {
         self.client()?.send_fd(fd).map_err(|source| Error::Qmp {
             machine: self.config.name.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -450,7 +450,7 @@ impl Machine {
         if !error.is_disconnected() {
             return Error::Qmp {
                 machine: name,
-                source: error,
+                source: Box::new(error),
             };
         }
         if running.exit.is_none() {
