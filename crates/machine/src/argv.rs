@@ -1,6 +1,7 @@
 //! The QEMU command line, laid out exactly as QEMUMachine does.
 
 use std::os::fd::RawFd;
+use std::path::Path;
 
 use crate::config::MachineBuilder;
 
@@ -16,11 +17,13 @@ pub(crate) enum MonitorChardev {
 }
 
 /// The full argv: wrapper + binary + `-display none -vga none` + monitor + `-machine` +
-/// accelerator + console + the user's args (last, so they can add to or override ours).
+/// accelerator + console + built-in guest + `-add-fd` + the user's args (last, so they can
+/// add to or override ours).
 pub(crate) fn command_line(
     config: &MachineBuilder,
     monitor: Option<&MonitorChardev>,
     console_fd: Option<RawFd>,
+    guest_image: Option<&Path>,
 ) -> Vec<String> {
     let mut argv: Vec<String> = config.wrapper.clone();
     argv.push(config.binary.clone());
@@ -54,6 +57,9 @@ pub(crate) fn command_line(
             }
         }
     }
+    if let Some(image) = guest_image {
+        argv.extend(crate::guest::drive_args(image));
+    }
     for add in &config.add_fds {
         let mut spec = format!("fd={},set={},opaque={}", add.fd, add.fdset, add.opaque);
         if !add.opts.is_empty() {
@@ -78,7 +84,7 @@ mod tests {
     #[test]
     fn defaults_socketpair_monitor_only() {
         let config = Machine::builder("qemu-system-x86_64");
-        let argv = command_line(&config, Some(&MonitorChardev::Fd(7)), None);
+        let argv = command_line(&config, Some(&MonitorChardev::Fd(7)), None, None);
         assert_eq!(
             words(&argv),
             "qemu-system-x86_64 -display none -vga none -chardev socket,id=mon,fd=7 -mon chardev=mon,mode=control"
@@ -130,8 +136,29 @@ mod tests {
     #[test]
     fn no_monitor_when_qmp_is_disabled() {
         let config = Machine::builder("qemu").qmp_monitor(false);
-        let argv = command_line(&config, None, None);
+        let argv = command_line(&config, None, None, None);
         assert_eq!(words(&argv), "qemu -display none -vga none");
+    }
+
+    #[test]
+    fn builtin_guest_boots_from_ide_with_debug_exit() {
+        let config = Machine::builder("qemu").builtin_guest();
+        let argv = command_line(
+            &config,
+            Some(&MonitorChardev::Fd(3)),
+            Some(4),
+            Some(Path::new("/r/g.img")),
+        );
+        let text = words(&argv);
+        assert!(text.contains("-machine pc -accel "), "{text}");
+        assert!(
+            text.ends_with(
+                "-chardev socket,id=console,fd=4 -serial chardev:console \
+             -drive file=/r/g.img,format=raw,if=ide,snapshot=on \
+             -device isa-debug-exit,iobase=0xf4,iosize=0x04"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ use qmp::{Event, Request};
 use serde_json::Value;
 
 use crate::config::MachineBuilder;
+use crate::console::{Match, Pattern};
 use crate::error::{Error, Result};
 
 fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
@@ -163,5 +164,86 @@ impl Machine {
     /// See [`crate::Machine::get_log`].
     pub fn get_log(&self) -> Option<&str> {
         self.inner.get_log()
+    }
+}
+
+impl Machine {
+    /// The serial console, blocking form; see [`crate::Machine::console`].
+    pub fn console(&self) -> Result<Console> {
+        Ok(Console {
+            inner: self.inner.console()?,
+        })
+    }
+}
+
+/// A serial console, blocking form; see [`crate::Console`] for each method.
+#[derive(Debug, Clone)]
+pub struct Console {
+    inner: crate::Console,
+}
+
+impl Console {
+    /// The async console underneath.
+    pub fn as_async(&self) -> &crate::Console {
+        &self.inner
+    }
+
+    /// See [`crate::Console::write`].
+    pub fn write(&self, bytes: &[u8]) -> Result<()> {
+        block_on(self.inner.write(bytes))?
+    }
+
+    /// See [`crate::Console::send_line`].
+    pub fn send_line(&self, line: &str) -> Result<()> {
+        block_on(self.inner.send_line(line))?
+    }
+
+    /// See [`crate::Console::expect`].
+    pub fn expect(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<Match> {
+        block_on(self.inner.expect(pattern, timeout))?
+    }
+
+    /// See [`crate::Console::expect_any`].
+    pub fn expect_any(
+        &self,
+        pattern: &Pattern,
+        failures: &[Pattern],
+        timeout: Duration,
+    ) -> Result<Match> {
+        block_on(self.inner.expect_any(pattern, failures, timeout))?
+    }
+
+    /// See [`crate::Console::exec_and_expect`].
+    pub fn exec_and_expect(
+        &self,
+        command: &str,
+        pattern: impl Into<Pattern>,
+        timeout: Duration,
+    ) -> Result<Match> {
+        block_on(self.inner.exec_and_expect(command, pattern, timeout))?
+    }
+
+    /// See [`crate::Console::interrupt_until`].
+    pub fn interrupt_until(
+        &self,
+        pattern: impl Into<Pattern>,
+        interrupt: &[u8],
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<Match> {
+        block_on(
+            self.inner
+                .interrupt_until(pattern, interrupt, interval, timeout),
+        )?
+    }
+
+    /// See [`crate::Console::read_available`].
+    pub fn read_available(&self) -> Vec<u8> {
+        self.inner.read_available()
+    }
+
+    /// See [`crate::Console::history`].
+    pub fn history(&self) -> Vec<u8> {
+        self.inner.history()
     }
 }

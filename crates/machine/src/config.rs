@@ -88,6 +88,8 @@ pub struct MachineBuilder {
     pub(crate) add_fds: Vec<AddFd>,
     pub(crate) keep_run_dir: KeepRunDir,
     pub(crate) qmp_transcript: bool,
+    pub(crate) console_buffer: usize,
+    pub(crate) builtin_guest: bool,
 }
 
 /// `$XDG_RUNTIME_DIR` (a per-user tmpfs made for runtime files and sockets) when set, else
@@ -127,6 +129,8 @@ impl MachineBuilder {
             add_fds: Vec::new(),
             keep_run_dir: KeepRunDir::Never,
             qmp_transcript: false,
+            console_buffer: crate::console::DEFAULT_CONSOLE_BUFFER,
+            builtin_guest: false,
         }
     }
 
@@ -209,6 +213,27 @@ impl MachineBuilder {
             device_type: device_type.map(Into::into),
             index,
         });
+        self
+    }
+
+    /// Size of the console's ring buffer (default 1 MiB): the newest output kept for
+    /// `expect` and `history`.
+    pub fn console_buffer(mut self, bytes: usize) -> Self {
+        self.console_buffer = bytes;
+        self
+    }
+
+    /// Boots the [built-in guest](crate::guest): its image is written into the run dir at
+    /// launch and attached as the first IDE disk (`snapshot=on`), with `isa-debug-exit`.
+    /// Unless already set, this also picks the `pc` machine, a serial console, and
+    /// [`Accel::KvmOrTcg`].
+    pub fn builtin_guest(mut self) -> Self {
+        self.builtin_guest = true;
+        self.machine_type.get_or_insert_with(|| "pc".into());
+        self.accel.get_or_insert(Accel::KvmOrTcg);
+        if self.console.is_none() {
+            self = self.console(None, 0);
+        }
         self
     }
 

@@ -39,6 +39,19 @@ pub enum Error {
         /// What was seen meanwhile.
         seen: String,
     },
+    /// A console wait failed: the console closed, or a failure pattern appeared.
+    #[error("{machine}: {problem}\n  last console output: {last_output:?}")]
+    Console {
+        /// The machine's name.
+        machine: String,
+        /// What happened.
+        problem: String,
+        /// The most recent console output.
+        last_output: String,
+    },
+    /// The machine has no console (see `MachineBuilder::console`).
+    #[error("{0}: no console was configured")]
+    NoConsole(String),
     /// `launch()` on a machine that runs.
     #[error("{0}: already launched")]
     AlreadyRunning(String),

@@ -32,9 +32,11 @@ mod accel;
 mod argv;
 pub mod blocking;
 mod config;
+pub mod console;
 mod error;
 mod event_match;
 pub mod fleet;
+pub mod guest;
 mod machine;
 mod run_dir;
 mod spawn;
@@ -44,6 +46,7 @@ pub use config::{
     ConsoleConfig, KeepRunDir, MachineBuilder, Monitor, DEFAULT_LAUNCH_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
+pub use console::{Console, Match, Pattern};
 pub use error::{shell_words, AbnormalShutdown, Error, LaunchFailure, QemuExited, Result};
 pub use event_match::{conv_keys, event_match};
 pub use machine::Machine;

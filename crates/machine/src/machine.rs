@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::argv::{command_line, MonitorChardev};
 use crate::config::{KeepRunDir, MachineBuilder, Monitor, DEFAULT_SHUTDOWN_TIMEOUT};
+use crate::console::Console;
 use crate::error::{shell_words, AbnormalShutdown, Error, LaunchFailure, QemuExited, Result};
 use crate::event_match::event_match;
 use crate::run_dir::RunDir;
@@ -28,6 +29,8 @@ use crate::spawn::{group_alive, signal_group, spawn};
 const OUTPUT_TAIL: u64 = 8 * 1024;
 /// How long to wait for QEMU to finish exiting once it has closed its monitor.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long to wait, once QEMU has exited, for the console's last bytes.
+const CONSOLE_FLUSH: Duration = Duration::from_millis(500);
 /// How long reaping after SIGKILL may take before we call QEMU stuck.
 const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -50,7 +53,7 @@ struct Running {
     argv: Vec<String>,
     qmp: Option<qmp::Client>,
     subscription: Option<qmp::Subscription>,
-    console: Option<UnixStream>,
+    console: Option<Console>,
     run_dir: RunDir,
     log_path: PathBuf,
     quit_issued: bool,
@@ -63,6 +66,7 @@ struct Finished {
     status: Option<ExitStatus>,
     log: String,
     kept_run_dir: Option<PathBuf>,
+    console: Option<Console>,
 }
 
 enum PendingQmp {
@@ -144,10 +148,23 @@ impl Machine {
             }
             None => None,
         };
+        let guest_image = if self.config.builtin_guest {
+            let path = run_dir.path().join("builtin-guest.img");
+            crate::guest::write_image(&path)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            Some(path)
+        } else {
+            None
+        };
+        let console_log = match &self.config.console_log {
+            Some(path) if console.is_some() => Some(create_private(path)?),
+            _ => None,
+        };
         let argv = command_line(
             &self.config,
             chardev.as_ref(),
             console.as_ref().map(|c| c.1),
+            guest_image.as_deref(),
         );
         tracing::debug!(machine = %name, "launching: {}", shell_words(&argv));
 
@@ -169,13 +186,23 @@ impl Machine {
         // QEMU has its ends now; ours must not keep them open.
         drop(child_ends);
         let pid = child.id().unwrap_or(0);
+        // Drained from the first byte: QEMU never blocks on it, and nothing is missed.
+        let console = match console {
+            Some((ours, _)) => Some(Console::start(
+                name.clone(),
+                ours,
+                self.config.console_buffer,
+                console_log,
+            )?),
+            None => None,
+        };
         let mut running = Running {
             child,
             pid,
             argv,
             qmp: None,
             subscription: None,
-            console: console.map(|c| c.0),
+            console,
             run_dir,
             log_path,
             quit_issued: false,
@@ -359,9 +386,14 @@ impl Machine {
         self.running.as_ref().and_then(|r| r.qmp.clone())
     }
 
-    /// The host end of the serial console while running.
-    pub fn console_stream(&self) -> Option<&UnixStream> {
-        self.running.as_ref().and_then(|r| r.console.as_ref())
+    /// The serial console (see [`Console`]): live while running; after shutdown, the last
+    /// run's console, closed, with its output still readable.
+    pub fn console(&self) -> Result<Console> {
+        let console = match &self.running {
+            Some(running) => running.console.clone(),
+            None => self.last.as_ref().and_then(|l| l.console.clone()),
+        };
+        console.ok_or_else(|| Error::NoConsole(self.config.name.clone()))
     }
 
     fn client(&self) -> Result<qmp::Client> {
@@ -619,7 +651,8 @@ impl Machine {
         let Some(mut running) = self.running.take() else {
             return Ok(());
         };
-        running.console = None;
+        // The console keeps draining while QEMU shuts down (it cannot block QEMU), so the
+        // guest's last words are kept.
         let mut cause = None;
         if hard {
             running.signals_sent.push(Signal::SIGKILL);
@@ -667,6 +700,9 @@ impl Machine {
                 });
             }
         }
+        if let Some(console) = &running.console {
+            console.close(CONSOLE_FLUSH).await;
+        }
         self.finish(running, cause)
     }
 
@@ -708,6 +744,7 @@ impl Machine {
             status,
             log: log.clone(),
             kept_run_dir,
+            console: running.console.take(),
         });
         match cause {
             None => Ok(()),
@@ -739,6 +776,9 @@ impl Drop for Machine {
         }
         if let Some(client) = running.qmp.take() {
             client.close();
+        }
+        if let Some(console) = running.console.take() {
+            console.stop();
         }
         running
             .run_dir

@@ -1,0 +1,543 @@
+//! The serial console: always drained, so QEMU can never block on it, with expect-style
+//! waits that have deadlines.
+//!
+//! From the moment of launch a task reads the console into a bounded ring buffer (the
+//! oldest bytes go first when it is full, and are counted) and, when asked, into a raw log
+//! file. Readers keep a cursor into that stream: [`Console::expect`] looks at what arrived
+//! after the cursor and moves it past the match.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use regex::bytes::Regex;
+use tokio::net::UnixStream;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+
+/// Default size of the console's ring buffer.
+pub const DEFAULT_CONSOLE_BUFFER: usize = 1024 * 1024;
+/// A regex match may start at most this far before the newest bytes (substring matches
+/// have no such limit); this keeps matching linear in the output.
+pub const REGEX_LOOKBACK: usize = 64 * 1024;
+/// How much recent output an error quotes.
+const QUOTE: usize = 2048;
+/// Deadline for a write the guest does not take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to look for in console output.
+#[derive(Debug, Clone)]
+pub enum Pattern {
+    /// These exact bytes.
+    Substring(Vec<u8>),
+    /// A regular expression over bytes.
+    Regex(Regex),
+}
+
+impl Pattern {
+    /// A regex pattern; fails on a bad expression.
+    pub fn regex(expression: &str) -> Result<Pattern> {
+        Regex::new(expression)
+            .map(Pattern::Regex)
+            .map_err(|e| Error::Config(format!("bad console regex {expression:?}: {e}")))
+    }
+
+    fn find(&self, haystack: &[u8], from: usize) -> Option<(usize, usize)> {
+        match self {
+            Pattern::Substring(needle) => memchr::memmem::find(&haystack[from..], needle)
+                .map(|at| (from + at, from + at + needle.len())),
+            Pattern::Regex(regex) => regex.find_at(haystack, from).map(|m| (m.start(), m.end())),
+        }
+    }
+
+    /// Where the next search must start so that no match is missed, after a search of
+    /// `haystack` from `from` found nothing.
+    fn resume_from(&self, haystack: &[u8], from: usize) -> usize {
+        match self {
+            Pattern::Substring(needle) => from.max(
+                haystack
+                    .len()
+                    .saturating_sub(needle.len().saturating_sub(1)),
+            ),
+            Pattern::Regex(_) => {
+                let line_start = memchr::memrchr(b'\n', haystack).map_or(0, |i| i + 1);
+                from.max(line_start)
+                    .max(haystack.len().saturating_sub(REGEX_LOOKBACK))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::Substring(bytes) => write!(f, "{:?}", String::from_utf8_lossy(bytes)),
+            Pattern::Regex(regex) => write!(f, "/{}/", regex.as_str()),
+        }
+    }
+}
+
+impl From<&str> for Pattern {
+    fn from(text: &str) -> Self {
+        Pattern::Substring(text.as_bytes().to_vec())
+    }
+}
+
+impl From<&[u8]> for Pattern {
+    fn from(bytes: &[u8]) -> Self {
+        Pattern::Substring(bytes.to_vec())
+    }
+}
+
+impl From<Regex> for Pattern {
+    fn from(regex: Regex) -> Self {
+        Pattern::Regex(regex)
+    }
+}
+
+/// A successful [`Console::expect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    /// The matched text.
+    pub matched: String,
+    /// What came between the cursor and the match.
+    pub before: String,
+    /// Bytes the ring buffer dropped before they could be examined (0 normally).
+    pub lost: u64,
+}
+
+/// A fixed-size ring of the newest bytes.
+#[derive(Debug)]
+struct ByteRing {
+    buf: Box<[u8]>,
+    /// Physical index of the oldest byte.
+    head: usize,
+    len: usize,
+}
+
+impl ByteRing {
+    fn new(capacity: usize) -> ByteRing {
+        ByteRing {
+            buf: vec![0; capacity.max(1)].into_boxed_slice(),
+            head: 0,
+            len: 0,
+        }
+    }
+
+    /// Appends, dropping the oldest bytes as needed; returns how many were dropped.
+    fn push(&mut self, mut data: &[u8]) -> usize {
+        let capacity = self.buf.len();
+        let mut dropped = 0;
+        if data.len() >= capacity {
+            dropped = self.len + data.len() - capacity;
+            data = &data[data.len() - capacity..];
+            self.head = 0;
+            self.len = 0;
+        }
+        let overflow = (self.len + data.len()).saturating_sub(capacity);
+        if overflow > 0 {
+            self.head = (self.head + overflow) % capacity;
+            self.len -= overflow;
+            dropped += overflow;
+        }
+        let tail = (self.head + self.len) % capacity;
+        let first = data.len().min(capacity - tail);
+        self.buf[tail..tail + first].copy_from_slice(&data[..first]);
+        self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+        self.len += data.len();
+        dropped
+    }
+
+    /// Appends the bytes from logical offset `from` (0 = oldest) to the end to `out`.
+    fn copy_from(&self, from: usize, out: &mut Vec<u8>) {
+        let capacity = self.buf.len();
+        let start = (self.head + from) % capacity;
+        let count = self.len - from;
+        let first = count.min(capacity - start);
+        out.extend_from_slice(&self.buf[start..start + first]);
+        out.extend_from_slice(&self.buf[..count - first]);
+    }
+}
+
+#[derive(Debug)]
+struct Buffer {
+    ring: ByteRing,
+    /// Every byte ever received.
+    total: u64,
+    /// Bytes dropped from the ring's front.
+    dropped: u64,
+    /// Why the stream ended, once it has.
+    end: Option<String>,
+}
+
+impl Buffer {
+    fn oldest(&self) -> u64 {
+        self.total - self.ring.len as u64
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    buffer: Mutex<Buffer>,
+    arrived: Notify,
+    /// The reader's position (absolute offset) shared by all handles.
+    cursor: Mutex<u64>,
+}
+
+impl Shared {
+    fn buffer(&self) -> MutexGuard<'_, Buffer> {
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cursor(&self) -> MutexGuard<'_, u64> {
+        self.cursor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A serial console. Cheap to clone; clones share the buffer and the cursor.
+#[derive(Debug, Clone)]
+pub struct Console {
+    shared: Arc<Shared>,
+    stream: Arc<UnixStream>,
+    drain: Arc<JoinHandle<()>>,
+    name: String,
+}
+
+impl Console {
+    /// Starts draining `stream` (our end of the console) into a ring of `capacity` bytes,
+    /// and into `log` if given. Must be called inside a tokio runtime.
+    pub fn start(
+        name: impl Into<String>,
+        stream: std::os::unix::net::UnixStream,
+        capacity: usize,
+        log: Option<File>,
+    ) -> Result<Console> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("setting up the console socket", e))?;
+        let stream = Arc::new(
+            UnixStream::from_std(stream)
+                .map_err(|e| Error::io("setting up the console socket", e))?,
+        );
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Buffer {
+                ring: ByteRing::new(capacity),
+                total: 0,
+                dropped: 0,
+                end: None,
+            }),
+            arrived: Notify::new(),
+            cursor: Mutex::new(0),
+        });
+        let drain = tokio::spawn(drain(stream.clone(), shared.clone(), log));
+        Ok(Console {
+            shared,
+            stream,
+            drain: Arc::new(drain),
+            name: name.into(),
+        })
+    }
+
+    /// Everything still in the ring buffer (the newest bytes), regardless of the cursor.
+    pub fn history(&self) -> Vec<u8> {
+        let buffer = self.shared.buffer();
+        let mut out = Vec::with_capacity(buffer.ring.len);
+        buffer.ring.copy_from(0, &mut out);
+        out
+    }
+
+    /// What arrived after the cursor; moves the cursor to the end.
+    pub fn read_available(&self) -> Vec<u8> {
+        let buffer = self.shared.buffer();
+        let mut cursor = self.shared.cursor();
+        let from = (*cursor).max(buffer.oldest());
+        let mut out = Vec::new();
+        buffer
+            .ring
+            .copy_from((from - buffer.oldest()) as usize, &mut out);
+        *cursor = buffer.total;
+        out
+    }
+
+    /// Total bytes received, and bytes the ring dropped because nobody read them in time.
+    pub fn counters(&self) -> (u64, u64) {
+        let buffer = self.shared.buffer();
+        (buffer.total, buffer.dropped)
+    }
+
+    /// True once the console stream has ended (QEMU closed it or exited).
+    pub fn is_closed(&self) -> bool {
+        self.shared.buffer().end.is_some()
+    }
+
+    /// Writes `bytes` to the guest, waiting at most 10 s for the socket to take them.
+    pub async fn write(&self, bytes: &[u8]) -> Result<()> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.stream.try_write(&bytes[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match tokio::time::timeout_at(deadline, self.stream.writable()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(Error::io("writing to the console", e)),
+                        Err(_) => {
+                            return Err(Error::Timeout {
+                                machine: self.name.clone(),
+                                awaited: "the console to take input".into(),
+                                after: WRITE_TIMEOUT,
+                                seen: format!("{written} of {} bytes written", bytes.len()),
+                            })
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io("writing to the console", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `line` and a newline.
+    pub async fn send_line(&self, line: &str) -> Result<()> {
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(b'\n');
+        self.write(&bytes).await
+    }
+
+    /// Waits for `pattern` after the cursor, at most `timeout`; no trailing newline needed.
+    pub async fn expect(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<Match> {
+        self.expect_any(&pattern.into(), &[], timeout).await
+    }
+
+    /// Waits for `pattern`, failing at once if any of `failures` shows up first (e.g.
+    /// `Kernel panic`). Moves the cursor past the match.
+    pub async fn expect_any(
+        &self,
+        pattern: &Pattern,
+        failures: &[Pattern],
+        timeout: Duration,
+    ) -> Result<Match> {
+        let deadline = Instant::now() + timeout;
+        let mut window: Vec<u8> = Vec::new();
+        let mut window_start = *self.shared.cursor();
+        let mut searched = 0;
+        let mut failure_searched = vec![0; failures.len()];
+        let mut lost = 0u64;
+        loop {
+            let arrived = self.shared.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let end = {
+                let buffer = self.shared.buffer();
+                let have = window_start + window.len() as u64;
+                if have < buffer.oldest() {
+                    // Overrun: what we had not copied yet is gone.
+                    lost += buffer.oldest() - have;
+                    window.clear();
+                    window_start = buffer.oldest();
+                    searched = 0;
+                    failure_searched.iter_mut().for_each(|s| *s = 0);
+                }
+                let next = window_start + window.len() as u64;
+                buffer
+                    .ring
+                    .copy_from((next - buffer.oldest()) as usize, &mut window);
+                buffer.end.clone()
+            };
+            for (failure, from) in failures.iter().zip(failure_searched.iter_mut()) {
+                if let Some((start, stop)) = failure.find(&window, *from) {
+                    self.advance(window_start + stop as u64);
+                    return Err(Error::Console {
+                        machine: self.name.clone(),
+                        problem: format!(
+                            "failure pattern {failure} appeared while waiting for {pattern}: {:?}",
+                            String::from_utf8_lossy(&window[start..stop])
+                        ),
+                        last_output: quote(&window),
+                    });
+                }
+                *from = failure.resume_from(&window, *from);
+            }
+            if let Some((start, stop)) = pattern.find(&window, searched) {
+                self.advance(window_start + stop as u64);
+                return Ok(Match {
+                    matched: String::from_utf8_lossy(&window[start..stop]).into_owned(),
+                    before: String::from_utf8_lossy(&window[..start]).into_owned(),
+                    lost,
+                });
+            }
+            searched = pattern.resume_from(&window, searched);
+            // Keep the window bounded like the ring: drop what can no longer match.
+            let keep_from =
+                searched.min(failure_searched.iter().copied().min().unwrap_or(searched));
+            if window.len() > 2 * REGEX_LOOKBACK.max(QUOTE) && keep_from > QUOTE {
+                let cut = keep_from - QUOTE;
+                window.drain(..cut);
+                window_start += cut as u64;
+                searched -= cut;
+                failure_searched.iter_mut().for_each(|s| *s -= cut);
+            }
+            if let Some(reason) = end {
+                return Err(Error::Console {
+                    machine: self.name.clone(),
+                    problem: format!("the console closed ({reason}) while waiting for {pattern}"),
+                    last_output: quote(&window),
+                });
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Err(Error::Timeout {
+                    machine: self.name.clone(),
+                    awaited: format!("console output {pattern}"),
+                    after: timeout,
+                    seen: format!("last console output: {:?}", quote(&window)),
+                });
+            }
+        }
+    }
+
+    fn advance(&self, to: u64) {
+        let mut cursor = self.shared.cursor();
+        *cursor = (*cursor).max(to);
+    }
+
+    /// Sends `command` as a line, then waits for `pattern`.
+    pub async fn exec_and_expect(
+        &self,
+        command: &str,
+        pattern: impl Into<Pattern>,
+        timeout: Duration,
+    ) -> Result<Match> {
+        self.send_line(command).await?;
+        self.expect(pattern, timeout).await
+    }
+
+    /// Sends `interrupt` every `interval` until `pattern` shows up (e.g. to stop a
+    /// bootloader's countdown), at most `timeout` in all.
+    pub async fn interrupt_until(
+        &self,
+        pattern: impl Into<Pattern>,
+        interrupt: &[u8],
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<Match> {
+        let pattern = pattern.into();
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.write(interrupt).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.expect_any(&pattern, &[], interval.min(left)).await {
+                Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
+                Err(Error::Timeout { seen, .. }) => {
+                    return Err(Error::Timeout {
+                        machine: self.name.clone(),
+                        awaited: format!("console output {pattern} (interrupting)"),
+                        after: timeout,
+                        seen,
+                    })
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Stops draining at once.
+    pub(crate) fn stop(&self) {
+        self.drain.abort();
+    }
+
+    /// Waits up to `timeout` for the stream to end (after QEMU exits), then stops draining.
+    pub(crate) async fn close(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let arrived = self.shared.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if self.is_closed() || Instant::now() >= deadline {
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline, arrived).await;
+        }
+        self.drain.abort();
+        let mut buffer = self.shared.buffer();
+        buffer.end.get_or_insert_with(|| "closed".into());
+    }
+}
+
+fn quote(window: &[u8]) -> String {
+    let start = window.len().saturating_sub(QUOTE);
+    String::from_utf8_lossy(&window[start..]).into_owned()
+}
+
+async fn drain(stream: Arc<UnixStream>, shared: Arc<Shared>, mut log: Option<File>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let reason = loop {
+        match stream.try_read(&mut buf) {
+            Ok(0) => break "end of stream".to_string(),
+            Ok(n) => {
+                if let Some(file) = &mut log {
+                    if let Err(e) = file.write_all(&buf[..n]) {
+                        tracing::warn!("console log write failed, logging stops: {e}");
+                        log = None;
+                    }
+                }
+                {
+                    let mut buffer = shared.buffer();
+                    buffer.dropped += buffer.ring.push(&buf[..n]) as u64;
+                    buffer.total += n as u64;
+                }
+                shared.arrived.notify_waiters();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Err(e) = stream.readable().await {
+                    break e.to_string();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    shared.buffer().end = Some(reason);
+    shared.arrived.notify_waiters();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_keeps_the_newest_bytes() {
+        let mut ring = ByteRing::new(8);
+        assert_eq!(ring.push(b"abcdef"), 0);
+        assert_eq!(ring.push(b"ghij"), 2);
+        let mut out = Vec::new();
+        ring.copy_from(0, &mut out);
+        assert_eq!(out, b"cdefghij");
+        assert_eq!(ring.push(b"0123456789AB"), 12);
+        out.clear();
+        ring.copy_from(0, &mut out);
+        assert_eq!(out, b"456789AB");
+        out.clear();
+        ring.copy_from(5, &mut out);
+        assert_eq!(out, b"9AB");
+    }
+
+    #[test]
+    fn patterns_resume_without_missing_a_split_match() {
+        let needle = Pattern::from("login:");
+        let hay = b"....log";
+        assert!(needle.find(hay, 0).is_none());
+        let from = needle.resume_from(hay, 0);
+        let hay = b"....login: ";
+        assert_eq!(needle.find(hay, from), Some((4, 10)));
+
+        let regex = Pattern::regex(r"rc=\d+").unwrap();
+        let hay = b"line one\nrc=";
+        let from = regex.resume_from(hay, 0);
+        assert_eq!(from, 9);
+        assert_eq!(regex.find(b"line one\nrc=42", from), Some((9, 14)));
+    }
+}
