@@ -106,6 +106,7 @@ mod tests {
             &config,
             Some(&MonitorChardev::Unix("/r/qmp.sock".into())),
             Some(5),
+            None,
         );
         assert_eq!(
             words(&argv),
@@ -125,6 +126,7 @@ mod tests {
             &config,
             Some(&MonitorChardev::Tcp("127.0.0.1".into(), 4444)),
             Some(6),
+            None,
         );
         assert_eq!(
             words(&argv),
