@@ -290,3 +290,51 @@ fn the_blocking_console() {
     assert_eq!(echo.matched, "ping\n");
     vm.shutdown().unwrap();
 }
+
+#[tokio::test]
+async fn interrupt_until_keeps_sending_until_the_pattern_shows() {
+    let scratch = Scratch::new();
+    let mut vm = booted(&scratch).await;
+    let console = vm.console().unwrap();
+    // Each interrupt is echoed; three in a row is the "prompt".
+    let found = console
+        .interrupt_until("...", b".", Duration::from_millis(30), T)
+        .await
+        .unwrap();
+    assert_eq!(found.matched, "...");
+    let err = console
+        .interrupt_until(
+            "never",
+            b"-",
+            Duration::from_millis(30),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+    let Error::Timeout { awaited, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(awaited.contains("interrupting"), "{err}");
+    vm.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn read_available_returns_what_arrived_after_the_cursor() {
+    let scratch = Scratch::new();
+    let mut vm = booted(&scratch).await;
+    let console = vm.console().unwrap();
+    assert!(console.read_available().is_empty());
+    console.send_line("one").await.unwrap();
+    console.expect("one\n", T).await.unwrap();
+    console.send_line("two").await.unwrap();
+    // expect moved the cursor past "one\n"; wait for "two" without consuming it.
+    let deadline = Instant::now() + T;
+    let mut got = Vec::new();
+    while !got.ends_with(b"two\n") {
+        assert!(Instant::now() < deadline, "{got:?}");
+        got.extend(console.read_available());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(got, b"two\n");
+    vm.shutdown().await.unwrap();
+}
