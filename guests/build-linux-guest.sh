@@ -108,7 +108,7 @@ done
 # qemu-ga, with the shared libraries it needs (the same ones qemu-system-x86 put on this
 # host; the guest runs the same Debian userland).
 cp "$kernel_root/usr/sbin/qemu-ga" "$stage/usr/sbin/qemu-ga"
-ldd "$kernel_root/usr/sbin/qemu-ga" | awk '/=> \// { print $3 } /^\s*\/lib/ { print $1 }' |
+ldd "$kernel_root/usr/sbin/qemu-ga" | awk '/=> \// { print $3 } /^[ \t]*\// { print $1 }' |
     while read -r lib; do
         mkdir -p "$stage$(dirname "$lib")"
         cp -L "$lib" "$stage$lib"

@@ -16,19 +16,26 @@ pub(crate) enum MonitorChardev {
     Tcp(String, u16),
 }
 
+/// Everything QEMU gets attached to at launch, once its sockets and files exist.
+#[derive(Debug, Default)]
+pub(crate) struct Attachments<'a> {
+    pub(crate) monitor: Option<MonitorChardev>,
+    pub(crate) console_fd: Option<RawFd>,
+    pub(crate) guest_image: Option<&'a Path>,
+    pub(crate) qtest_fd: Option<RawFd>,
+    /// Add `-accel qtest` (only where the binary has it).
+    pub(crate) qtest_accel: bool,
+    pub(crate) guest_agent_fd: Option<RawFd>,
+}
+
 /// The full argv: wrapper + binary + `-display none -vga none` + monitor + `-machine` +
-/// accelerator + console + built-in guest + `-add-fd` + the user's args (last, so they can
-/// add to or override ours).
-pub(crate) fn command_line(
-    config: &MachineBuilder,
-    monitor: Option<&MonitorChardev>,
-    console_fd: Option<RawFd>,
-    guest_image: Option<&Path>,
-) -> Vec<String> {
+/// accelerator + console + built-in guest + qtest + guest agent + `-add-fd` + the user's
+/// args (last, so they can add to or override ours).
+pub(crate) fn command_line(config: &MachineBuilder, with: &Attachments<'_>) -> Vec<String> {
     let mut argv: Vec<String> = config.wrapper.clone();
     argv.push(config.binary.clone());
     argv.extend(["-display", "none", "-vga", "none"].map(String::from));
-    if let Some(monitor) = monitor {
+    if let Some(monitor) = &with.monitor {
         let chardev = match monitor {
             MonitorChardev::Fd(fd) => format!("socket,id=mon,fd={fd}"),
             MonitorChardev::Unix(path) => format!("socket,id=mon,path={path}"),
@@ -40,14 +47,16 @@ pub(crate) fn command_line(
     if let Some(machine_type) = &config.machine_type {
         argv.extend(["-machine".into(), machine_type.clone()]);
     }
-    if let Some(accel) = config.accel {
+    if with.qtest_accel {
+        argv.extend(["-accel", "qtest"].map(String::from));
+    } else if let Some(accel) = config.accel {
         argv.extend(["-accel".into(), accel.as_arg().into()]);
     }
     if let Some(console) = &config.console {
         for _ in 0..console.index {
             argv.extend(["-serial", "null"].map(String::from));
         }
-        if let Some(fd) = console_fd {
+        if let Some(fd) = with.console_fd {
             argv.extend(["-chardev".into(), format!("socket,id=console,fd={fd}")]);
             match &console.device_type {
                 None => argv.extend(["-serial", "chardev:console"].map(String::from)),
@@ -57,8 +66,23 @@ pub(crate) fn command_line(
             }
         }
     }
-    if let Some(image) = guest_image {
+    if let Some(image) = with.guest_image {
         argv.extend(crate::guest::drive_args(image));
+    }
+    if let Some(fd) = with.qtest_fd {
+        argv.extend(["-chardev".into(), format!("socket,id=qtest,fd={fd}")]);
+        argv.extend(["-qtest", "chardev:qtest"].map(String::from));
+    }
+    if let Some(fd) = with.guest_agent_fd {
+        argv.extend(["-device", "virtio-serial-pci,id=qga-serial"].map(String::from));
+        argv.extend(["-chardev".into(), format!("socket,id=qga,fd={fd}")]);
+        argv.extend(
+            [
+                "-device",
+                "virtserialport,bus=qga-serial.0,chardev=qga,name=org.qemu.guest_agent.0",
+            ]
+            .map(String::from),
+        );
     }
     for add in &config.add_fds {
         let mut spec = format!("fd={},set={},opaque={}", add.fd, add.fdset, add.opaque);
@@ -84,7 +108,13 @@ mod tests {
     #[test]
     fn defaults_socketpair_monitor_only() {
         let config = Machine::builder("qemu-system-x86_64");
-        let argv = command_line(&config, Some(&MonitorChardev::Fd(7)), None, None);
+        let argv = command_line(
+            &config,
+            &Attachments {
+                monitor: Some(MonitorChardev::Fd(7)),
+                ..Default::default()
+            },
+        );
         assert_eq!(
             words(&argv),
             "qemu-system-x86_64 -display none -vga none -chardev socket,id=mon,fd=7 -mon chardev=mon,mode=control"
@@ -104,9 +134,11 @@ mod tests {
             .monitor_null();
         let argv = command_line(
             &config,
-            Some(&MonitorChardev::Unix("/r/qmp.sock".into())),
-            Some(5),
-            None,
+            &Attachments {
+                monitor: Some(MonitorChardev::Unix("/r/qmp.sock".into())),
+                console_fd: Some(5),
+                ..Default::default()
+            },
         );
         assert_eq!(
             words(&argv),
@@ -124,9 +156,11 @@ mod tests {
         let config = Machine::builder("qemu").console(None, 0);
         let argv = command_line(
             &config,
-            Some(&MonitorChardev::Tcp("127.0.0.1".into(), 4444)),
-            Some(6),
-            None,
+            &Attachments {
+                monitor: Some(MonitorChardev::Tcp("127.0.0.1".into(), 4444)),
+                console_fd: Some(6),
+                ..Default::default()
+            },
         );
         assert_eq!(
             words(&argv),
@@ -138,7 +172,7 @@ mod tests {
     #[test]
     fn no_monitor_when_qmp_is_disabled() {
         let config = Machine::builder("qemu").qmp_monitor(false);
-        let argv = command_line(&config, None, None, None);
+        let argv = command_line(&config, &Attachments::default());
         assert_eq!(words(&argv), "qemu -display none -vga none");
     }
 
@@ -147,9 +181,12 @@ mod tests {
         let config = Machine::builder("qemu").builtin_guest();
         let argv = command_line(
             &config,
-            Some(&MonitorChardev::Fd(3)),
-            Some(4),
-            Some(Path::new("/r/g.img")),
+            &Attachments {
+                monitor: Some(MonitorChardev::Fd(3)),
+                console_fd: Some(4),
+                guest_image: Some(Path::new("/r/g.img")),
+                ..Default::default()
+            },
         );
         let text = words(&argv);
         assert!(text.contains("-machine pc -accel "), "{text}");
@@ -160,6 +197,27 @@ mod tests {
              -device isa-debug-exit,iobase=0xf4,iosize=0x04"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn qtest_and_guest_agent_chardevs() {
+        let config = Machine::builder("qemu").machine_type("pc");
+        let argv = command_line(
+            &config,
+            &Attachments {
+                qtest_fd: Some(8),
+                qtest_accel: true,
+                guest_agent_fd: Some(9),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            words(&argv),
+            "qemu -display none -vga none -machine pc -accel qtest \
+             -chardev socket,id=qtest,fd=8 -qtest chardev:qtest \
+             -device virtio-serial-pci,id=qga-serial -chardev socket,id=qga,fd=9 \
+             -device virtserialport,bus=qga-serial.0,chardev=qga,name=org.qemu.guest_agent.0"
         );
     }
 

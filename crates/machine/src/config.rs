@@ -90,6 +90,8 @@ pub struct MachineBuilder {
     pub(crate) qmp_transcript: bool,
     pub(crate) console_buffer: usize,
     pub(crate) builtin_guest: bool,
+    pub(crate) qtest: bool,
+    pub(crate) guest_agent: bool,
 }
 
 /// `$XDG_RUNTIME_DIR` (a per-user tmpfs made for runtime files and sockets) when set, else
@@ -131,6 +133,8 @@ impl MachineBuilder {
             qmp_transcript: false,
             console_buffer: crate::console::DEFAULT_CONSOLE_BUFFER,
             builtin_guest: false,
+            qtest: false,
+            guest_agent: false,
         }
     }
 
@@ -234,6 +238,21 @@ impl MachineBuilder {
         if self.console.is_none() {
             self = self.console(None, 0);
         }
+        self
+    }
+
+    /// Attaches a qtest session over a socketpair (`-qtest chardev:qtest`), with
+    /// `-accel qtest` where the binary has that accelerator (Debian's 7.2 does not: there
+    /// the clock commands are refused). See [`Machine::qtest`](crate::Machine::qtest).
+    pub fn qtest(mut self) -> Self {
+        self.qtest = true;
+        self
+    }
+
+    /// Adds a virtio-serial port named `org.qemu.guest_agent.0` backed by a socketpair, for
+    /// [`Machine::guest_agent`](crate::Machine::guest_agent). The guest must run qemu-ga.
+    pub fn guest_agent(mut self) -> Self {
+        self.guest_agent = true;
         self
     }
 

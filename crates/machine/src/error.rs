@@ -49,6 +49,24 @@ pub enum Error {
         /// The most recent console output.
         last_output: String,
     },
+    /// A qtest command failed (`FAIL ...`), or its reply made no sense.
+    #[error("{machine}: qtest `{command}` failed: {message}")]
+    Qtest {
+        /// The machine's name.
+        machine: String,
+        /// The command sent.
+        command: String,
+        /// QEMU's message, or what was wrong with the reply.
+        message: String,
+    },
+    /// A guest-agent operation failed.
+    #[error("{machine}: guest agent: {message}")]
+    GuestAgent {
+        /// The machine's name.
+        machine: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The machine has no console (see `MachineBuilder::console`).
     #[error("{0}: no console was configured")]
     NoConsole(String),

@@ -37,7 +37,10 @@ mod error;
 mod event_match;
 pub mod fleet;
 pub mod guest;
+pub mod guest_agent;
 mod machine;
+pub mod probe;
+pub mod qtest;
 mod run_dir;
 mod spawn;
 
@@ -49,5 +52,8 @@ pub use config::{
 pub use console::{Console, Match, Pattern};
 pub use error::{shell_words, AbnormalShutdown, Error, LaunchFailure, QemuExited, Result};
 pub use event_match::{conv_keys, event_match};
+pub use guest_agent::{ExecOutput, GuestAgent};
 pub use machine::Machine;
+pub use probe::Probe;
 pub use qmp;
+pub use qtest::{IrqEvent, Qtest};

@@ -17,11 +17,14 @@ use serde_json::Value;
 use tokio::process::Child;
 use tokio::time::Instant;
 
-use crate::argv::{command_line, MonitorChardev};
+use crate::argv::{command_line, Attachments, MonitorChardev};
 use crate::config::{KeepRunDir, MachineBuilder, Monitor, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::console::Console;
 use crate::error::{shell_words, AbnormalShutdown, Error, LaunchFailure, QemuExited, Result};
 use crate::event_match::event_match;
+use crate::guest_agent::GuestAgent;
+use crate::probe::Probe;
+use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
 use crate::spawn::{group_alive, signal_group, spawn};
 
@@ -54,6 +57,10 @@ struct Running {
     qmp: Option<qmp::Client>,
     subscription: Option<qmp::Subscription>,
     console: Option<Console>,
+    qtest: Option<Qtest>,
+    /// Our end of the guest agent's virtio-serial port, until the first session takes it.
+    guest_agent: Option<UnixStream>,
+    agent: Option<GuestAgent>,
     run_dir: RunDir,
     log_path: PathBuf,
     quit_issued: bool,
@@ -67,6 +74,25 @@ struct Finished {
     log: String,
     kept_run_dir: Option<PathBuf>,
     console: Option<Console>,
+}
+
+/// The child's ends of its socketpairs, kept open until QEMU is spawned.
+#[derive(Default)]
+struct ChildEnds(Vec<UnixStream>);
+
+impl ChildEnds {
+    /// A new socketpair: our end, and the number of the child's end (kept here).
+    fn socketpair(&mut self, what: &str) -> Result<(UnixStream, RawFd)> {
+        let (ours, theirs) = UnixStream::pair()
+            .map_err(|e| Error::io(format!("creating the {what} socketpair"), e))?;
+        let fd = theirs.as_raw_fd();
+        self.0.push(theirs);
+        Ok((ours, fd))
+    }
+
+    fn fds(&self) -> Vec<RawFd> {
+        self.0.iter().map(AsRawFd::as_raw_fd).collect()
+    }
 }
 
 enum PendingQmp {
@@ -116,6 +142,10 @@ impl Machine {
         self.events.clear();
         self.last = None;
         let name = self.config.name.clone();
+        let qtest_accel = match self.config.qtest {
+            true => Probe::of(&self.config.binary).await?.qtest_accel(),
+            false => false,
+        };
         let run_dir = RunDir::create(&self.config.base_temp_dir, &name)?;
         let log_dir = self
             .config
@@ -125,29 +155,30 @@ impl Machine {
         let log_path = log_dir.join(format!("{name}.log"));
         let log = create_private(&log_path)?;
 
-        let mut inherit: Vec<RawFd> = self.config.add_fds.iter().map(|a| a.fd).collect();
-        let mut child_ends: Vec<UnixStream> = Vec::new();
-        let (chardev, pending) = if self.config.qmp_enabled {
-            let (chardev, pending) = self.prepare_monitor(run_dir.path())?;
-            if let Some(theirs) = pending.1 {
-                inherit.push(theirs.as_raw_fd());
-                child_ends.push(theirs);
-            }
-            (Some(chardev), Some(pending.0))
+        // QEMU's ends of its sockets, inherited under their own numbers.
+        let mut child_ends = ChildEnds::default();
+        let (monitor, pending) = if self.config.qmp_enabled {
+            let (chardev, pending) = self.prepare_monitor(run_dir.path(), &mut child_ends)?;
+            (Some(chardev), Some(pending))
         } else {
             (None, None)
         };
-        let console = match &self.config.console {
-            Some(_) => {
-                let (ours, theirs) = UnixStream::pair()
-                    .map_err(|e| Error::io("creating the console socketpair", e))?;
-                inherit.push(theirs.as_raw_fd());
-                let fd = theirs.as_raw_fd();
-                child_ends.push(theirs);
-                Some((ours, fd))
-            }
-            None => None,
-        };
+        let console = self
+            .config
+            .console
+            .is_some()
+            .then(|| child_ends.socketpair("console"))
+            .transpose()?;
+        let qtest = self
+            .config
+            .qtest
+            .then(|| child_ends.socketpair("qtest"))
+            .transpose()?;
+        let guest_agent = self
+            .config
+            .guest_agent
+            .then(|| child_ends.socketpair("guest agent"))
+            .transpose()?;
         let guest_image = if self.config.builtin_guest {
             let path = run_dir.path().join("builtin-guest.img");
             crate::guest::write_image(&path)
@@ -162,12 +193,19 @@ impl Machine {
         };
         let argv = command_line(
             &self.config,
-            chardev.as_ref(),
-            console.as_ref().map(|c| c.1),
-            guest_image.as_deref(),
+            &Attachments {
+                monitor,
+                console_fd: console.as_ref().map(|c| c.1),
+                guest_image: guest_image.as_deref(),
+                qtest_fd: qtest.as_ref().map(|c| c.1),
+                qtest_accel,
+                guest_agent_fd: guest_agent.as_ref().map(|c| c.1),
+            },
         );
         tracing::debug!(machine = %name, "launching: {}", shell_words(&argv));
 
+        let mut inherit = child_ends.fds();
+        inherit.extend(self.config.add_fds.iter().map(|a| a.fd));
         let child = match spawn(&argv, inherit, &log).await {
             Ok(child) => child,
             Err(e) => {
@@ -196,6 +234,10 @@ impl Machine {
             )?),
             None => None,
         };
+        let qtest = match qtest {
+            Some((ours, _)) => Some(Qtest::start(name.clone(), ours, qtest_accel)?),
+            None => None,
+        };
         let mut running = Running {
             child,
             pid,
@@ -203,6 +245,9 @@ impl Machine {
             qmp: None,
             subscription: None,
             console,
+            qtest,
+            guest_agent: guest_agent.map(|g| g.0),
+            agent: None,
             run_dir,
             log_path,
             quit_issued: false,
@@ -219,32 +264,28 @@ impl Machine {
         Ok(())
     }
 
-    /// Binds or creates the monitor socket; returns the chardev for the command line, our
-    /// side, and the child's end of a socketpair (if any).
-    #[allow(clippy::type_complexity)]
+    /// Binds or creates the monitor socket; returns the chardev for the command line and
+    /// our side.
     fn prepare_monitor(
         &self,
         run_dir: &Path,
-    ) -> Result<(MonitorChardev, (PendingQmp, Option<UnixStream>))> {
+        child_ends: &mut ChildEnds,
+    ) -> Result<(MonitorChardev, PendingQmp)> {
         let wrap = |e: qmp::Error| Error::Qmp {
             machine: self.config.name.clone(),
             source: Box::new(e),
         };
         Ok(match &self.config.monitor {
             Monitor::Socketpair => {
-                let (ours, theirs) =
-                    UnixStream::pair().map_err(|e| Error::io("creating the QMP socketpair", e))?;
-                (
-                    MonitorChardev::Fd(theirs.as_raw_fd()),
-                    (PendingQmp::Socketpair(ours), Some(theirs)),
-                )
+                let (ours, fd) = child_ends.socketpair("QMP")?;
+                (MonitorChardev::Fd(fd), PendingQmp::Socketpair(ours))
             }
             Monitor::Unix(path) => {
                 let path = run_dir.join(path);
                 let listener = Listener::bind_unix(&path).map_err(wrap)?;
                 (
                     MonitorChardev::Unix(path.display().to_string()),
-                    (PendingQmp::Listener(listener), None),
+                    PendingQmp::Listener(listener),
                 )
             }
             Monitor::Tcp(host, port) => {
@@ -254,7 +295,7 @@ impl Machine {
                 };
                 (
                     MonitorChardev::Tcp(host, port),
-                    (PendingQmp::Listener(listener), None),
+                    PendingQmp::Listener(listener),
                 )
             }
         })
@@ -394,6 +435,71 @@ impl Machine {
             None => self.last.as_ref().and_then(|l| l.console.clone()),
         };
         console.ok_or_else(|| Error::NoConsole(self.config.name.clone()))
+    }
+
+    /// The qtest session (see [`MachineBuilder::qtest`]).
+    pub fn qtest(&self) -> Result<Qtest> {
+        let running = self
+            .running
+            .as_ref()
+            .ok_or_else(|| Error::NotRunning(self.config.name.clone()))?;
+        running.qtest.clone().ok_or_else(|| {
+            Error::Config(format!(
+                "{}: no qtest session was configured",
+                self.config.name
+            ))
+        })
+    }
+
+    /// A synced guest-agent session (see [`MachineBuilder::guest_agent`]): the first call
+    /// waits, at most `timeout`, until qemu-ga in the guest answers, and fails at once if
+    /// QEMU dies meanwhile; later calls resync the same session.
+    pub async fn guest_agent(&mut self, timeout: Duration) -> Result<GuestAgent> {
+        let name = self.config.name.clone();
+        let running = self
+            .running
+            .as_mut()
+            .ok_or_else(|| Error::NotRunning(name.clone()))?;
+        let child = &mut running.child;
+        let alive = || matches!(child.try_wait(), Ok(None));
+        let result = match &running.agent {
+            Some(agent) => agent.sync(timeout, alive).await.map(|()| agent.clone()),
+            None => {
+                let stream = running.guest_agent.take().ok_or_else(|| {
+                    Error::Config(format!("{name}: no guest agent port was configured"))
+                })?;
+                GuestAgent::over_stream(name, stream, timeout, alive).await
+            }
+        };
+        match result {
+            Ok(agent) => {
+                running.agent = Some(agent.clone());
+                Ok(agent)
+            }
+            Err(e) => Err(self.explain_exit(e, "the wait for the guest agent").await),
+        }
+    }
+
+    /// If QEMU has exited (or is exiting), `error` becomes [`Error::Exited`] with its
+    /// status, command line and output; otherwise it is returned as is.
+    async fn explain_exit(&mut self, error: Error, during: &str) -> Error {
+        let name = self.config.name.clone();
+        let Some(running) = self.running.as_mut() else {
+            return error;
+        };
+        if running.exit.is_none() {
+            running.exit = wait_exit(&mut running.child, Duration::from_millis(200)).await;
+        }
+        match running.exit {
+            None => error,
+            Some(status) => Error::Exited(Box::new(QemuExited {
+                machine: name,
+                during: during.to_string(),
+                status: Some(status),
+                command: running.argv.clone(),
+                output: read_tail(&running.log_path, OUTPUT_TAIL),
+            })),
+        }
     }
 
     fn client(&self) -> Result<qmp::Client> {
@@ -710,6 +816,12 @@ impl Machine {
         if let Some(client) = running.qmp.take() {
             client.close();
         }
+        if let Some(qtest) = running.qtest.take() {
+            qtest.stop();
+        }
+        if let Some(agent) = running.agent.take() {
+            agent.close();
+        }
         if let Some(mut subscription) = running.subscription.take() {
             self.events.extend(subscription.drain());
         }
@@ -779,6 +891,12 @@ impl Drop for Machine {
         }
         if let Some(console) = running.console.take() {
             console.stop();
+        }
+        if let Some(qtest) = running.qtest.take() {
+            qtest.stop();
+        }
+        if let Some(agent) = running.agent.take() {
+            agent.close();
         }
         running
             .run_dir

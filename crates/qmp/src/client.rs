@@ -531,6 +531,18 @@ impl Client {
         self.shared.submit(b" ".to_vec(), vec![fd])
     }
 
+    /// Writes bytes that are not a command, e.g. the guest agent's `0xFF` resync marker.
+    /// They go out whole, in order with commands.
+    pub fn send_raw(&self, bytes: &[u8]) -> Result<()> {
+        record(
+            self.shared.transcript.as_ref(),
+            &self.shared.name,
+            Direction::Out,
+            bytes,
+        );
+        self.shared.submit(bytes.to_vec(), Vec::new())
+    }
+
     /// Ends the session: pending commands fail and subscribers end with
     /// [`DisconnectReason::Closed`]. Idempotent.
     pub fn close(&self) {

@@ -86,7 +86,8 @@ impl FrameDecoder {
             let byte = self.buf[i];
             match self.start {
                 None => match byte {
-                    b' ' | b'\t' | b'\r' | b'\n' => self.consumed = i + 1,
+                    // 0xFF is the guest agent's resync marker (`guest-sync-delimited`).
+                    b' ' | b'\t' | b'\r' | b'\n' | 0xff => self.consumed = i + 1,
                     b'{' => {
                         self.start = Some(i);
                         self.depth = 1;
@@ -195,6 +196,13 @@ mod tests {
         let mut decoder = FrameDecoder::new(1024);
         decoder.extend(b"{\n    \"return\": {\n        \"x\": 1\n    }\n}\n");
         assert_eq!(frames(&mut decoder).len(), 1);
+    }
+
+    #[test]
+    fn guest_agent_resync_bytes_are_skipped() {
+        let mut decoder = FrameDecoder::new(1024);
+        decoder.extend(b"\xff{\"return\": 7}\n\xff\xff{\"return\": 8}");
+        assert_eq!(frames(&mut decoder), ["{\"return\": 7}", "{\"return\": 8}"]);
     }
 
     #[test]

@@ -13,6 +13,51 @@ use qemu_machine::{Machine, MachineBuilder};
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const T: Duration = Duration::from_secs(10);
 
+/// The Linux test guest built by `guests/build-linux-guest.sh`: a builder that boots it
+/// to a shell on ttyS0 (TCG here, KVM only where it really works), and its kernel version.
+/// Fails, never skips, when the guest is not built.
+pub fn linux_guest(scratch: &Scratch) -> (MachineBuilder, String) {
+    let dir = std::env::var_os("QEMU_MACHINE_LINUX_GUEST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/linux")
+        });
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
+    assert!(
+        kernel.exists() && initrd.exists(),
+        "the Linux test guest is not in {}: run guests/build-linux-guest.sh (scripts/test does)",
+        dir.display()
+    );
+    let version = std::fs::read_to_string(dir.join("version")).unwrap_or_default();
+    let builder = scratch
+        .builder()
+        .machine_type("pc")
+        .accel(qemu_machine::Accel::KvmOrTcg)
+        .console(None, 0)
+        .args(["-m", "256M", "-no-reboot"])
+        .args(["-kernel", &kernel.display().to_string()])
+        .args(["-initrd", &initrd.display().to_string()])
+        .args(["-append", "console=ttyS0 quiet panic=-1"]);
+    (builder, version.trim().to_string())
+}
+
+/// Waits for the Linux guest's shell prompt.
+pub async fn wait_for_shell(vm: &Machine) {
+    let console = vm.console().unwrap();
+    console
+        .expect_any(
+            &"GUEST-READY".into(),
+            &["Kernel panic".into()],
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    console
+        .expect("guest# ", Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
 /// A base dir for run dirs; dropping it asserts that every run dir is gone.
 pub struct Scratch {
     dir: tempfile::TempDir,

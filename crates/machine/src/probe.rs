@@ -1,0 +1,195 @@
+//! What a QEMU binary can do: its version, accelerators, machine types and device types,
+//! asked once per binary and cached.
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::accel::kvm_really_usable;
+use crate::error::{Error, Result};
+
+/// Deadline for one `qemu -X help` run.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The capabilities of one QEMU binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The binary asked.
+    pub binary: String,
+    /// `(major, minor, micro)` from `--version`.
+    pub version: (u32, u32, u32),
+    /// The whole first line of `--version`.
+    pub version_text: String,
+    /// From `-accel help`, e.g. `tcg`, `kvm` (Debian's 7.2 has no `qtest`).
+    pub accelerators: BTreeSet<String>,
+    /// From `-machine help`, aliases included (`pc`, `q35`, `pc-i440fx-7.2`, ...).
+    pub machines: BTreeSet<String>,
+    /// From `-device help`.
+    pub devices: BTreeSet<String>,
+}
+
+impl Probe {
+    /// Asks `binary` (once per process; later calls return the cached answer).
+    pub async fn of(binary: &str) -> Result<Arc<Probe>> {
+        static CACHE: OnceLock<Mutex<HashMap<String, Arc<Probe>>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(probe) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(binary) {
+            return Ok(probe.clone());
+        }
+        let (version, accelerators, machines, devices) = tokio::try_join!(
+            ask(binary, &["--version"]),
+            ask(binary, &["-accel", "help"]),
+            ask(binary, &["-machine", "help"]),
+            ask(binary, &["-device", "help"]),
+        )?;
+        let version_text = version.lines().next().unwrap_or_default().to_string();
+        let probe = Arc::new(Probe {
+            binary: binary.to_string(),
+            version: parse_version(&version_text).ok_or_else(|| {
+                Error::Config(format!("{binary} --version said {version_text:?}"))
+            })?,
+            version_text,
+            accelerators: parse_accelerators(&accelerators),
+            machines: parse_machines(&machines),
+            devices: parse_devices(&devices),
+        });
+        cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(binary.to_string(), probe.clone());
+        Ok(probe)
+    }
+
+    /// The binary lists TCG.
+    pub fn tcg_available(&self) -> bool {
+        self.accelerators.contains("tcg")
+    }
+
+    /// The binary lists KVM *and* KVM really works on this host (not kvm-pvm, `/dev/kvm`
+    /// read-write).
+    pub fn kvm_usable(&self) -> bool {
+        self.accelerators.contains("kvm") && kvm_really_usable()
+    }
+
+    /// The binary has the qtest accelerator (needed for `clock_step`/`clock_set`).
+    pub fn qtest_accel(&self) -> bool {
+        self.accelerators.contains("qtest")
+    }
+
+    /// The machine type exists.
+    pub fn has_machine(&self, name: &str) -> bool {
+        self.machines.contains(name)
+    }
+
+    /// The device type exists.
+    pub fn has_device(&self, name: &str) -> bool {
+        self.devices.contains(name)
+    }
+}
+
+async fn ask(binary: &str, args: &[&str]) -> Result<String> {
+    let run = tokio::process::Command::new(binary)
+        .args(args)
+        .args(
+            ["-nodefaults", "-display", "none"]
+                .iter()
+                .filter(|_| args[0] != "--version"),
+        )
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let what = format!("{binary} {}", args.join(" "));
+    let output = tokio::time::timeout(PROBE_TIMEOUT, run)
+        .await
+        .map_err(|_| Error::Timeout {
+            machine: binary.to_string(),
+            awaited: format!("`{what}` to answer"),
+            after: PROBE_TIMEOUT,
+            seen: "no answer".into(),
+        })?
+        .map_err(|e| Error::io(format!("running `{what}`"), e))?;
+    if !output.status.success() {
+        return Err(Error::Config(format!(
+            "`{what}` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn parse_version(line: &str) -> Option<(u32, u32, u32)> {
+    let version = line
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    let mut parts = version.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0)
+    });
+    Some((
+        parts.next()?,
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    ))
+}
+
+/// `Accelerators supported in QEMU binary:` then one name per line.
+fn parse_accelerators(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// `Supported machines are:` then `name   description`, with `alias ... (alias of x)`.
+fn parse_machines(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
+}
+
+/// `name "virtio-blk-pci", bus PCI, ...` lines under category headers.
+fn parse_devices(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("name \""))
+        .filter_map(|l| l.split('"').next())
+        .map(String::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_help_texts() {
+        assert_eq!(
+            parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"),
+            Some((7, 2, 22))
+        );
+        assert_eq!(
+            parse_version("QEMU emulator version 10.0.2"),
+            Some((10, 0, 2))
+        );
+        let accels = parse_accelerators("Accelerators supported in QEMU binary:\ntcg\nkvm\n");
+        assert_eq!(accels.into_iter().collect::<Vec<_>>(), ["kvm", "tcg"]);
+        let machines = parse_machines(
+            "Supported machines are:\npc                   Standard PC (alias of pc-i440fx-7.2)\nnone                 empty machine\n",
+        );
+        assert!(machines.contains("pc") && machines.contains("none"));
+        let devices = parse_devices(
+            "Storage devices:\nname \"virtio-blk-pci\", bus PCI, alias \"virtio-blk\"\nname \"ide-hd\", bus IDE\n",
+        );
+        assert!(devices.contains("virtio-blk-pci") && devices.contains("ide-hd"));
+    }
+}

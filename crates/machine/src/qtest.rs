@@ -1,0 +1,510 @@
+//! The qtest protocol: line-based commands that poke guest memory, I/O ports, the virtual
+//! clock and interrupt lines from the host, as QEMU's device tests do.
+//!
+//! Replies are `OK [value]` or `FAIL message`; `IRQ raise N` / `IRQ lower N` lines may come
+//! at any time and are collected into a queue of their own. One command is in flight at a
+//! time (the protocol has no ids); a command that times out leaves its late reply to be
+//! discarded, so the stream stays in step.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+
+/// Default deadline for one qtest command.
+pub const DEFAULT_QTEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An interrupt line changed level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IrqEvent {
+    /// The line number.
+    pub line: u32,
+    /// Raised (true) or lowered (false).
+    pub raised: bool,
+}
+
+#[derive(Debug, Default)]
+struct Irqs {
+    queue: VecDeque<IrqEvent>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    irqs: Mutex<Irqs>,
+    irq_arrived: Notify,
+}
+
+impl Shared {
+    fn irqs(&self) -> MutexGuard<'_, Irqs> {
+        self.irqs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    replies: mpsc::UnboundedReceiver<String>,
+    /// Replies still owed to commands that timed out.
+    stale: usize,
+}
+
+/// A qtest session (cheap to clone; clones share it).
+#[derive(Debug, Clone)]
+pub struct Qtest {
+    name: String,
+    stream: Arc<UnixStream>,
+    session: Arc<tokio::sync::Mutex<Session>>,
+    shared: Arc<Shared>,
+    reader: Arc<JoinHandle<()>>,
+    clock_available: bool,
+}
+
+impl Qtest {
+    /// Starts a session over our end of the qtest socketpair. `clock_available` says
+    /// whether QEMU runs the qtest accelerator (without it `clock_*` are refused).
+    pub fn start(
+        name: impl Into<String>,
+        stream: std::os::unix::net::UnixStream,
+        clock_available: bool,
+    ) -> Result<Qtest> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("setting up the qtest socket", e))?;
+        let stream = Arc::new(
+            UnixStream::from_std(stream)
+                .map_err(|e| Error::io("setting up the qtest socket", e))?,
+        );
+        let shared = Arc::new(Shared {
+            irqs: Mutex::new(Irqs::default()),
+            irq_arrived: Notify::new(),
+        });
+        let (replies_tx, replies) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_lines(stream.clone(), shared.clone(), replies_tx));
+        Ok(Qtest {
+            name: name.into(),
+            stream,
+            session: Arc::new(tokio::sync::Mutex::new(Session { replies, stale: 0 })),
+            shared,
+            reader: Arc::new(reader),
+            clock_available,
+        })
+    }
+
+    pub(crate) fn stop(&self) {
+        self.reader.abort();
+    }
+
+    /// Sends one command line and returns QEMU's reply line (`OK ...` or `FAIL ...`), as is.
+    pub async fn cmd(&self, command: &str) -> Result<String> {
+        self.cmd_timeout(command, DEFAULT_QTEST_TIMEOUT).await
+    }
+
+    /// [`cmd`](Self::cmd) with a deadline.
+    pub async fn cmd_timeout(&self, command: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut session = tokio::time::timeout_at(deadline, self.session.lock())
+            .await
+            .map_err(|_| {
+                self.timeout(command, timeout, "another qtest command held the session")
+            })?;
+        let mut line = command.as_bytes().to_vec();
+        line.push(b'\n');
+        let mut written = 0;
+        while written < line.len() {
+            match self.stream.try_write(&line[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::time::timeout_at(deadline, self.stream.writable())
+                        .await
+                        .map_err(|_| {
+                            self.timeout(command, timeout, "QEMU did not take the command")
+                        })?
+                        .map_err(|e| Error::io("writing to qtest", e))?;
+                }
+                Err(e) => return Err(Error::io("writing to qtest", e)),
+            }
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, session.replies.recv()).await {
+                Ok(Some(_)) if session.stale > 0 => session.stale -= 1,
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {
+                    return Err(Error::Qtest {
+                        machine: self.name.clone(),
+                        command: command.into(),
+                        message: "the qtest connection closed".into(),
+                    })
+                }
+                Err(_) => {
+                    session.stale += 1;
+                    return Err(self.timeout(command, timeout, "no reply"));
+                }
+            }
+        }
+    }
+
+    fn timeout(&self, command: &str, after: Duration, seen: &str) -> Error {
+        Error::Timeout {
+            machine: self.name.clone(),
+            awaited: format!("the qtest reply to `{command}`"),
+            after,
+            seen: seen.into(),
+        }
+    }
+
+    /// Sends a command; `OK` gives what follows it, `FAIL` an error.
+    async fn ok(&self, command: &str) -> Result<String> {
+        let reply = self.cmd(command).await?;
+        match reply.strip_prefix("OK") {
+            Some(rest) => Ok(rest.trim().to_string()),
+            None => Err(Error::Qtest {
+                machine: self.name.clone(),
+                command: command.into(),
+                message: reply
+                    .strip_prefix("FAIL")
+                    .unwrap_or(&reply)
+                    .trim()
+                    .to_string(),
+            }),
+        }
+    }
+
+    async fn ok_number(&self, command: &str) -> Result<u64> {
+        let text = self.ok(command).await?;
+        parse_number(&text).ok_or_else(|| Error::Qtest {
+            machine: self.name.clone(),
+            command: command.into(),
+            message: format!("expected a number, got {text:?}"),
+        })
+    }
+
+    /// Reads a byte of guest memory.
+    pub async fn readb(&self, addr: u64) -> Result<u8> {
+        Ok(self.ok_number(&format!("readb {addr:#x}")).await? as u8)
+    }
+
+    /// Reads 16 bits of guest memory.
+    pub async fn readw(&self, addr: u64) -> Result<u16> {
+        Ok(self.ok_number(&format!("readw {addr:#x}")).await? as u16)
+    }
+
+    /// Reads 32 bits of guest memory.
+    pub async fn readl(&self, addr: u64) -> Result<u32> {
+        Ok(self.ok_number(&format!("readl {addr:#x}")).await? as u32)
+    }
+
+    /// Reads 64 bits of guest memory.
+    pub async fn readq(&self, addr: u64) -> Result<u64> {
+        self.ok_number(&format!("readq {addr:#x}")).await
+    }
+
+    /// Writes a byte of guest memory.
+    pub async fn writeb(&self, addr: u64, value: u8) -> Result<()> {
+        self.ok(&format!("writeb {addr:#x} {value:#x}"))
+            .await
+            .map(drop)
+    }
+
+    /// Writes 16 bits of guest memory.
+    pub async fn writew(&self, addr: u64, value: u16) -> Result<()> {
+        self.ok(&format!("writew {addr:#x} {value:#x}"))
+            .await
+            .map(drop)
+    }
+
+    /// Writes 32 bits of guest memory.
+    pub async fn writel(&self, addr: u64, value: u32) -> Result<()> {
+        self.ok(&format!("writel {addr:#x} {value:#x}"))
+            .await
+            .map(drop)
+    }
+
+    /// Writes 64 bits of guest memory.
+    pub async fn writeq(&self, addr: u64, value: u64) -> Result<()> {
+        self.ok(&format!("writeq {addr:#x} {value:#x}"))
+            .await
+            .map(drop)
+    }
+
+    /// Reads `len` bytes of guest memory.
+    pub async fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
+        let command = format!("read {addr:#x} {len:#x}");
+        let text = self.ok(&command).await?;
+        let bytes = parse_hex_bytes(&text).ok_or_else(|| Error::Qtest {
+            machine: self.name.clone(),
+            command: command.clone(),
+            message: format!("expected 0x and hex digits, got {text:?}"),
+        })?;
+        if bytes.len() != len {
+            return Err(Error::Qtest {
+                machine: self.name.clone(),
+                command,
+                message: format!("asked for {len} bytes, got {}", bytes.len()),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Writes `data` to guest memory.
+    pub async fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
+        let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+        self.ok(&format!("write {addr:#x} {:#x} 0x{hex}", data.len()))
+            .await
+            .map(drop)
+    }
+
+    /// Reads an 8-bit I/O port.
+    pub async fn inb(&self, port: u16) -> Result<u8> {
+        Ok(self.ok_number(&format!("inb {port:#x}")).await? as u8)
+    }
+
+    /// Reads a 16-bit I/O port.
+    pub async fn inw(&self, port: u16) -> Result<u16> {
+        Ok(self.ok_number(&format!("inw {port:#x}")).await? as u16)
+    }
+
+    /// Reads a 32-bit I/O port.
+    pub async fn inl(&self, port: u16) -> Result<u32> {
+        Ok(self.ok_number(&format!("inl {port:#x}")).await? as u32)
+    }
+
+    /// Writes an 8-bit I/O port.
+    pub async fn outb(&self, port: u16, value: u8) -> Result<()> {
+        self.ok(&format!("outb {port:#x} {value:#x}"))
+            .await
+            .map(drop)
+    }
+
+    /// Writes a 16-bit I/O port.
+    pub async fn outw(&self, port: u16, value: u16) -> Result<()> {
+        self.ok(&format!("outw {port:#x} {value:#x}"))
+            .await
+            .map(drop)
+    }
+
+    /// Writes a 32-bit I/O port.
+    pub async fn outl(&self, port: u16, value: u32) -> Result<()> {
+        self.ok(&format!("outl {port:#x} {value:#x}"))
+            .await
+            .map(drop)
+    }
+
+    fn need_clock(&self, command: &str) -> Result<()> {
+        if self.clock_available {
+            return Ok(());
+        }
+        Err(Error::Qtest {
+            machine: self.name.clone(),
+            command: command.into(),
+            message: "the virtual clock can only be driven under the qtest accelerator, \
+                      which this QEMU binary does not have (see Probe::qtest_accel)"
+                .into(),
+        })
+    }
+
+    /// Advances the virtual clock by `ns` (or to the next timer deadline when `None`);
+    /// returns the new clock in ns.
+    pub async fn clock_step(&self, ns: Option<u64>) -> Result<u64> {
+        let command = match ns {
+            Some(ns) => format!("clock_step {ns}"),
+            None => "clock_step".into(),
+        };
+        self.need_clock(&command)?;
+        self.ok_number(&command).await
+    }
+
+    /// Sets the virtual clock to `ns`; returns the new clock in ns.
+    pub async fn clock_set(&self, ns: u64) -> Result<u64> {
+        let command = format!("clock_set {ns}");
+        self.need_clock(&command)?;
+        self.ok_number(&command).await
+    }
+
+    /// Reports the GPIO inputs of the device at `qom_path` as IRQ events instead of
+    /// delivering them.
+    pub async fn irq_intercept_in(&self, qom_path: &str) -> Result<()> {
+        self.ok(&format!("irq_intercept_in {qom_path}"))
+            .await
+            .map(drop)
+    }
+
+    /// Reports the GPIO outputs of the device at `qom_path` as IRQ events.
+    pub async fn irq_intercept_out(&self, qom_path: &str) -> Result<()> {
+        self.ok(&format!("irq_intercept_out {qom_path}"))
+            .await
+            .map(drop)
+    }
+
+    /// Sets GPIO input `num` of `name` (`None`: the unnamed inputs) of the device at
+    /// `qom_path` to `level`.
+    pub async fn set_irq_in(
+        &self,
+        qom_path: &str,
+        name: Option<&str>,
+        num: u32,
+        level: i32,
+    ) -> Result<()> {
+        let name = name.unwrap_or("unnamed-gpio-in");
+        self.ok(&format!("set_irq_in {qom_path} {name} {num} {level}"))
+            .await
+            .map(drop)
+    }
+
+    /// The next IRQ event, waiting at most `timeout`.
+    pub async fn next_irq(&self, timeout: Duration) -> Result<IrqEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let arrived = self.shared.irq_arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let mut irqs = self.shared.irqs();
+                if let Some(event) = irqs.queue.pop_front() {
+                    return Ok(event);
+                }
+                if irqs.closed {
+                    return Err(Error::Qtest {
+                        machine: self.name.clone(),
+                        command: "(waiting for an IRQ)".into(),
+                        message: "the qtest connection closed".into(),
+                    });
+                }
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Err(Error::Timeout {
+                    machine: self.name.clone(),
+                    awaited: "an IRQ event from qtest".into(),
+                    after: timeout,
+                    seen: "none".into(),
+                });
+            }
+        }
+    }
+
+    /// Every IRQ event queued now, oldest first.
+    pub fn irqs(&self) -> Vec<IrqEvent> {
+        self.shared.irqs().queue.drain(..).collect()
+    }
+}
+
+async fn read_lines(
+    stream: Arc<UnixStream>,
+    shared: Arc<Shared>,
+    replies: mpsc::UnboundedSender<String>,
+) {
+    let mut reader = tokio::io::BufReader::new(ArcRead(stream));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = line.trim_end();
+        if let Some(event) = parse_irq(text) {
+            shared.irqs().queue.push_back(event);
+            shared.irq_arrived.notify_waiters();
+        } else if replies.send(text.to_string()).is_err() {
+            break;
+        }
+    }
+    shared.irqs().closed = true;
+    shared.irq_arrived.notify_waiters();
+}
+
+/// Reads through a shared stream (qtest reads and writes from different tasks).
+struct ArcRead(Arc<UnixStream>);
+
+impl tokio::io::AsyncRead for ArcRead {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            match self.0.poll_read_ready(cx) {
+                std::task::Poll::Ready(Ok(())) => {}
+                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+fn parse_irq(line: &str) -> Option<IrqEvent> {
+    let rest = line.strip_prefix("IRQ ")?;
+    let (level, number) = rest.split_once(' ')?;
+    let raised = match level {
+        "raise" => true,
+        "lower" => false,
+        _ => return None,
+    };
+    Some(IrqEvent {
+        line: number.trim().parse().ok()?,
+        raised,
+    })
+}
+
+fn parse_number(text: &str) -> Option<u64> {
+    let word = text.split_whitespace().next()?;
+    match word.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => word.parse().ok(),
+    }
+}
+
+fn parse_hex_bytes(text: &str) -> Option<Vec<u8>> {
+    let hex = text.trim().strip_prefix("0x")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_replies() {
+        assert_eq!(parse_number("0x00000000deadbeef"), Some(0xdead_beef));
+        assert_eq!(parse_number("5000000000"), Some(5_000_000_000));
+        assert_eq!(parse_number("nonsense"), None);
+        assert_eq!(parse_hex_bytes("0x01020304"), Some(vec![1, 2, 3, 4]));
+        assert_eq!(parse_hex_bytes("0x123"), None);
+        assert_eq!(parse_hex_bytes("0xzz"), None);
+        assert_eq!(
+            parse_irq("IRQ raise 8"),
+            Some(IrqEvent {
+                line: 8,
+                raised: true
+            })
+        );
+        assert_eq!(
+            parse_irq("IRQ lower 14"),
+            Some(IrqEvent {
+                line: 14,
+                raised: false
+            })
+        );
+        assert_eq!(parse_irq("IRQ sideways 1"), None);
+    }
+}
