@@ -67,6 +67,24 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A block job ended with an error.
+    #[error("{machine}: job {job} failed: {message}")]
+    Job {
+        /// The machine's name.
+        machine: String,
+        /// The job id.
+        job: String,
+        /// QEMU's error.
+        message: String,
+    },
+    /// A migration failed, or the destination did not take over.
+    #[error("{machine}: {message}")]
+    Migration {
+        /// The machine that reported it.
+        machine: String,
+        /// What happened.
+        message: String,
+    },
     /// The machine has no console (see `MachineBuilder::console`).
     #[error("{0}: no console was configured")]
     NoConsole(String),

@@ -38,11 +38,16 @@ mod event_match;
 pub mod fleet;
 pub mod guest;
 pub mod guest_agent;
+pub mod hotplug;
+pub mod job;
 mod machine;
+pub mod migration;
 pub mod probe;
+pub mod qmp_log;
 pub mod qtest;
 mod run_dir;
 mod spawn;
+pub mod usernet;
 
 pub use accel::{is_kvm_pvm, kvm_really_usable, Accel};
 pub use config::{

@@ -628,6 +628,15 @@ impl Machine {
         self.events.drain(..).collect()
     }
 
+    /// Drops the queued events for which `unwanted` holds (e.g. duplicates of one already
+    /// handled), keeping the others in order.
+    pub fn forget_events(&mut self, unwanted: impl Fn(&Event) -> bool) {
+        while let Some(event) = self.pull_now() {
+            self.events.push_back(event);
+        }
+        self.events.retain(|e| !unwanted(e));
+    }
+
     /// Forgets every event not yet consumed.
     pub fn clear_events(&mut self) {
         self.get_qmp_events();
