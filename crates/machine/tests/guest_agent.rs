@@ -87,3 +87,32 @@ async fn an_agent_that_never_answers_is_a_deadline_error() {
     );
     vm.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_agent_on_a_unix_socket_is_reconnected_until_it_answers() {
+    let scratch = Scratch::new();
+    let sockets = tempfile::tempdir().unwrap();
+    let path = sockets.path().join("qga.sock");
+    let (builder, _) = linux_guest(&scratch);
+    let mut vm = Machine::new(builder.args([
+        "-device".to_string(),
+        "virtio-serial-pci,id=ser0".to_string(),
+        "-chardev".to_string(),
+        format!("socket,id=qga0,path={},server=on,wait=off", path.display()),
+        "-device".to_string(),
+        "virtserialport,bus=ser0.0,chardev=qga0,name=org.qemu.guest_agent.0".to_string(),
+    ]));
+    vm.launch().await.unwrap();
+    // Connecting right away: the guest has not even booted; attempts repeat until it answers.
+    let agent = qemu_machine::GuestAgent::connect(&path, AGENT)
+        .await
+        .unwrap();
+    agent.ping().await.unwrap();
+    let os = agent.get_osinfo().await.unwrap();
+    assert_eq!(os["kernel-release"].as_str().is_some(), true, "{os}");
+    let interfaces = agent.network_get_interfaces().await.unwrap();
+    assert!(interfaces.to_string().contains("\"lo\""), "{interfaces}");
+    assert_eq!(agent.fsfreeze_status().await.unwrap(), "thawed");
+    agent.shutdown("powerdown").await.unwrap();
+    vm.wait(Duration::from_secs(60)).await.unwrap();
+}
