@@ -109,7 +109,7 @@ async fn an_agent_on_a_unix_socket_is_reconnected_until_it_answers() {
         .unwrap();
     agent.ping().await.unwrap();
     let os = agent.get_osinfo().await.unwrap();
-    assert_eq!(os["kernel-release"].as_str().is_some(), true, "{os}");
+    assert!(os["kernel-release"].as_str().is_some(), "{os}");
     let interfaces = agent.network_get_interfaces().await.unwrap();
     assert!(interfaces.to_string().contains("\"lo\""), "{interfaces}");
     assert_eq!(agent.fsfreeze_status().await.unwrap(), "thawed");
