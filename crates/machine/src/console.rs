@@ -263,6 +263,28 @@ impl Console {
         out
     }
 
+    /// Waits for output after the cursor and returns it (moving the cursor); fails once
+    /// the console has closed and everything was read.
+    pub async fn read(&self) -> Result<Vec<u8>> {
+        loop {
+            let arrived = self.shared.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let bytes = self.read_available();
+            if !bytes.is_empty() {
+                return Ok(bytes);
+            }
+            if let Some(reason) = self.shared.buffer().end.clone() {
+                return Err(Error::Console {
+                    machine: self.name.clone(),
+                    problem: format!("the console closed ({reason})"),
+                    last_output: String::new(),
+                });
+            }
+            arrived.await;
+        }
+    }
+
     /// Total bytes received, and bytes the ring dropped because nobody read them in time.
     pub fn counters(&self) -> (u64, u64) {
         let buffer = self.shared.buffer();

@@ -11,12 +11,11 @@
 //!   success there.
 
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
-use qmp::{Client, Request};
+use qmp::{Address, Client, Request};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -80,16 +79,16 @@ impl GuestAgent {
         Ok(agent)
     }
 
-    /// A session to an agent socket at `path` (`-chardev socket,path=...,server=on`),
-    /// reconnecting until it syncs or `timeout` passes.
-    pub async fn connect(path: &Path, timeout: Duration) -> Result<GuestAgent> {
-        let name = path.display().to_string();
+    /// A session to an agent socket (`-chardev socket,path=...,server=on`, or a TCP
+    /// address), reconnecting until it syncs or `timeout` passes.
+    pub async fn connect(address: &Address, timeout: Duration) -> Result<GuestAgent> {
+        let name = address.to_string();
         let deadline = Instant::now() + timeout;
         let mut last_error = String::from("no attempt finished");
         while Instant::now() < deadline {
             match Self::builder(&name)
                 .connect_timeout(SYNC_ATTEMPT)
-                .connect_unix(path)
+                .connect(address)
                 .await
             {
                 Ok(client) => {

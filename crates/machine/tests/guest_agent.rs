@@ -104,7 +104,7 @@ async fn an_agent_on_a_unix_socket_is_reconnected_until_it_answers() {
     ]));
     vm.launch().await.unwrap();
     // Connecting right away: the guest has not even booted; attempts repeat until it answers.
-    let agent = qemu_machine::GuestAgent::connect(&path, AGENT)
+    let agent = qemu_machine::GuestAgent::connect(&qemu_machine::qmp::Address::Unix(path), AGENT)
         .await
         .unwrap();
     agent.ping().await.unwrap();

@@ -7,6 +7,7 @@
 //! - [`Listener`]: server mode, where QEMU connects to us.
 //! - [`commands`]: typed commands ([`Command`]); [`TypedEvent`]: typed events. Plain JSON is
 //!   always available.
+//! - [`Multiplexer`]: one session served to many standard QMP clients.
 //! - [`fake::FakePeer`]: a scriptable fake QMP peer for tests.
 //!
 //! ```no_run
@@ -38,6 +39,7 @@ mod events;
 pub mod fake;
 pub mod framing;
 mod message;
+mod mux;
 mod open_enum;
 mod server;
 mod transcript;
@@ -55,6 +57,7 @@ pub use events::{EventFilter, Subscription, DEFAULT_QUEUE_CAPACITY};
 pub use message::{
     ErrorInfo, Event, Greeting, Message, Response, Timestamp, VersionInfo, VersionTriple,
 };
+pub use mux::Multiplexer;
 pub use server::Listener;
 pub use typed_event::{
     BlockJobData, BlockJobErrorData, DeviceDeletedData, JobStatusChangeData, MigrationData,

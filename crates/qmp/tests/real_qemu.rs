@@ -334,3 +334,59 @@ fn blocking_facade_queues_events_while_the_caller_sleeps() {
     assert_eq!(names, ["RESUME", "STOP"]);
     assert!(queued.iter().all(|e| e.received() < slept_until));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multiplexer_serves_two_clients_with_their_own_replies_and_all_events() {
+    let (_qemu, upstream) = socketpair_client(&["-machine", "pc", "-S"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mux.sock");
+    let mux = qmp::Multiplexer::serve(upstream, &path).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let a = Client::builder().connect_unix(&path).await.unwrap();
+    let b = Client::builder().connect_unix(&path).await.unwrap();
+    assert_eq!(a.greeting().unwrap().version.qemu.major, 7);
+    let mut a_events = a.subscribe(EventFilter::names(["STOP", "RESUME"]));
+    let mut b_events = b.subscribe(EventFilter::names(["STOP", "RESUME"]));
+
+    // Interleaved commands from both, each answered to its sender.
+    let (ra, rb) = tokio::join!(
+        a.execute(
+            "human-monitor-command",
+            json!({"command-line": "print 111"})
+        ),
+        b.execute(
+            "human-monitor-command",
+            json!({"command-line": "print 222"})
+        ),
+    );
+    assert_eq!(ra.unwrap().as_str().unwrap().trim(), "0x6f");
+    assert_eq!(rb.unwrap().as_str().unwrap().trim(), "0xde");
+    assert_eq!(
+        a.execute("nope", json!({})).await.unwrap_err().class(),
+        Some("CommandNotFound")
+    );
+
+    a.execute("cont", json!({})).await.unwrap();
+    b.execute("stop", json!({})).await.unwrap();
+    for events in [&mut a_events, &mut b_events] {
+        assert_eq!(events.recv_timeout(T).await.unwrap().name(), "RESUME");
+        assert_eq!(events.recv_timeout(T).await.unwrap().name(), "STOP");
+    }
+
+    // A client that skips negotiation is told, as QEMU would.
+    let raw = Client::builder()
+        .negotiate(false)
+        .connect_unix(&path)
+        .await
+        .unwrap();
+    let err = raw.execute("query-status", json!({})).await.unwrap_err();
+    assert_eq!(err.class(), Some("CommandNotFound"), "{err}");
+
+    drop(mux);
+    assert!(!path.exists());
+}

@@ -1,0 +1,282 @@
+//! `qemu-machine shell`: qmp-shell, interactive or scripted.
+
+use std::fs::OpenOptions;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use qemu_machine_cli::shell_syntax::ShellParser;
+use qmp::{Client, EventFilter, Request};
+use rustyline::completion::{Completer, Pair};
+use rustyline::error::ReadlineError;
+use rustyline::history::DefaultHistory;
+use rustyline::{Editor, ExternalPrinter, Helper, Highlighter, Hinter, Validator};
+use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
+
+use crate::{parse_address, Failure, Outcome, ShellArgs};
+
+/// What one shell line turned into.
+enum Reply {
+    /// A QMP response (or a syntax error shaped like one).
+    Json(Value),
+    /// HMP text.
+    Text(String),
+    /// Nothing to show (an empty line, an open transaction, a local command).
+    Nothing,
+}
+
+struct Session {
+    client: Client,
+    parser: ShellParser,
+    hmp: bool,
+    cpu: i64,
+    verbose: bool,
+    log: Option<std::fs::File>,
+}
+
+impl Session {
+    async fn line(&mut self, line: &str) -> Result<Reply, Failure> {
+        if self.hmp {
+            return self.hmp_line(line).await;
+        }
+        let command = match self.parser.feed(line) {
+            Ok(Some(command)) => command,
+            Ok(None) => return Ok(Reply::Nothing),
+            Err(e) => {
+                return Ok(Reply::Json(
+                    json!({"error": {"class": "SyntaxError", "desc": e.to_string()}}),
+                ))
+            }
+        };
+        if self.verbose {
+            eprintln!("{command}");
+        }
+        let name = command["execute"].as_str().unwrap_or_default().to_string();
+        let arguments = command.get("arguments").cloned().unwrap_or(Value::Null);
+        let response = self
+            .client
+            .send(Request::new(name).arguments(arguments))
+            .await?;
+        let mut reply = response.to_json();
+        if let Some(object) = reply.as_object_mut() {
+            object.remove("id");
+        }
+        if let Some(log) = &mut self.log {
+            let mut merged = command.as_object().cloned().unwrap_or_default();
+            merged.extend(reply.as_object().cloned().unwrap_or_default());
+            writeln!(log, "{}", Value::Object(merged))?;
+        }
+        Ok(Reply::Json(reply))
+    }
+
+    async fn hmp_line(&mut self, line: &str) -> Result<Reply, Failure> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Ok(Reply::Nothing);
+        }
+        if let Some(index) = line.strip_prefix("cpu ") {
+            let index: i64 = match index.trim().parse() {
+                Ok(index) => index,
+                Err(_) => return Ok(Reply::Text(format!("invalid CPU index {index:?}"))),
+            };
+            let probe = json!({"command-line": "info version", "cpu-index": index});
+            return Ok(
+                match self.client.execute("human-monitor-command", probe).await {
+                    Ok(_) => {
+                        self.cpu = index;
+                        Reply::Nothing
+                    }
+                    Err(e) => Reply::Text(format!("{}: CPU {index}", class_and_desc(&e))),
+                },
+            );
+        }
+        let arguments = json!({"command-line": line, "cpu-index": self.cpu});
+        Ok(
+            match self
+                .client
+                .execute("human-monitor-command", arguments)
+                .await
+            {
+                Ok(text) => Reply::Text(text.as_str().unwrap_or_default().to_string()),
+                Err(e) if e.class().is_some() => Reply::Text(class_and_desc(&e)),
+                Err(e) => return Err(e.into()),
+            },
+        )
+    }
+}
+
+fn class_and_desc(error: &qmp::Error) -> String {
+    match error {
+        qmp::Error::Command(e) => format!("{}: {}", e.class, e.desc),
+        other => other.to_string(),
+    }
+}
+
+fn render(value: &Value, pretty: bool) -> String {
+    if pretty {
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    } else {
+        value.to_string()
+    }
+}
+
+pub(crate) async fn shell(args: ShellArgs) -> Outcome {
+    let address = parse_address(&args.address.address)?;
+    let mut builder = Client::builder().name("shell");
+    if args.no_negotiate {
+        builder = builder.await_greeting(false).negotiate(false);
+    }
+    let client = builder.connect(&address).await?;
+    let log = match &args.log {
+        Some(path) => Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| Failure::new(format!("cannot open {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let session = Session {
+        client,
+        parser: ShellParser::new(),
+        hmp: args.hmp,
+        cpu: 0,
+        verbose: args.verbose,
+        log,
+    };
+    if std::io::stdin().is_terminal() {
+        interactive(session, args.pretty).await
+    } else {
+        scripted(session, args.pretty).await
+    }
+}
+
+/// One reply per input line on stdout, for scripts.
+async fn scripted(mut session: Session, pretty: bool) -> Outcome {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        match session.line(&line).await? {
+            Reply::Json(value) => println!("{}", render(&value, pretty)),
+            Reply::Text(text) => print!("{text}"),
+            Reply::Nothing => {}
+        }
+    }
+    if session.parser.in_transaction() {
+        return Err(Failure::new(
+            "input ended inside an open transaction( ... )",
+        ));
+    }
+    Ok(0)
+}
+
+#[derive(Helper, Highlighter, Hinter, Validator)]
+struct Commands {
+    names: Vec<String>,
+}
+
+impl Completer for Commands {
+    type Candidate = Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let start = line[..pos].rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        if start > 0 && !line[..start].trim_start().starts_with("transaction(") {
+            return Ok((pos, Vec::new()));
+        }
+        let word = &line[start..pos];
+        let matches = self
+            .names
+            .iter()
+            .filter(|n| n.starts_with(word))
+            .map(|n| Pair {
+                display: n.clone(),
+                replacement: n.clone(),
+            })
+            .collect();
+        Ok((start, matches))
+    }
+}
+
+fn history_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".qmp-shell_history"))
+}
+
+async fn interactive(mut session: Session, pretty: bool) -> Outcome {
+    let names = if session.hmp {
+        Vec::new()
+    } else {
+        let commands = session
+            .client
+            .execute("query-commands", Value::Null)
+            .await
+            .unwrap_or(Value::Null);
+        let mut names: Vec<String> = commands
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(String::from))
+            .collect();
+        names.sort();
+        names
+    };
+    let mut editor: Editor<Commands, DefaultHistory> =
+        Editor::new().map_err(|e| Failure::new(format!("cannot start line editing: {e}")))?;
+    editor.set_helper(Some(Commands { names }));
+    let history = history_file();
+    if let Some(path) = &history {
+        let _ = editor.load_history(path);
+    }
+    println!("Welcome to the QMP low-level shell!");
+    if let Some(greeting) = session.client.greeting() {
+        println!("Connected to QEMU {}\n", greeting.version.qemu);
+    }
+    // Events are printed as they arrive, above the prompt.
+    let mut printer = editor
+        .create_external_printer()
+        .map_err(|e| Failure::new(format!("cannot print events: {e}")))?;
+    let mut events = session.client.subscribe(EventFilter::all());
+    let event_task = tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if printer.print(format!("{event}\n")).is_err() {
+                break;
+            }
+        }
+    });
+    let runtime = tokio::runtime::Handle::current();
+    let result = tokio::task::spawn_blocking(move || -> Outcome {
+        loop {
+            let prompt = match (session.hmp, session.parser.in_transaction()) {
+                (true, _) => "(HMP) ",
+                (false, true) => "TRANS> ",
+                (false, false) => "(QEMU) ",
+            };
+            let line = match editor.readline(prompt) {
+                Ok(line) => line,
+                Err(ReadlineError::Interrupted) => continue,
+                Err(ReadlineError::Eof) => break,
+                Err(e) => return Err(Failure::new(format!("reading input: {e}"))),
+            };
+            let _ = editor.add_history_entry(line.as_str());
+            match runtime.block_on(session.line(&line)) {
+                Ok(Reply::Json(value)) => println!("{}", render(&value, pretty)),
+                Ok(Reply::Text(text)) => print!("{text}"),
+                Ok(Reply::Nothing) => {}
+                Err(failure) if !session.client.is_connected() => return Err(failure),
+                Err(failure) => eprintln!("error: {}", failure.message_text()),
+            }
+        }
+        if let Some(path) = &history {
+            let _ = editor.save_history(path);
+        }
+        Ok(0)
+    })
+    .await
+    .map_err(|e| Failure::new(format!("the shell stopped: {e}")))?;
+    event_task.abort();
+    result
+}

@@ -1,0 +1,511 @@
+//! The `qemu-machine` command driven as a user would: under a pseudo-terminal for `run`,
+//! through pipes for the rest, against real QEMU.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+fn bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_qemu-machine"));
+    command.env_remove("QMP_SOCKET");
+    command
+}
+
+fn run(args: &[&str], stdin: &str) -> Output {
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A child process on a pseudo-terminal, with what it printed collected as it comes.
+struct OnPty {
+    child: Child,
+    master: std::fs::File,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl OnPty {
+    fn spawn(mut command: Command) -> OnPty {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let slave: OwnedFd = pty.slave;
+        command
+            .stdin(slave.as_fd().try_clone_to_owned().unwrap())
+            .stdout(slave.as_fd().try_clone_to_owned().unwrap())
+            .stderr(slave.as_fd().try_clone_to_owned().unwrap());
+        let child = command.spawn().unwrap();
+        drop(slave);
+        let master = std::fs::File::from(pty.master);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        OnPty {
+            child,
+            master,
+            seen,
+        }
+    }
+
+    fn output(&self) -> String {
+        text(&self.seen.lock().unwrap())
+    }
+
+    fn expect(&self, pattern: &str, times: usize) -> String {
+        let deadline = Instant::now() + T;
+        loop {
+            let output = self.output();
+            if output.matches(pattern).count() >= times {
+                return output;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {pattern:?} x{times} in {output:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running: {}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for OnPty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pid_in(output: &str) -> u32 {
+    let start = output.find("(pid ").expect("pid line") + 5;
+    output[start..].split(')').next().unwrap().parse().unwrap()
+}
+
+fn assert_gone(pid: u32) {
+    let deadline = Instant::now() + T;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.contains(") Z") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "QEMU {pid} is still running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A bare QEMU with a QMP server socket for the tools to connect to.
+struct Qemu {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Qemu {
+    fn start(args: &[&str]) -> Qemu {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qmp.sock");
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-display", "none", "-nodefaults"])
+            .args(args)
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + T;
+        while UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "QEMU made no QMP socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Qemu {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn address(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn run_puts_the_builtin_guest_on_the_terminal_and_detaches() {
+    let mut command = bin();
+    command.arg("run");
+    let mut vm = OnPty::spawn(command);
+    let output = vm.expect("READY", 1);
+    let pid = pid_in(&output);
+    vm.send(b"hello");
+    vm.expect("hello", 1);
+    vm.send(b"\x1dq");
+    let status = vm.wait();
+    assert!(status.success(), "{status}: {}", vm.output());
+    assert!(vm.output().contains("QEMU exited"));
+    assert_gone(pid);
+}
+
+#[test]
+fn run_exits_with_qemus_status_when_the_guest_ends_it() {
+    let mut command = bin();
+    command.arg("run");
+    let mut vm = OnPty::spawn(command);
+    vm.expect("READY", 1);
+    // Ctrl-X: the built-in guest exits through isa-debug-exit with status 33.
+    vm.send(&[qemu_machine::guest::DEBUG_EXIT]);
+    assert_eq!(vm.wait().code(), Some(33), "{}", vm.output());
+}
+
+#[test]
+fn run_serves_qmp_to_two_clients_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vm.qmp");
+    let mut command = bin();
+    command.args(["run", "--qmp", socket.to_str().unwrap()]);
+    let mut vm = OnPty::spawn(command);
+    vm.expect("READY", 1);
+
+    let mut events = bin()
+        .args([
+            "events",
+            socket.to_str().unwrap(),
+            "--name",
+            "STOP",
+            "--name",
+            "RESUME",
+        ])
+        .args(["--count", "2", "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it listens.
+    let mut stderr = events.stderr.take().unwrap();
+    let mut first = [0u8; 64];
+    let n = stderr.read(&mut first).unwrap();
+    assert!(
+        text(&first[..n]).contains("listening"),
+        "{}",
+        text(&first[..n])
+    );
+
+    let shell = run(
+        &["shell", socket.to_str().unwrap()],
+        "stop\ncont\nquery-status\n",
+    );
+    let replies = text(&shell.stdout);
+    let lines: Vec<&str> = replies.lines().collect();
+    assert_eq!(
+        lines[..2],
+        ["{\"return\":{}}", "{\"return\":{}}"],
+        "{replies}"
+    );
+    assert!(lines[2].contains("\"running\":true"), "{replies}");
+
+    let seen = events.wait_with_output().unwrap();
+    assert!(seen.status.success());
+    let seen = text(&seen.stdout);
+    let names: Vec<&str> = seen
+        .lines()
+        .map(|l| {
+            if l.contains("\"STOP\"") {
+                "STOP"
+            } else {
+                "RESUME"
+            }
+        })
+        .collect();
+    assert_eq!(names, ["STOP", "RESUME"], "{seen}");
+    // The run's own terminal showed them too.
+    vm.expect("\"event\":\"RESUME\"", 1);
+    let socket_mode = std::fs::metadata(&socket).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(socket_mode.permissions().mode() & 0o777, 0o600);
+
+    vm.send(b"\x1dq");
+    assert!(vm.wait().success());
+    assert!(!socket.exists(), "the QMP socket is removed");
+}
+
+#[test]
+fn shell_over_a_pipe_with_a_transaction_a_dotted_key_and_an_error() {
+    let qemu = Qemu::start(&[
+        "-machine",
+        "none",
+        "-blockdev",
+        "driver=null-co,node-name=null0",
+    ]);
+    let script = "\
+transaction(
+block-dirty-bitmap-add node=null0 name=b0
+block-dirty-bitmap-add node=null0 name=b1
+)
+blockdev-add driver=raw node-name=r0 file.driver=null-co file.size=4096
+no-such-command
+query-named-block-nodes
+";
+    let out = run(&["shell", qemu.address()], script);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines[0], "{\"return\":{}}");
+    assert_eq!(lines[1], "{\"return\":{}}");
+    assert!(lines[2].contains("CommandNotFound"), "{stdout}");
+    assert!(
+        lines[3].contains("\"r0\"") && lines[3].contains("\"b1\""),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn hmp_mode_and_cpu_switching() {
+    let qemu = Qemu::start(&["-machine", "pc", "-S", "-smp", "2"]);
+    let out = run(
+        &["shell", "-H", qemu.address()],
+        "info status\ncpu 1\ncpu 7\n",
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("VM status: paused (prelaunch)"), "{stdout}");
+    assert!(stdout.contains("CPU 7"), "{stdout}");
+}
+
+#[test]
+fn exec_prints_json_and_fails_with_class_and_desc() {
+    let qemu = Qemu::start(&["-machine", "none"]);
+    let ok = run(&["exec", qemu.address(), "query-status"], "");
+    assert!(ok.status.success());
+    assert!(text(&ok.stdout).contains("\"status\":\"running\""));
+    let bad = run(&["exec", qemu.address(), "no-such-command"], "");
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = text(&bad.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("CommandNotFound: The command no-such-command has not been found"),
+        "{stderr}"
+    );
+    let usage = run(&["exec", qemu.address(), "qom-get", "path"], "");
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(text(&usage.stderr).contains("key=value"));
+}
+
+#[test]
+fn events_count_and_timeout() {
+    let second = tempfile::tempdir().unwrap();
+    let other = second.path().join("other.sock");
+    let qemu = Qemu::start(&[
+        "-machine",
+        "pc",
+        "-S",
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", other.display()),
+    ]);
+    let mut events = bin()
+        .args([
+            "events",
+            qemu.address(),
+            "--name",
+            "RESUME",
+            "--count",
+            "1",
+            "--timeout",
+            "30",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = events.stderr.take().unwrap();
+    let mut first = [0u8; 64];
+    let n = stderr.read(&mut first).unwrap();
+    assert!(text(&first[..n]).contains("listening"));
+    // Events go to every monitor: act through the other one.
+    let cont = run(&["exec", other.to_str().unwrap(), "cont"], "");
+    assert!(cont.status.success(), "{}", text(&cont.stderr));
+    let out = events.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("\"event\":\"RESUME\""), "{stdout}");
+
+    let timed_out = run(
+        &["events", qemu.address(), "--count", "1", "--timeout", "0.3"],
+        "",
+    );
+    assert_eq!(timed_out.status.code(), Some(1));
+    assert!(text(&timed_out.stderr).contains("timed out with 0 of 1 events"));
+}
+
+#[test]
+fn qom_tree_on_an_empty_machine() {
+    let qemu = Qemu::start(&["-machine", "none"]);
+    let out = run(&["qom", qemu.address(), "tree", "/machine"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("/machine\n"), "{stdout}");
+    assert!(
+        stdout.contains("  type: \"none-machine\" (string)"),
+        "{stdout}"
+    );
+    let json = run(&["qom", qemu.address(), "--json", "list", "/machine"], "");
+    let list: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(list.as_array().unwrap().iter().any(|p| p["name"] == "type"));
+    let get = run(&["qom", qemu.address(), "get", "/machine.type"], "");
+    assert_eq!(text(&get.stdout).trim(), "\"none-machine\"");
+}
+
+#[test]
+fn ga_ping_on_the_linux_guest() {
+    let guest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/linux");
+    assert!(
+        guest.join("vmlinuz").exists(),
+        "the Linux test guest is not built: run guests/build-linux-guest.sh (scripts/test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("qga.sock");
+    let _vm = Qemu::start(&[
+        "-machine",
+        "pc",
+        "-m",
+        "256M",
+        "-no-reboot",
+        "-kernel",
+        guest.join("vmlinuz").to_str().unwrap(),
+        "-initrd",
+        guest.join("initrd.gz").to_str().unwrap(),
+        "-append",
+        "console=ttyS0 quiet panic=-1",
+        "-device",
+        "virtio-serial-pci,id=ser0",
+        "-chardev",
+        &format!("socket,id=qga0,path={},server=on,wait=off", agent.display()),
+        "-device",
+        "virtserialport,bus=ser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+    ]);
+    let out = run(
+        &["ga", agent.to_str().unwrap(), "--timeout", "120", "ping"],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "pong");
+    let exec = run(
+        &[
+            "ga",
+            agent.to_str().unwrap(),
+            "exec",
+            "/bin/echo",
+            "-n",
+            "hi",
+        ],
+        "",
+    );
+    assert_eq!(text(&exec.stdout), "hi");
+}
+
+#[test]
+fn accel_and_version() {
+    let out = run(&["accel"], "");
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("accelerators:") && stdout.contains("tcg"),
+        "{stdout}"
+    );
+    if qemu_machine::is_kvm_pvm() {
+        assert!(stdout.contains("--accel auto: tcg"), "{stdout}");
+    }
+    let version = run(&["version"], "");
+    assert!(text(&version.stdout).starts_with("qemu-machine "));
+    let json = run(&["accel", "--json"], "");
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(json["accelerators"]
+        .as_array()
+        .unwrap()
+        .contains(&"tcg".into()));
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell], "");
+        assert!(script.status.success());
+        assert!(text(&script.stdout).contains("qemu-machine"), "{shell}");
+    }
+}
+
+#[test]
+fn bad_input_gets_one_line_and_a_non_zero_status() {
+    for (args, needle) in [
+        (
+            vec!["exec", "/nonexistent/qmp.sock", "query-status"],
+            "cannot connect",
+        ),
+        (
+            vec!["exec", "host:notaport", "query-status"],
+            "not a QMP address",
+        ),
+        (vec!["run", "--", "-no-such-option"], "invalid option"),
+    ] {
+        let out = run(&args, "");
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.starts_with("qemu-machine: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+    let unknown = run(&["frobnicate"], "");
+    assert_eq!(unknown.status.code(), Some(2));
+}
