@@ -509,3 +509,23 @@ fn bad_input_gets_one_line_and_a_non_zero_status() {
     let unknown = run(&["frobnicate"], "");
     assert_eq!(unknown.status.code(), Some(2));
 }
+
+#[test]
+fn the_interactive_shell_completes_command_names() {
+    let qemu = Qemu::start(&["-machine", "none"]);
+    let home = tempfile::tempdir().unwrap();
+    let mut command = bin();
+    command
+        .args(["shell", qemu.address()])
+        .env("HOME", home.path());
+    let mut shell = OnPty::spawn(command);
+    shell.expect("Welcome to the QMP low-level shell!", 1);
+    shell.expect("(QEMU) ", 1);
+    // Tab completes the unique prefix; Enter sends it.
+    shell.send(b"query-statu\t\r");
+    shell.expect("\"status\":\"running\"", 1);
+    shell.send(b"\x04");
+    assert!(shell.wait().success());
+    let history = std::fs::read_to_string(home.path().join(".qmp-shell_history")).unwrap();
+    assert!(history.contains("query-status"), "{history}");
+}
