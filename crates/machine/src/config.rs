@@ -24,6 +24,7 @@ pub enum Monitor {
     /// inside the run dir.
     Unix(PathBuf),
     /// We listen on this TCP address and QEMU connects (`host=,port=`); port 0 picks one.
+    /// Only loopback addresses, unless [`MachineBuilder::allow_remote_monitor`].
     Tcp(String, u16),
 }
 
@@ -92,6 +93,14 @@ pub struct MachineBuilder {
     pub(crate) builtin_guest: bool,
     pub(crate) qtest: bool,
     pub(crate) guest_agent: bool,
+    pub(crate) allow_remote_monitor: bool,
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `$XDG_RUNTIME_DIR` (a per-user tmpfs made for runtime files and sockets) when set, else
@@ -135,6 +144,7 @@ impl MachineBuilder {
             builtin_guest: false,
             qtest: false,
             guest_agent: false,
+            allow_remote_monitor: false,
         }
     }
 
@@ -175,6 +185,13 @@ impl MachineBuilder {
     /// Where QMP lives (default: a socketpair).
     pub fn monitor(mut self, monitor: Monitor) -> Self {
         self.monitor = monitor;
+        self
+    }
+
+    /// Allows a [`Monitor::Tcp`] on an address other than loopback. Off by default: a QMP
+    /// monitor has no authentication, and anyone who reaches it controls the VM.
+    pub fn allow_remote_monitor(mut self, allow: bool) -> Self {
+        self.allow_remote_monitor = allow;
         self
     }
 
@@ -322,6 +339,14 @@ impl MachineBuilder {
         }
         if self.binary.is_empty() {
             return Err(Error::Config("the QEMU binary is empty".into()));
+        }
+        if let Monitor::Tcp(host, _) = &self.monitor {
+            if !self.allow_remote_monitor && !is_loopback(host) {
+                return Err(Error::Config(format!(
+                    "the QMP monitor would listen on {host}, which is not loopback; \
+                     use 127.0.0.1 or ::1, or allow_remote_monitor(true)"
+                )));
+            }
         }
         if !self.qmp_enabled && self.monitor != Monitor::Socketpair {
             return Err(Error::Config(

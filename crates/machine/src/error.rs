@@ -262,3 +262,49 @@ pub fn shell_words(argv: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// The command line with secrets replaced by `<redacted>`, for errors and logs:
+/// `data=` of `-object secret,...` (key=value or JSON form) and `password=` values.
+///
+/// ```
+/// let argv: Vec<String> = ["qemu", "-object", "secret,id=s0,data=hunter2", "-vnc", ":0,password=on"]
+///     .map(String::from).to_vec();
+/// assert_eq!(
+///     qemu_machine::redact_argv(&argv).join(" "),
+///     "qemu -object secret,id=s0,data=<redacted> -vnc :0,password=on"
+/// );
+/// ```
+pub fn redact_argv(argv: &[String]) -> Vec<String> {
+    argv.iter().map(|arg| redact_option(arg)).collect()
+}
+
+fn redact_option(arg: &str) -> String {
+    if arg.starts_with('{') {
+        if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(arg) {
+            if qmp::redact::redact_json(&mut value) {
+                return value.to_string();
+            }
+        }
+        return arg.to_string();
+    }
+    if !arg.contains('=') {
+        return arg.to_string();
+    }
+    let parts: Vec<&str> = arg.split(',').collect();
+    let secret_object = parts
+        .iter()
+        .any(|p| p.starts_with("secret") || *p == "qom-type=secret");
+    parts
+        .iter()
+        .map(|part| {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            let flag = matches!(value, "on" | "off" | "true" | "false");
+            if (secret_object && key == "data") || (key == "password" && !flag) {
+                format!("{key}={}", qmp::redact::REDACTED)
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}

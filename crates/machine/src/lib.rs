@@ -55,7 +55,9 @@ pub use config::{
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
 pub use console::{Console, Match, Pattern};
-pub use error::{shell_words, AbnormalShutdown, Error, LaunchFailure, QemuExited, Result};
+pub use error::{
+    redact_argv, shell_words, AbnormalShutdown, Error, LaunchFailure, QemuExited, Result,
+};
 pub use event_match::{conv_keys, event_match};
 pub use guest_agent::{ExecOutput, GuestAgent};
 pub use machine::Machine;

@@ -20,7 +20,9 @@ use tokio::time::Instant;
 use crate::argv::{command_line, Attachments, MonitorChardev};
 use crate::config::{KeepRunDir, MachineBuilder, Monitor, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::console::Console;
-use crate::error::{shell_words, AbnormalShutdown, Error, LaunchFailure, QemuExited, Result};
+use crate::error::{
+    redact_argv, shell_words, AbnormalShutdown, Error, LaunchFailure, QemuExited, Result,
+};
 use crate::event_match::event_match;
 use crate::guest_agent::GuestAgent;
 use crate::probe::Probe;
@@ -202,7 +204,7 @@ impl Machine {
                 guest_agent_fd: guest_agent.as_ref().map(|c| c.1),
             },
         );
-        tracing::debug!(machine = %name, "launching: {}", shell_words(&argv));
+        tracing::debug!(machine = %name, "launching: {}", shell_words(&redact_argv(&argv)));
 
         let mut inherit = child_ends.fds();
         inherit.extend(self.config.add_fds.iter().map(|a| a.fd));
@@ -213,7 +215,7 @@ impl Machine {
                 return Err(Error::Launch(Box::new(LaunchFailure {
                     machine: name,
                     reason: format!("cannot start {}: {e}", argv[0]),
-                    command: argv,
+                    command: redact_argv(&argv),
                     status: None,
                     pid: None,
                     output: String::new(),
@@ -357,7 +359,7 @@ impl Machine {
         Error::Launch(Box::new(LaunchFailure {
             machine: self.config.name.clone(),
             reason,
-            command: running.argv,
+            command: redact_argv(&running.argv),
             status: running.exit,
             pid: Some(running.pid),
             output,
@@ -496,7 +498,7 @@ impl Machine {
                 machine: name,
                 during: during.to_string(),
                 status: Some(status),
-                command: running.argv.clone(),
+                command: redact_argv(&running.argv),
                 output: read_tail(&running.log_path, OUTPUT_TAIL),
             })),
         }
@@ -598,7 +600,7 @@ impl Machine {
             machine: name,
             during: during.to_string(),
             status: running.exit,
-            command: running.argv.clone(),
+            command: redact_argv(&running.argv),
             output: read_tail(&running.log_path, OUTPUT_TAIL),
         }))
     }
@@ -846,7 +848,7 @@ impl Machine {
                 tracing::warn!(
                     machine = %self.config.name,
                     "qemu received signal {signal} ({name}) that this library did not send; command: {}",
-                    shell_words(&running.argv)
+                    shell_words(&redact_argv(&running.argv))
                 );
                 cause.get_or_insert_with(|| {
                     format!("QEMU was killed by signal {signal} ({name}), which nobody here sent")
@@ -873,7 +875,7 @@ impl Machine {
                 machine: self.config.name.clone(),
                 cause,
                 status,
-                command: running.argv,
+                command: redact_argv(&running.argv),
                 output: tail_of(&log, OUTPUT_TAIL as usize),
             }))),
         }

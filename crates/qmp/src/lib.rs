@@ -41,6 +41,7 @@ pub mod framing;
 mod message;
 mod mux;
 mod open_enum;
+pub mod redact;
 mod server;
 mod transcript;
 mod transport;

@@ -66,14 +66,21 @@ impl Transcript {
     }
 }
 
-/// Logs a message at debug level and, when there is one, to the transcript file.
+/// Logs a message at debug level and, when there is one, to the transcript file, with
+/// secrets redacted (see [`crate::redact`]).
 pub(crate) fn record(
     transcript: Option<&Transcript>,
     name: &str,
     direction: Direction,
     message: &[u8],
 ) {
-    if tracing::enabled!(target: "qmp::wire", tracing::Level::DEBUG) {
+    let logging = tracing::enabled!(target: "qmp::wire", tracing::Level::DEBUG);
+    if !logging && transcript.is_none() {
+        return;
+    }
+    let message = crate::redact::redact_message(message);
+    let message = message.as_ref();
+    if logging {
         tracing::debug!(
             target: "qmp::wire",
             peer = name,
