@@ -158,7 +158,7 @@ impl fmt::Display for LaunchFailure {
             self.machine, self.reason
         )?;
         if let Some(status) = self.status {
-            writeln!(f, "  exit status: {status}")?;
+            writeln!(f, "  {status}")?;
         }
         writeln!(f, "  command: {}", shell_words(&self.command))?;
         if let Some(dir) = &self.run_dir {
@@ -189,7 +189,7 @@ impl fmt::Display for AbnormalShutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}: abnormal shutdown: {}", self.machine, self.cause)?;
         if let Some(status) = self.status {
-            writeln!(f, "  exit status: {status}")?;
+            writeln!(f, "  {status}")?;
         }
         writeln!(f, "  command: {}", shell_words(&self.command))?;
         write_output(f, &self.output)

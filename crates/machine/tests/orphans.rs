@@ -1,5 +1,6 @@
 //! A manager that dies leaves no QEMU behind: the test re-runs its own binary as a manager
-//! that launches a VM, SIGKILLs that manager, and checks QEMU is gone within a second.
+//! that launches 10 VMs, SIGKILLs that manager, and checks every QEMU is gone within a
+//! second.
 
 mod common;
 
@@ -13,20 +14,34 @@ use nix::unistd::Pid;
 
 const HELPER_ENV: &str = "QEMU_MACHINE_ORPHAN_HELPER_DIR";
 
-/// Acts only when run as the helper: launches a VM, prints its pid, and waits to be killed.
+const VMS: usize = 10;
+
+/// Acts only when run as the helper: launches 10 VMs, prints their pids, and waits to be
+/// killed.
 #[test]
 fn orphan_helper() {
     let Ok(dir) = std::env::var(HELPER_ENV) else {
         return;
     };
-    let mut vm = qemu_machine::blocking::Machine::new(
-        qemu_machine::Machine::builder(QEMU)
-            .base_temp_dir(dir)
-            .machine_type("none")
-            .args(["-nodefaults"]),
-    );
-    vm.launch().expect("launch");
-    println!("QEMU-PID {}", vm.pid().expect("pid"));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut vms: Vec<qemu_machine::Machine> = (0..VMS)
+        .map(|_| {
+            qemu_machine::Machine::new(
+                qemu_machine::Machine::builder(QEMU)
+                    .base_temp_dir(&dir)
+                    .machine_type("none")
+                    .args(["-nodefaults"]),
+            )
+        })
+        .collect();
+    for result in runtime.block_on(qemu_machine::fleet::launch_all(&mut vms)) {
+        result.expect("launch");
+    }
+    let pids: Vec<String> = vms
+        .iter()
+        .map(|vm| vm.pid().expect("pid").to_string())
+        .collect();
+    println!("QEMU-PIDS {}", pids.join(" "));
     std::thread::sleep(Duration::from_secs(60));
 }
 
@@ -56,26 +71,32 @@ fn a_killed_manager_leaves_no_qemu_running() {
         .spawn()
         .unwrap();
     let stdout = manager.stdout.take().unwrap();
-    let mut qemu_pid = None;
+    let mut pids = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
         // libtest prints "test orphan_helper ... " on the same line first.
-        if let Some((_, pid)) = line.split_once("QEMU-PID ") {
-            qemu_pid = Some(pid.trim().parse::<u32>().unwrap());
+        if let Some((_, list)) = line.split_once("QEMU-PIDS ") {
+            pids = list
+                .split_whitespace()
+                .map(|p| p.parse::<u32>().unwrap())
+                .collect();
             break;
         }
     }
-    let qemu_pid = qemu_pid.expect("the manager printed QEMU's pid");
-    assert!(!dead(qemu_pid));
+    assert_eq!(pids.len(), VMS, "the manager printed its QEMUs' pids");
+    assert!(pids.iter().all(|&pid| !dead(pid)));
 
     kill(Pid::from_raw(manager.id() as i32), Signal::SIGKILL).unwrap();
     manager.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(1);
-    while !dead(qemu_pid) {
-        assert!(
-            Instant::now() < deadline,
-            "QEMU {qemu_pid} outlived its manager by 1 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    for pid in pids {
+        while !dead(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "QEMU {pid} outlived its manager by 1 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
+    // The SIGKILLed manager could not remove its run dirs; the scratch dir takes them.
 }
