@@ -446,7 +446,8 @@ impl tokio::io::AsyncRead for ArcRead {
     }
 }
 
-fn parse_irq(line: &str) -> Option<IrqEvent> {
+/// An `IRQ raise N` / `IRQ lower N` line.
+pub fn parse_irq(line: &str) -> Option<IrqEvent> {
     let rest = line.strip_prefix("IRQ ")?;
     let (level, number) = rest.split_once(' ')?;
     let raised = match level {
@@ -460,7 +461,8 @@ fn parse_irq(line: &str) -> Option<IrqEvent> {
     })
 }
 
-fn parse_number(text: &str) -> Option<u64> {
+/// The number after `OK`: `0x` hex or decimal.
+pub fn parse_number(text: &str) -> Option<u64> {
     let word = text.split_whitespace().next()?;
     match word.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
@@ -468,7 +470,8 @@ fn parse_number(text: &str) -> Option<u64> {
     }
 }
 
-fn parse_hex_bytes(text: &str) -> Option<Vec<u8>> {
+/// The bytes of a `read` reply: `0x` and two hex digits per byte.
+pub fn parse_hex_bytes(text: &str) -> Option<Vec<u8>> {
     let hex = text.trim().strip_prefix("0x")?;
     if hex.len() % 2 != 0 {
         return None;

@@ -209,14 +209,21 @@ fn parse_raw(raw: &RawValue) -> Value {
     serde_json::from_str(raw.get()).unwrap_or(Value::Null)
 }
 
+/// `Some` whenever the member is there, `null` included (plain `Option` reads `null` as
+/// absent, which would turn `{"return": null}` into an unknown message).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
 #[derive(Deserialize)]
 struct Envelope {
     #[serde(rename = "QMP")]
     greeting: Option<Greeting>,
-    #[serde(rename = "return")]
+    #[serde(rename = "return", default, deserialize_with = "present")]
     ret: Option<Box<RawValue>>,
     error: Option<ErrorInfo>,
     event: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     timestamp: Option<Timestamp>,
     id: Option<Value>,
@@ -301,6 +308,11 @@ mod tests {
             Message::parse(br#"{"something": 1}"#).unwrap(),
             Message::Unknown(_)
         ));
+        // Found by a property test: a null return is still a return.
+        match Message::parse(br#"{"return": null, "id": 1}"#).unwrap() {
+            Message::Response(r) => assert_eq!(r.result.unwrap().get(), "null"),
+            other => panic!("{other:?}"),
+        }
         assert!(Message::parse(b"{nope}").is_err());
     }
 }
