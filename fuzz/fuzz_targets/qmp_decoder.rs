@@ -7,7 +7,9 @@ use qmp::framing::FrameDecoder;
 use qmp::Message;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&cut, stream)) = data.split_first() else { return };
+    let Some((&cut, stream)) = data.split_first() else {
+        return;
+    };
     let mut decoder = FrameDecoder::new(4096);
     for chunk in stream.chunks(usize::from(cut).max(1)) {
         decoder.extend(chunk);

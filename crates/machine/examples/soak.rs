@@ -59,7 +59,9 @@ async fn cycle(base: &std::path::Path, i: usize) -> qemu_machine::Result<()> {
     let console = vm.console()?;
     console.expect(BANNER, T).await?;
     let token = format!("soak-{i}");
-    console.exec_and_expect(&token, format!("{token}\n").as_str(), T).await?;
+    console
+        .exec_and_expect(&token, format!("{token}\n").as_str(), T)
+        .await?;
     vm.shutdown_timeout(T).await
 }
 
@@ -71,7 +73,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     cycle(base.path(), 0).await?;
     let first = sample(base.path());
     println!("cycle     fds  children  threads  run_dirs   cycles/s");
-    println!("{:>5} {:>7} {:>9} {:>8} {:>9}", 0, first.fds, first.children, first.threads, first.run_dirs);
+    println!(
+        "{:>5} {:>7} {:>9} {:>8} {:>9}",
+        0, first.fds, first.children, first.threads, first.run_dirs
+    );
     let mut samples = vec![first];
     let start = Instant::now();
     let mut last = Instant::now();
