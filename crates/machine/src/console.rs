@@ -216,13 +216,7 @@ impl Console {
         capacity: usize,
         log: Option<File>,
     ) -> Result<Console> {
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("setting up the console socket", e))?;
-        let stream = Arc::new(
-            UnixStream::from_std(stream)
-                .map_err(|e| Error::io("setting up the console socket", e))?,
-        );
+        let stream = Arc::new(into_tokio(stream, "console")?);
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
                 ring: ByteRing::new(capacity),
@@ -487,6 +481,13 @@ impl Console {
         let mut buffer = self.shared.buffer();
         buffer.end.get_or_insert_with(|| "closed".into());
     }
+}
+
+/// Our end of a socketpair, made usable by tokio (must run inside a runtime).
+pub(crate) fn into_tokio(stream: std::os::unix::net::UnixStream, what: &str) -> Result<UnixStream> {
+    let setup = |e| Error::io(format!("setting up the {what} socket"), e);
+    stream.set_nonblocking(true).map_err(setup)?;
+    UnixStream::from_std(stream).map_err(setup)
 }
 
 fn quote(window: &[u8]) -> String {

@@ -78,6 +78,22 @@ struct Finished {
     console: Option<Console>,
 }
 
+impl Running {
+    /// Ends the QMP, qtest and guest-agent sessions (the console is handled apart: it
+    /// stays readable after shutdown).
+    fn close_sessions(&mut self) {
+        if let Some(client) = self.qmp.take() {
+            client.close();
+        }
+        if let Some(qtest) = self.qtest.take() {
+            qtest.stop();
+        }
+        if let Some(agent) = self.agent.take() {
+            agent.close();
+        }
+    }
+}
+
 /// The child's ends of its socketpairs, kept open until QEMU is spawned.
 #[derive(Default)]
 struct ChildEnds(Vec<UnixStream>);
@@ -485,23 +501,26 @@ impl Machine {
     /// If QEMU has exited (or is exiting), `error` becomes [`Error::Exited`] with its
     /// status, command line and output; otherwise it is returned as is.
     async fn explain_exit(&mut self, error: Error, during: &str) -> Error {
-        let name = self.config.name.clone();
-        let Some(running) = self.running.as_mut() else {
-            return error;
-        };
+        match self.exited(Duration::from_millis(200), during).await {
+            Some(exited) if exited.status.is_some() => Error::Exited(exited),
+            _ => error,
+        }
+    }
+
+    /// What a caller needs to know once QEMU is gone (or going): waits up to `grace` for
+    /// its exit status.
+    async fn exited(&mut self, grace: Duration, during: &str) -> Option<Box<QemuExited>> {
+        let running = self.running.as_mut()?;
         if running.exit.is_none() {
-            running.exit = wait_exit(&mut running.child, Duration::from_millis(200)).await;
+            running.exit = wait_exit(&mut running.child, grace).await;
         }
-        match running.exit {
-            None => error,
-            Some(status) => Error::Exited(Box::new(QemuExited {
-                machine: name,
-                during: during.to_string(),
-                status: Some(status),
-                command: redact_argv(&running.argv),
-                output: read_tail(&running.log_path, OUTPUT_TAIL),
-            })),
-        }
+        Some(Box::new(QemuExited {
+            machine: self.config.name.clone(),
+            during: during.to_string(),
+            status: running.exit,
+            command: redact_argv(&running.argv),
+            output: read_tail(&running.log_path, OUTPUT_TAIL),
+        }))
     }
 
     fn client(&self) -> Result<qmp::Client> {
@@ -583,26 +602,16 @@ impl Machine {
     /// Turns a QMP error into what happened: if QEMU is gone, say so, with its exit status
     /// and output.
     async fn explain(&mut self, error: qmp::Error, during: &str) -> Error {
-        let name = self.config.name.clone();
-        let Some(running) = self.running.as_mut() else {
-            return Error::NotRunning(name);
-        };
         if !error.is_disconnected() {
             return Error::Qmp {
-                machine: name,
+                machine: self.config.name.clone(),
                 source: Box::new(error),
             };
         }
-        if running.exit.is_none() {
-            running.exit = wait_exit(&mut running.child, EXIT_GRACE).await;
+        match self.exited(EXIT_GRACE, during).await {
+            Some(exited) => Error::Exited(exited),
+            None => Error::NotRunning(self.config.name.clone()),
         }
-        Error::Exited(Box::new(QemuExited {
-            machine: name,
-            during: during.to_string(),
-            status: running.exit,
-            command: redact_argv(&running.argv),
-            output: read_tail(&running.log_path, OUTPUT_TAIL),
-        }))
     }
 
     /// The oldest event not yet consumed, without waiting.
@@ -824,15 +833,7 @@ impl Machine {
     }
 
     fn finish(&mut self, mut running: Running, mut cause: Option<String>) -> Result<()> {
-        if let Some(client) = running.qmp.take() {
-            client.close();
-        }
-        if let Some(qtest) = running.qtest.take() {
-            qtest.stop();
-        }
-        if let Some(agent) = running.agent.take() {
-            agent.close();
-        }
+        running.close_sessions();
         if let Some(mut subscription) = running.subscription.take() {
             self.events.extend(subscription.drain());
         }
@@ -897,17 +898,9 @@ impl Drop for Machine {
                 Ok(None) => std::thread::sleep(Duration::from_millis(2)),
             }
         }
-        if let Some(client) = running.qmp.take() {
-            client.close();
-        }
+        running.close_sessions();
         if let Some(console) = running.console.take() {
             console.stop();
-        }
-        if let Some(qtest) = running.qtest.take() {
-            qtest.stop();
-        }
-        if let Some(agent) = running.agent.take() {
-            agent.close();
         }
         running
             .run_dir

@@ -74,13 +74,7 @@ impl Qtest {
         stream: std::os::unix::net::UnixStream,
         clock_available: bool,
     ) -> Result<Qtest> {
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("setting up the qtest socket", e))?;
-        let stream = Arc::new(
-            UnixStream::from_std(stream)
-                .map_err(|e| Error::io("setting up the qtest socket", e))?,
-        );
+        let stream = Arc::new(crate::console::into_tokio(stream, "qtest")?);
         let shared = Arc::new(Shared {
             irqs: Mutex::new(Irqs::default()),
             irq_arrived: Notify::new(),
