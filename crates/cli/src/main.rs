@@ -295,6 +295,24 @@ impl<E: std::error::Error> From<E> for Failure {
 
 pub(crate) type Outcome = Result<u8, Failure>;
 
+/// A QMP error the way QMP users read it: `Class: desc` for a command error.
+pub(crate) fn qmp_error_text(error: &qmp::Error) -> String {
+    match error {
+        qmp::Error::Command(e) => format!("{}: {}", e.class, e.desc),
+        other => other.to_string(),
+    }
+}
+
+/// An exit status for a process that ended with `code`, or by `signal` (128 + signal, as
+/// shells report it).
+pub(crate) fn exit_status_code(code: Option<i32>, signal: Option<i32>) -> u8 {
+    match (code, signal) {
+        (Some(code), _) => code.clamp(0, 255) as u8,
+        (None, Some(signal)) => (128 + signal).clamp(0, 255) as u8,
+        _ => 1,
+    }
+}
+
 pub(crate) fn parse_address(text: &str) -> Result<qmp::Address, Failure> {
     text.parse()
         .map_err(|e: qmp::AddressParseError| Failure::with_status(e.to_string(), 2))

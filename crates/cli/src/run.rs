@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::term::{spinner, status_line, RawMode};
-use crate::{seconds, AccelChoice, Failure, Outcome, RunArgs};
+use crate::{exit_status_code, seconds, AccelChoice, Failure, Outcome, RunArgs};
 
 /// Ctrl-]: the escape key, as in telnet and virsh console.
 const ESCAPE: u8 = 0x1d;
@@ -171,17 +171,12 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         "qemu-machine: QEMU exited ({})",
         status.map_or("unknown status".into(), |s| s.to_string())
     ));
-    Ok(match status {
-        Some(status) => match (
+    Ok(status.map_or(1, |status| {
+        exit_status_code(
             status.code(),
             std::os::unix::process::ExitStatusExt::signal(&status),
-        ) {
-            (Some(code), _) => code.clamp(0, 255) as u8,
-            (None, Some(signal)) => (128 + signal).clamp(0, 255) as u8,
-            _ => 1,
-        },
-        None => 1,
-    })
+        )
+    }))
 }
 
 #[cfg(test)]

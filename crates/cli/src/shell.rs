@@ -13,7 +13,7 @@ use rustyline::{Editor, ExternalPrinter, Helper, Highlighter, Hinter, Validator}
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 
-use crate::{parse_address, Failure, Outcome, ShellArgs};
+use crate::{parse_address, qmp_error_text, Failure, Outcome, ShellArgs};
 
 /// What one shell line turned into.
 enum Reply {
@@ -86,7 +86,7 @@ impl Session {
                         self.cpu = index;
                         Reply::Nothing
                     }
-                    Err(e) => Reply::Text(format!("{}: CPU {index}", class_and_desc(&e))),
+                    Err(e) => Reply::Text(format!("{}: CPU {index}", qmp_error_text(&e))),
                 },
             );
         }
@@ -98,17 +98,10 @@ impl Session {
                 .await
             {
                 Ok(text) => Reply::Text(text.as_str().unwrap_or_default().to_string()),
-                Err(e) if e.class().is_some() => Reply::Text(class_and_desc(&e)),
+                Err(e) if e.class().is_some() => Reply::Text(qmp_error_text(&e)),
                 Err(e) => return Err(e.into()),
             },
         )
-    }
-}
-
-fn class_and_desc(error: &qmp::Error) -> String {
-    match error {
-        qmp::Error::Command(e) => format!("{}: {}", e.class, e.desc),
-        other => other.to_string(),
     }
 }
 

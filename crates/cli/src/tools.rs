@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use crate::term::spinner;
 use crate::{
-    parse_address, seconds, AccelArgs, EventsArgs, ExecArgs, Failure, GaAction, GaArgs, Outcome,
-    QomAction, QomArgs, VersionArgs,
+    exit_status_code, parse_address, qmp_error_text, seconds, AccelArgs, EventsArgs, ExecArgs,
+    Failure, GaAction, GaArgs, Outcome, QomAction, QomArgs, VersionArgs,
 };
 
 async fn connect(address: &str) -> Result<Client, Failure> {
@@ -35,10 +35,7 @@ fn print_json(value: &Value, pretty: bool) {
 
 /// A QMP error as `Class: desc`, exit status 1.
 fn command_failure(error: qmp::Error) -> Failure {
-    match error {
-        qmp::Error::Command(e) => Failure::new(format!("{}: {}", e.class, e.desc)),
-        other => other.into(),
-    }
+    Failure::new(qmp_error_text(&error))
 }
 
 pub(crate) async fn exec(args: ExecArgs) -> Outcome {
@@ -199,18 +196,11 @@ async fn qom_tree(client: &Client, path: &str) -> Result<Value, Failure> {
             .await
         {
             Ok(value) => value,
-            Err(e) => json!(format!("<EXCEPTION: {}>", class_desc(&e))),
+            Err(e) => json!(format!("<EXCEPTION: {}>", qmp_error_text(&e))),
         };
         properties.insert(name, json!({"type": kind, "value": value}));
     }
     Ok(json!({"properties": properties, "children": children}))
-}
-
-fn class_desc(error: &qmp::Error) -> String {
-    match error {
-        qmp::Error::Command(e) => format!("{}: {}", e.class, e.desc),
-        other => other.to_string(),
-    }
 }
 
 fn print_tree(path: &str, tree: &Value, depth: usize) {
@@ -255,11 +245,7 @@ pub(crate) async fn ga(args: GaArgs) -> Outcome {
             let output = agent.exec(&path, &arguments, timeout).await?;
             std::io::stdout().write_all(&output.stdout)?;
             std::io::stderr().write_all(&output.stderr)?;
-            return Ok(match (output.exit_code, output.signal) {
-                (Some(code), _) => code.clamp(0, 255) as u8,
-                (None, Some(signal)) => (128 + signal).clamp(0, 255) as u8,
-                _ => 1,
-            });
+            return Ok(exit_status_code(output.exit_code, output.signal));
         }
         GaAction::Cat { path } => std::io::stdout().write_all(&agent.read_file(&path).await?)?,
         GaAction::Write { path } => {
