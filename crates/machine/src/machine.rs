@@ -633,24 +633,27 @@ impl Machine {
 
     /// Every event not yet consumed, in arrival order (the seed returns them out of order).
     pub fn get_qmp_events(&mut self) -> Vec<Event> {
-        while let Some(event) = self.pull_now() {
-            self.events.push_back(event);
-        }
+        self.pull_all();
         self.events.drain(..).collect()
     }
 
     /// Drops the queued events for which `unwanted` holds (e.g. duplicates of one already
     /// handled), keeping the others in order.
     pub fn forget_events(&mut self, unwanted: impl Fn(&Event) -> bool) {
-        while let Some(event) = self.pull_now() {
-            self.events.push_back(event);
-        }
+        self.pull_all();
         self.events.retain(|e| !unwanted(e));
     }
 
     /// Forgets every event not yet consumed.
     pub fn clear_events(&mut self) {
         self.get_qmp_events();
+    }
+
+    /// Moves every event queued now behind the ones already cached, keeping arrival order.
+    fn pull_all(&mut self) {
+        while let Some(event) = self.pull_now() {
+            self.events.push_back(event);
+        }
     }
 
     fn pull_now(&mut self) -> Option<Event> {

@@ -155,11 +155,6 @@ impl ClientBuilder {
         self
     }
 
-    /// The greeting deadline in force.
-    pub fn greeting_timeout_value(&self) -> Duration {
-        self.greeting_timeout
-    }
-
     /// Connects to a UNIX path or a TCP address.
     pub async fn connect(self, address: &Address) -> Result<Client> {
         let connect_error = |source| Error::Connect {
