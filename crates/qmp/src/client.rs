@@ -717,7 +717,7 @@ struct State {
     greeting_waiter: Option<oneshot::Sender<Greeting>>,
     bytes_in: u64,
     messages_in: u64,
-    last_in: String,
+    last_in: Option<LastMessage>,
 }
 
 #[derive(Default)]
@@ -777,7 +777,10 @@ impl Shared {
             (Some(reason), _) => format!("the connection closed: {reason}"),
             (None, 0) if state.bytes_in == 0 => "nothing was received".into(),
             (None, 0) => format!("{} bytes received, no complete message", state.bytes_in),
-            (None, n) => format!("{n} messages received so far, the last: {}", state.last_in),
+            (None, n) => match &state.last_in {
+                Some(last) => format!("{n} messages received so far, the last: {last}"),
+                None => format!("{n} messages received so far"),
+            },
         }
     }
 
@@ -992,7 +995,7 @@ async fn read_loop(shared: Weak<Shared>, stream: Arc<Stream>, max_message_size: 
                         Err(e) => break 'session DisconnectReason::Protocol(e),
                     };
                     messages += 1;
-                    last = Some(summary(&message));
+                    last = Some(LastMessage::of(&message));
                     shared.dispatch(message);
                 }
                 Ok(None) => break,
@@ -1003,7 +1006,7 @@ async fn read_loop(shared: Weak<Shared>, stream: Arc<Stream>, max_message_size: 
         state.bytes_in += n as u64;
         state.messages_in += messages;
         if let Some(last) = last {
-            state.last_in = last;
+            state.last_in = Some(last);
         }
     };
     if let Some(shared) = shared.upgrade() {
@@ -1014,15 +1017,39 @@ async fn read_loop(shared: Weak<Shared>, stream: Arc<Stream>, max_message_size: 
     }
 }
 
-fn summary(message: &Message) -> String {
-    match message {
-        Message::Greeting(_) => "the greeting".into(),
-        Message::Response(r) => match (&r.result, &r.id) {
-            (Ok(_), Some(id)) => format!("a reply to id {id}"),
-            (Ok(_), None) => "a reply without id".into(),
-            (Err(e), _) => format!("an error reply ({}: {})", e.class, e.desc),
-        },
-        Message::Event(e) => format!("event {}", e.name()),
-        Message::Unknown(_) => "an unknown message".into(),
+/// The last message read, kept cheaply (an `Arc` clone for events) and only put into
+/// words when a timeout reports what was seen.
+enum LastMessage {
+    Greeting,
+    Reply(Option<Value>),
+    ErrorReply(crate::message::ErrorInfo),
+    Event(Event),
+    Unknown,
+}
+
+impl LastMessage {
+    fn of(message: &Message) -> LastMessage {
+        match message {
+            Message::Greeting(_) => LastMessage::Greeting,
+            Message::Response(r) => match &r.result {
+                Ok(_) => LastMessage::Reply(r.id.clone()),
+                Err(e) => LastMessage::ErrorReply(e.clone()),
+            },
+            Message::Event(e) => LastMessage::Event(e.clone()),
+            Message::Unknown(_) => LastMessage::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for LastMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LastMessage::Greeting => f.write_str("the greeting"),
+            LastMessage::Reply(Some(id)) => write!(f, "a reply to id {id}"),
+            LastMessage::Reply(None) => f.write_str("a reply without id"),
+            LastMessage::ErrorReply(e) => write!(f, "an error reply ({}: {})", e.class, e.desc),
+            LastMessage::Event(e) => write!(f, "event {}", e.name()),
+            LastMessage::Unknown => f.write_str("an unknown message"),
+        }
     }
 }
