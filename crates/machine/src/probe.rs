@@ -89,13 +89,12 @@ impl Probe {
 }
 
 async fn ask(binary: &str, args: &[&str]) -> Result<String> {
-    let run = tokio::process::Command::new(binary)
-        .args(args)
-        .args(
-            ["-nodefaults", "-display", "none"]
-                .iter()
-                .filter(|_| args[0] != "--version"),
-        )
+    let mut command = tokio::process::Command::new(binary);
+    command.args(args);
+    if args[0] != "--version" {
+        command.args(["-nodefaults", "-display", "none"]);
+    }
+    let run = command
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
