@@ -108,6 +108,8 @@ done
 # qemu-ga, with the shared libraries it needs (the same ones qemu-system-x86 put on this
 # host; the guest runs the same Debian userland).
 cp "$kernel_root/usr/sbin/qemu-ga" "$stage/usr/sbin/qemu-ga"
+# What guest-info will say, for tests to compare against (e.g. "7.2.22").
+qga_version=$("$kernel_root/usr/sbin/qemu-ga" --version | awk '{ print $NF }')
 ldd "$kernel_root/usr/sbin/qemu-ga" | awk '/=> \// { print $3 } /^[ \t]*\// { print $1 }' |
     while read -r lib; do
         mkdir -p "$stage$(dirname "$lib")"
@@ -162,5 +164,6 @@ cp "$kernel_root/boot/vmlinuz-$kernel_version" "$out/vmlinuz.tmp"
 mv "$out/initrd.gz.tmp" "$out/initrd.gz"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 echo "$kernel_version" >"$out/version"
+echo "$qga_version" >"$out/qemu-ga-version"
 echo "$stamp" >"$out/stamp"
 echo "linux guest built in $out: kernel $kernel_version, modules: ${order[*]##*/}"

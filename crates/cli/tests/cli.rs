@@ -43,6 +43,7 @@ struct OnPty {
     child: Child,
     master: std::fs::File,
     seen: Arc<Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl OnPty {
@@ -59,7 +60,7 @@ impl OnPty {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut reader = master.try_clone().unwrap();
         let sink = seen.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = reader.read(&mut buf) {
                 if n == 0 {
@@ -72,6 +73,7 @@ impl OnPty {
             child,
             master,
             seen,
+            reader: Some(reader),
         }
     }
 
@@ -102,6 +104,7 @@ impl OnPty {
         let deadline = Instant::now() + T;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.drain(deadline);
                 return status;
             }
             assert!(
@@ -110,6 +113,19 @@ impl OnPty {
                 self.output()
             );
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl OnPty {
+    /// Waits for the reader to see the end of the pty (every writer gone), so that all the
+    /// child printed before it exited is in `seen`.
+    fn drain(&mut self, deadline: Instant) {
+        while self.reader.as_ref().is_some_and(|r| !r.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.reader.as_ref().is_some_and(|r| r.is_finished()) {
+            let _ = self.reader.take().map(|r| r.join());
         }
     }
 }
@@ -149,7 +165,7 @@ impl Qemu {
     fn start(args: &[&str]) -> Qemu {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("qmp.sock");
-        let child = Command::new("qemu-system-x86_64")
+        let child = Command::new(qemu_test_support::qemu())
             .args(["-display", "none", "-nodefaults"])
             .args(args)
             .arg("-qmp")

@@ -65,7 +65,7 @@ async fn console_expect_latency() -> Vec<Duration> {
 }
 
 async fn guest_echo_latency() -> Vec<Duration> {
-    let mut vm = Machine::new(Machine::builder("qemu-system-x86_64").builtin_guest());
+    let mut vm = Machine::new(Machine::builder(qemu_test_support::qemu()).builtin_guest());
     vm.launch().await.expect("launch");
     let console = vm.console().expect("console");
     console
@@ -124,6 +124,11 @@ async fn console_drain() -> f64 {
 }
 
 fn main() {
+    println!(
+        "QEMU {}: {}",
+        qemu_test_support::qemu_version(),
+        qemu_test_support::qemu_version().line
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use qemu_machine::{fleet, Machine, MachineBuilder};
 
-const QEMU: &str = "qemu-system-x86_64";
 const CYCLES: usize = 20;
 const FLEET: usize = 50;
 
@@ -29,7 +28,7 @@ impl BareVm {
     fn launch() -> BareVm {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let fd = theirs.as_raw_fd();
-        let mut command = Command::new(QEMU);
+        let mut command = Command::new(qemu_test_support::qemu());
         command
             .args([
                 "-display",
@@ -86,7 +85,7 @@ impl BareVm {
 }
 
 fn config() -> MachineBuilder {
-    Machine::builder(QEMU)
+    Machine::builder(qemu_test_support::qemu())
         .machine_type("none")
         .args(["-nodefaults"])
 }
@@ -110,6 +109,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
+    println!(
+        "QEMU {}: {}",
+        qemu_test_support::qemu_version(),
+        qemu_test_support::qemu_version().line
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -11,12 +11,16 @@ const T: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let binary = std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+    let binary = qemu_test_support::qemu();
     let start = Instant::now();
     let mut vm = Machine::new(Machine::builder(binary).name("demo").builtin_guest());
     vm.launch().await?;
+    let version = vm
+        .qmp_client()
+        .and_then(|client| client.greeting().map(|g| g.version.qemu.to_string()))
+        .unwrap_or_default();
     println!(
-        "launched {} (pid {}, accelerator {}) in {:.0?}",
+        "launched {} (QEMU {version}, pid {}, accelerator {}) in {:.0?}",
         vm.name(),
         vm.pid().unwrap_or(0),
         Accel::KvmOrTcg.as_arg(),

@@ -22,7 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let start = Instant::now();
     let mut vm = Machine::new(
-        Machine::builder("qemu-system-x86_64")
+        Machine::builder(qemu_test_support::qemu())
             .name("linux")
             .machine_type("pc")
             .accel(Accel::KvmOrTcg)

@@ -50,7 +50,7 @@ fn sample(base: &std::path::Path) -> Sample {
 
 async fn cycle(base: &std::path::Path, i: usize) -> qemu_machine::Result<()> {
     let mut vm = Machine::new(
-        Machine::builder("qemu-system-x86_64")
+        Machine::builder(qemu_test_support::qemu())
             .base_temp_dir(base)
             .builtin_guest(),
     );

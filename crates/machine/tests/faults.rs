@@ -143,7 +143,7 @@ impl Drop for Mount {
 async fn a_run_dir_on_a_read_only_filesystem() {
     let mount = Mount::tmpfs("ro,size=64k");
     let mut vm = Machine::new(
-        Machine::builder(common::QEMU)
+        Machine::builder(common::qemu())
             .base_temp_dir(mount.dir.path())
             .builtin_guest(),
     );
@@ -158,7 +158,7 @@ async fn a_run_dir_on_a_full_filesystem() {
     let filler = mount.dir.path().join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 64 * 1024]);
     let mut vm = Machine::new(
-        Machine::builder(common::QEMU)
+        Machine::builder(common::qemu())
             .base_temp_dir(mount.dir.path())
             .builtin_guest(),
     );
@@ -189,7 +189,7 @@ fn nofile_helper() {
         open + 1,
     )
     .unwrap();
-    let mut vm = Machine::new(Machine::builder(common::QEMU).builtin_guest());
+    let mut vm = Machine::new(Machine::builder(common::qemu()).builtin_guest());
     match runtime.block_on(vm.launch()) {
         Ok(()) => println!("LAUNCHED"),
         Err(e) => println!("ERROR: {e}"),

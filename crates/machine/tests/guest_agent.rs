@@ -19,8 +19,9 @@ async fn ping_info_exec_files_and_shutdown() {
     let agent = vm.guest_agent(AGENT).await.unwrap();
     agent.ping().await.unwrap();
     let info = agent.info().await.unwrap();
-    assert!(
-        info["version"].as_str().unwrap().starts_with("7.2"),
+    assert_eq!(
+        info["version"].as_str(),
+        Some(common::linux_guest_agent_version().as_str()),
         "{info}"
     );
 

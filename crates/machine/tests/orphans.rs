@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::QEMU;
+use common::qemu;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -27,7 +27,7 @@ fn orphan_helper() {
     let mut vms: Vec<qemu_machine::Machine> = (0..VMS)
         .map(|_| {
             qemu_machine::Machine::new(
-                qemu_machine::Machine::builder(QEMU)
+                qemu_machine::Machine::builder(qemu())
                     .base_temp_dir(&dir)
                     .machine_type("none")
                     .args(["-nodefaults"]),

@@ -88,7 +88,7 @@ async fn an_intercepted_irq_line_is_reported() {
 
 #[tokio::test]
 async fn the_clock_needs_the_qtest_accelerator_and_says_so() {
-    let probe = Probe::of(common::QEMU).await.unwrap();
+    let probe = Probe::of(&common::qemu()).await.unwrap();
     let scratch = Scratch::new();
     let mut vm = qtest_machine(&scratch).await;
     let qt = vm.qtest().unwrap();

@@ -8,9 +8,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use qemu_test_support::KillOnDrop;
 use qmp::fake::FakePeer;
 use qmp::{Client, EventFilter};
 use serde_json::json;
@@ -19,19 +20,10 @@ const ROUND_TRIPS: usize = 5000;
 const ROUNDS: usize = 50;
 const EVENTS: usize = 200_000;
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_qemu(monitors: usize) -> (KillOnDrop, Vec<UnixStream>) {
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
-    let mut command = Command::new("qemu-system-x86_64");
+    let mut command = Command::new(qemu_test_support::qemu());
     command
         .args(["-display", "none", "-nodefaults", "-machine", "none"])
         .stdin(Stdio::null());
@@ -111,6 +103,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
+    println!(
+        "QEMU {}: {}",
+        qemu_test_support::qemu_version(),
+        qemu_test_support::qemu_version().line
+    );
     let (_qemu, mut monitors) = spawn_qemu(3);
     let blocking_stream = monitors.pop().expect("monitor");
     let async_stream = monitors.pop().expect("monitor");

@@ -13,7 +13,7 @@ use qmp::{Client, EventFilter};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let binary = std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+    let binary = qemu_test_support::qemu();
     let (ours, theirs) = UnixStream::pair()?;
     let fd = theirs.as_raw_fd();
     let mut command = Command::new(&binary);

@@ -1,27 +1,23 @@
 //! Test support: machines in a private base dir that is checked empty at the end, and
 //! process checks.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::killpg;
-use nix::unistd::Pid;
 use qemu_machine::{Machine, MachineBuilder};
 
-pub const QEMU: &str = "qemu-system-x86_64";
+pub use qemu_test_support::{
+    assert_group_gone as assert_gone, group_alive, open_fds, qemu, qemu_children,
+};
 pub const T: Duration = Duration::from_secs(10);
 
 /// The Linux test guest built by `guests/build-linux-guest.sh`: a builder that boots it
 /// to a shell on ttyS0 (TCG here, KVM only where it really works), and its kernel version.
 /// Fails, never skips, when the guest is not built.
 pub fn linux_guest(scratch: &Scratch) -> (MachineBuilder, String) {
-    let dir = std::env::var_os("QEMU_MACHINE_LINUX_GUEST")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/linux")
-        });
+    let dir = linux_guest_dir();
     let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
     assert!(
         kernel.exists() && initrd.exists(),
@@ -39,6 +35,24 @@ pub fn linux_guest(scratch: &Scratch) -> (MachineBuilder, String) {
         .args(["-initrd", &initrd.display().to_string()])
         .args(["-append", "console=ttyS0 quiet panic=-1"]);
     (builder, version.trim().to_string())
+}
+
+/// Where `guests/build-linux-guest.sh` put the Linux test guest.
+pub fn linux_guest_dir() -> std::path::PathBuf {
+    std::env::var_os("QEMU_MACHINE_LINUX_GUEST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/linux")
+        })
+}
+
+/// The version of the Linux test guest's qemu-ga, as the build recorded it.
+pub fn linux_guest_agent_version() -> String {
+    let path = linux_guest_dir().join("qemu-ga-version");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run guests/build-linux-guest.sh)", path.display()))
+        .trim()
+        .to_string()
 }
 
 /// Waits for the Linux guest's shell prompt.
@@ -76,7 +90,7 @@ impl Scratch {
 
     /// `qemu-system-x86_64 -nodefaults`, run dirs under this scratch dir.
     pub fn builder(&self) -> MachineBuilder {
-        Machine::builder(QEMU)
+        Machine::builder(qemu())
             .base_temp_dir(self.path())
             .args(["-nodefaults"])
     }
@@ -97,48 +111,4 @@ impl Drop for Scratch {
             assert!(left.is_empty(), "run dirs left behind: {left:?}");
         }
     }
-}
-
-/// True while any process of the group `pid` exists.
-pub fn group_alive(pid: u32) -> bool {
-    killpg(Pid::from_raw(pid as i32), None).is_ok()
-}
-
-/// Asserts the process group is gone within `timeout`.
-pub fn assert_gone(pid: u32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while group_alive(pid) {
-        assert!(Instant::now() < deadline, "process group {pid} still alive");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// The number of open file descriptors of this process.
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Live children of this process that run QEMU.
-pub fn qemu_children() -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let comm = &stat[stat.find('(').unwrap_or(0) + 1..close];
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(me)
-            && comm.starts_with("qemu-system")
-        {
-            found.push(pid);
-        }
-    }
-    found
 }

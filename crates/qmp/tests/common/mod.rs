@@ -1,7 +1,7 @@
 //! Test support: a bare QEMU child with an inherited socketpair end, killed on drop, and
 //! leak checks.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const QEMU: &str = "qemu-system-x86_64";
+pub use qemu_test_support::{open_fds, qemu, qemu_children, qemu_version};
 
 /// A QEMU process that is killed and reaped when dropped.
 pub struct Qemu {
@@ -20,7 +20,7 @@ impl Qemu {
     /// Spawns QEMU with `-display none -nodefaults` plus `args`; `inherit` fds stay open in
     /// the child under their own numbers.
     pub fn spawn(args: &[String], inherit: &[RawFd]) -> Qemu {
-        let mut command = Command::new(QEMU);
+        let mut command = Command::new(qemu());
         command
             .args(["-display", "none", "-nodefaults"])
             .args(args)
@@ -83,38 +83,6 @@ impl Drop for Qemu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The number of open file descriptors of this process.
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Live child processes of this process that run QEMU.
-pub fn qemu_children() -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let comm = &stat[stat.find('(').unwrap_or(0) + 1..close];
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(me)
-            && comm.starts_with("qemu-system")
-            && fields.first() != Some(&"Z")
-        {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 pub fn keep_fd(fd: &OwnedFd) -> RawFd {

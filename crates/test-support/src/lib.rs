@@ -1,0 +1,10 @@
+//! What the workspace's tests, examples and benchmarks share: which QEMU build to run
+//! ([`binaries`]), and checks that nothing is left behind ([`processes`]).
+//!
+//! Dev-only: no library of the workspace depends on it.
+
+pub mod binaries;
+pub mod processes;
+
+pub use binaries::{qemu, qemu_img, qemu_io, qemu_version, QemuVersion};
+pub use processes::{assert_group_gone, group_alive, open_fds, qemu_children, KillOnDrop};
