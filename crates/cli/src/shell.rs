@@ -57,10 +57,7 @@ impl Session {
             .client
             .send(Request::new(name).arguments(arguments))
             .await?;
-        let mut reply = response.to_json();
-        if let Some(object) = reply.as_object_mut() {
-            object.remove("id");
-        }
+        let reply = response.to_json_without_id();
         if let Some(log) = &mut self.log {
             let mut merged = command.as_object().cloned().unwrap_or_default();
             merged.extend(reply.as_object().cloned().unwrap_or_default());

@@ -190,11 +190,11 @@ struct Shared {
 
 impl Shared {
     fn buffer(&self) -> MutexGuard<'_, Buffer> {
-        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+        qmp::sync::lock_unpoisoned(&self.buffer)
     }
 
     fn cursor(&self) -> MutexGuard<'_, u64> {
-        self.cursor.lock().unwrap_or_else(|e| e.into_inner())
+        qmp::sync::lock_unpoisoned(&self.cursor)
     }
 }
 

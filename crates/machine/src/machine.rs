@@ -544,12 +544,7 @@ impl Machine {
                 if name == "quit" && response.result.is_ok() {
                     self.mark_quit_issued();
                 }
-                let mut json = response.to_json();
-                // The id is the client's own bookkeeping, not part of the answer.
-                if let Some(object) = json.as_object_mut() {
-                    object.remove("id");
-                }
-                Ok(json)
+                Ok(response.to_json_without_id())
             }
             Err(e) => Err(self.explain(e, name).await),
         }

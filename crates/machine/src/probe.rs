@@ -34,7 +34,7 @@ impl Probe {
     pub async fn of(binary: &str) -> Result<Arc<Probe>> {
         static CACHE: OnceLock<Mutex<HashMap<String, Arc<Probe>>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
-        if let Some(probe) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(binary) {
+        if let Some(probe) = qmp::sync::lock_unpoisoned(cache).get(binary) {
             return Ok(probe.clone());
         }
         let (version, accelerators, machines, devices) = tokio::try_join!(
@@ -54,10 +54,7 @@ impl Probe {
             machines: parse_machines(&machines),
             devices: parse_devices(&devices),
         });
-        cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(binary.to_string(), probe.clone());
+        qmp::sync::lock_unpoisoned(cache).insert(binary.to_string(), probe.clone());
         Ok(probe)
     }
 

@@ -44,7 +44,7 @@ struct Shared {
 
 impl Shared {
     fn irqs(&self) -> MutexGuard<'_, Irqs> {
-        self.irqs.lock().unwrap_or_else(|e| e.into_inner())
+        qmp::sync::lock_unpoisoned(&self.irqs)
     }
 }
 

@@ -30,7 +30,7 @@ struct SpawnRequest {
 fn spawner() -> io::Result<mpsc::Sender<SpawnRequest>> {
     static SPAWNER: OnceLock<Mutex<Option<mpsc::Sender<SpawnRequest>>>> = OnceLock::new();
     let slot = SPAWNER.get_or_init(|| Mutex::new(None));
-    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    let mut slot = qmp::sync::lock_unpoisoned(slot);
     if let Some(sender) = slot.as_ref() {
         return Ok(sender.clone());
     }

@@ -88,7 +88,7 @@ fn io_driver() -> Result<&'static IoDriver> {
 
 impl IoDriver {
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock_unpoisoned(&self.calls)
     }
 
     fn drive_while_idle(&self) {

@@ -249,10 +249,7 @@ impl ClientBuilder {
                 shared: shared.clone(),
             }
             .subscribe(filter);
-            *shared
-                .initial_subscription
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(subscription);
+            *crate::sync::lock_unpoisoned(&shared.initial_subscription) = Some(subscription);
         }
         let (greeting_tx, greeting_rx) = oneshot::channel();
         if self.await_greeting || self.negotiate {
@@ -263,7 +260,7 @@ impl ClientBuilder {
             shared.stream.clone(),
             self.max_message_size,
         ));
-        *shared.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
+        *crate::sync::lock_unpoisoned(&shared.reader) = Some(reader);
         let client = Client { shared };
 
         if self.await_greeting || self.negotiate {
@@ -403,11 +400,7 @@ impl Client {
 
     /// The subscription asked for with [`ClientBuilder::subscribe_from_start`] (once).
     pub fn take_initial_subscription(&self) -> Option<Subscription> {
-        self.shared
-            .initial_subscription
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        crate::sync::lock_unpoisoned(&self.shared.initial_subscription).take()
     }
 
     /// Sends a command and returns its `return` value; a QMP error becomes
@@ -753,11 +746,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock_unpoisoned(&self.state)
     }
 
     fn writes(&self) -> MutexGuard<'_, WriteQueue> {
-        self.writes.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock_unpoisoned(&self.writes)
     }
 
     pub(crate) fn unsubscribe(&self, queue: &Arc<EventQueue>) {
@@ -831,7 +824,7 @@ impl Shared {
             )
         };
         self.stream.shutdown();
-        if let Some(reader) = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(reader) = crate::sync::lock_unpoisoned(&self.reader).take() {
             reader.abort();
         }
         self.writes().backlog.clear();

@@ -122,7 +122,7 @@ impl EventQueue {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock_unpoisoned(&self.state)
     }
 
     /// Never blocks: a full queue loses its oldest event.

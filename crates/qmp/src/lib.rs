@@ -43,6 +43,7 @@ mod mux;
 mod open_enum;
 pub mod redact;
 mod server;
+pub mod sync;
 mod transcript;
 mod transport;
 mod typed_event;

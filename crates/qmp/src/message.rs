@@ -74,6 +74,22 @@ pub struct Response {
 impl Response {
     /// The response as QMP wrote it: `{"return": ...}` or `{"error": {...}}`, plus `id`.
     pub fn to_json(&self) -> Value {
+        let mut json = self.to_json_without_id();
+        if let (Some(id), Some(object)) = (&self.id, json.as_object_mut()) {
+            object.insert("id".into(), id.clone());
+        }
+        json
+    }
+
+    /// The response without the `id`: what a caller asked for, when the id was only the
+    /// client's own bookkeeping (as `qemu.qmp` returns it).
+    ///
+    /// ```
+    /// # use qmp::Response;
+    /// let response = Response { id: Some(7.into()), result: Ok(serde_json::value::to_raw_value(&1).unwrap()) };
+    /// assert_eq!(response.to_json_without_id(), serde_json::json!({"return": 1}));
+    /// ```
+    pub fn to_json_without_id(&self) -> Value {
         let mut object = serde_json::Map::new();
         match &self.result {
             Ok(raw) => {
@@ -85,9 +101,6 @@ impl Response {
                     serde_json::json!({"class": info.class, "desc": info.desc}),
                 );
             }
-        }
-        if let Some(id) = &self.id {
-            object.insert("id".into(), id.clone());
         }
         Value::Object(object)
     }

@@ -180,13 +180,7 @@ async fn handle(
         );
     }
     match upstream.send(Request::new(name).arguments(arguments)).await {
-        Ok(response) => {
-            let mut reply = response.to_json();
-            if let Some(object) = reply.as_object_mut() {
-                object.remove("id");
-            }
-            with_id(reply, id)
-        }
+        Ok(response) => with_id(response.to_json_without_id(), id),
         Err(e) => error_reply(id, "GenericError", &e.to_string()),
     }
 }

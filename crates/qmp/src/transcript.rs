@@ -59,7 +59,7 @@ impl Transcript {
         .into_bytes();
         line.extend_from_slice(message.trim_ascii_end());
         line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = crate::sync::lock_unpoisoned(&self.file);
         if let Err(e) = file.write_all(&line) {
             tracing::warn!("cannot write the QMP transcript: {e}");
         }
