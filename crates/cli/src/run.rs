@@ -8,8 +8,9 @@ use qmp::{EventFilter, Multiplexer};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use crate::args::{seconds, AccelChoice, RunArgs};
+use crate::failure::{exit_status_code, Failure, Outcome};
 use crate::term::{spinner, status_line, RawMode};
-use crate::{exit_status_code, seconds, AccelChoice, Failure, Outcome, RunArgs};
 
 /// Ctrl-]: the escape key, as in telnet and virsh console.
 const ESCAPE: u8 = 0x1d;

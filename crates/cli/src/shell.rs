@@ -13,7 +13,9 @@ use rustyline::{Editor, ExternalPrinter, Helper, Highlighter, Hinter, Validator}
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 
-use crate::{parse_address, qmp_error_text, Failure, Outcome, ShellArgs};
+use crate::args::ShellArgs;
+use crate::failure::{qmp_error_text, Failure, Outcome};
+use crate::output::print_json;
 
 /// What one shell line turned into.
 enum Reply {
@@ -102,16 +104,8 @@ impl Session {
     }
 }
 
-fn render(value: &Value, pretty: bool) -> String {
-    if pretty {
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    } else {
-        value.to_string()
-    }
-}
-
 pub(crate) async fn shell(args: ShellArgs) -> Outcome {
-    let address = parse_address(&args.address.address)?;
+    let address = args.address.parse()?;
     let mut builder = Client::builder().name("shell");
     if args.no_negotiate {
         builder = builder.await_greeting(false).negotiate(false);
@@ -147,7 +141,7 @@ async fn scripted(mut session: Session, pretty: bool) -> Outcome {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         match session.line(&line).await? {
-            Reply::Json(value) => println!("{}", render(&value, pretty)),
+            Reply::Json(value) => print_json(&value, pretty),
             Reply::Text(text) => print!("{text}"),
             Reply::Nothing => {}
         }
@@ -253,7 +247,7 @@ async fn interactive(mut session: Session, pretty: bool) -> Outcome {
             };
             let _ = editor.add_history_entry(line.as_str());
             match runtime.block_on(session.line(&line)) {
-                Ok(Reply::Json(value)) => println!("{}", render(&value, pretty)),
+                Ok(Reply::Json(value)) => print_json(&value, pretty),
                 Ok(Reply::Text(text)) => print!("{text}"),
                 Ok(Reply::Nothing) => {}
                 Err(failure) if !session.client.is_connected() => return Err(failure),

@@ -8,51 +8,36 @@ use qmp::{Client, EventFilter, Request};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use crate::term::spinner;
-use crate::{
-    exit_status_code, parse_address, qmp_error_text, seconds, AccelArgs, EventsArgs, ExecArgs,
-    Failure, GaAction, GaArgs, Outcome, QomAction, QomArgs, VersionArgs,
+use crate::args::{
+    seconds, AccelArgs, Address, EventsArgs, ExecArgs, FsfreezeAction, GaAction, GaArgs, QomAction,
+    QomArgs, VersionArgs,
 };
+use crate::failure::{exit_status_code, qmp_error_text, Failure, Outcome};
+use crate::output::print_json;
+use crate::term::spinner;
 
-async fn connect(address: &str) -> Result<Client, Failure> {
-    let address = parse_address(address)?;
+async fn connect(address: &Address) -> Result<Client, Failure> {
     Ok(Client::builder()
         .name("qemu-machine")
-        .connect(&address)
+        .connect(&address.parse()?)
         .await?)
-}
-
-fn print_json(value: &Value, pretty: bool) {
-    if pretty {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
-    } else {
-        println!("{value}");
-    }
-}
-
-/// A QMP error as `Class: desc`, exit status 1.
-fn command_failure(error: qmp::Error) -> Failure {
-    Failure::new(qmp_error_text(&error))
 }
 
 pub(crate) async fn exec(args: ExecArgs) -> Outcome {
     let command = build_command(&args.command, &args.arguments)
         .map_err(|e| Failure::with_status(format!("{e} (arguments are key=value)"), 2))?;
-    let client = connect(&args.address.address).await?;
+    let client = connect(&args.address).await?;
     let arguments = command.get("arguments").cloned().unwrap_or(Value::Null);
     let value = client
         .execute_request(Request::new(args.command).arguments(arguments))
         .await
-        .map_err(command_failure)?;
+        .map_err(Failure::command)?;
     print_json(&value, args.pretty);
     Ok(0)
 }
 
 pub(crate) async fn events(args: EventsArgs) -> Outcome {
-    let client = connect(&args.address.address).await?;
+    let client = connect(&args.address).await?;
     let filter = if args.names.is_empty() {
         EventFilter::all()
     } else {
@@ -117,12 +102,12 @@ async fn qom_list(client: &Client, path: &str) -> Result<Vec<Value>, Failure> {
     let list = client
         .execute("qom-list", json!({"path": path}))
         .await
-        .map_err(command_failure)?;
+        .map_err(Failure::command)?;
     Ok(list.as_array().cloned().unwrap_or_default())
 }
 
 pub(crate) async fn qom(args: QomArgs) -> Outcome {
-    let client = connect(&args.address.address).await?;
+    let client = connect(&args.address).await?;
     match args.action {
         QomAction::List { path } => {
             let list = qom_list(&client, &path).await?;
@@ -147,7 +132,7 @@ pub(crate) async fn qom(args: QomArgs) -> Outcome {
             let value = client
                 .execute("qom-get", json!({"path": path, "property": name}))
                 .await
-                .map_err(command_failure)?;
+                .map_err(Failure::command)?;
             match (&value, args.json) {
                 (Value::Object(map), false) => {
                     for (key, value) in map {
@@ -165,7 +150,7 @@ pub(crate) async fn qom(args: QomArgs) -> Outcome {
                     json!({"path": path, "property": name, "value": parse_value(&value)}),
                 )
                 .await
-                .map_err(command_failure)?;
+                .map_err(Failure::command)?;
         }
         QomAction::Tree { path } => {
             let tree = qom_tree(&client, &path).await?;
@@ -223,7 +208,7 @@ fn print_tree(path: &str, tree: &Value, depth: usize) {
 }
 
 pub(crate) async fn ga(args: GaArgs) -> Outcome {
-    let address = parse_address(&args.address.address)?;
+    let address = args.address.parse()?;
     let timeout = seconds(args.timeout, "--timeout")?;
     let waiting = spinner("waiting for the guest agent");
     let agent = GuestAgent::connect(&address, timeout).await;
@@ -253,12 +238,14 @@ pub(crate) async fn ga(args: GaArgs) -> Outcome {
             std::io::stdin().read_to_end(&mut data)?;
             agent.write_file(&path, &data).await?;
         }
-        GaAction::Fsfreeze { action } => match action.as_str() {
-            "freeze" => println!("{} filesystems frozen", agent.fsfreeze_freeze().await?),
-            "thaw" => println!("{} filesystems thawed", agent.fsfreeze_thaw().await?),
-            _ => println!("{}", agent.fsfreeze_status().await?),
+        GaAction::Fsfreeze { action } => match action {
+            FsfreezeAction::Freeze => {
+                println!("{} filesystems frozen", agent.fsfreeze_freeze().await?)
+            }
+            FsfreezeAction::Thaw => println!("{} filesystems thawed", agent.fsfreeze_thaw().await?),
+            FsfreezeAction::Status => println!("{}", agent.fsfreeze_status().await?),
         },
-        GaAction::Shutdown { mode } => agent.shutdown(&mode).await?,
+        GaAction::Shutdown { mode } => agent.shutdown(mode.as_str()).await?,
     }
     Ok(0)
 }
