@@ -382,3 +382,25 @@ fn the_interactive_shell_completes_command_names() {
     let history = std::fs::read_to_string(home.path().join(".qmp-shell_history")).unwrap();
     assert!(history.contains("query-status"), "{history}");
 }
+
+#[test]
+fn a_test_that_fails_half_way_leaves_no_process() {
+    let pids = std::sync::Mutex::new(Vec::new());
+    let failed = std::panic::catch_unwind(|| {
+        let qemu = Qemu::start(&["-machine", "none"]);
+        let mut command = bin();
+        command.args(["shell", qemu.address()]);
+        let shell = OnPty::spawn(command);
+        pids.lock().unwrap().extend([qemu.id(), shell.id()]);
+        panic!("a test failing with QEMU and a shell running");
+    });
+    assert!(failed.is_err());
+    let pids = pids.into_inner().unwrap();
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} was left behind"
+        );
+    }
+}

@@ -101,6 +101,11 @@ impl OnPty {
         }
     }
 
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the child printed so far.
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
@@ -218,6 +223,11 @@ impl Qemu {
             socket,
             _dir: dir,
         }
+    }
+
+    /// QEMU's process id.
+    pub fn id(&self) -> u32 {
+        self._child.id()
     }
 
     /// The QMP socket's path, as a command-line argument.
