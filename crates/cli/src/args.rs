@@ -66,6 +66,14 @@ impl Address {
     }
 }
 
+/// Which QEMU `run`, `accel` and `version` run: `--binary`, else `$QEMU`.
+#[derive(Debug, Args)]
+pub(crate) struct QemuBinary {
+    /// The QEMU binary.
+    #[arg(long, env = "QEMU", default_value = "qemu-system-x86_64")]
+    pub(crate) binary: String,
+}
+
 /// A `--timeout`-like number of seconds as a duration, or a usage failure (exit status 2)
 /// naming `what` when it is negative, not a number or too large.
 pub(crate) fn seconds(value: f64, what: &str) -> Result<Duration, Failure> {
@@ -118,9 +126,8 @@ pub(crate) struct RunArgs {
     /// Deadline in seconds for QMP to come up, and for the shutdown at the end.
     #[arg(long, value_name = "S", default_value_t = 30.0)]
     pub(crate) timeout: f64,
-    /// The QEMU binary.
-    #[arg(long, env = "QEMU", default_value = "qemu-system-x86_64")]
-    pub(crate) binary: String,
+    #[command(flatten)]
+    pub(crate) qemu: QemuBinary,
     /// Extra QEMU arguments, after `--`.
     #[arg(last = true, value_name = "QEMU_ARGS")]
     pub(crate) qemu_args: Vec<String>,
@@ -306,9 +313,8 @@ impl ShutdownMode {
 /// The arguments of `accel`.
 #[derive(Debug, Args)]
 pub(crate) struct AccelArgs {
-    /// The QEMU binary.
-    #[arg(long, env = "QEMU", default_value = "qemu-system-x86_64")]
-    pub(crate) binary: String,
+    #[command(flatten)]
+    pub(crate) qemu: QemuBinary,
     /// Output JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -317,9 +323,8 @@ pub(crate) struct AccelArgs {
 /// The arguments of `version`.
 #[derive(Debug, Args)]
 pub(crate) struct VersionArgs {
-    /// The QEMU binary.
-    #[arg(long, env = "QEMU", default_value = "qemu-system-x86_64")]
-    pub(crate) binary: String,
+    #[command(flatten)]
+    pub(crate) qemu: QemuBinary,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 mod args;
 mod failure;
 mod output;
+mod qom;
 mod run;
 mod shell;
 mod term;
@@ -60,7 +61,7 @@ async fn dispatch(command: Command) -> Outcome {
         Command::Shell(args) => shell::shell(args).await,
         Command::Exec(args) => tools::exec(args).await,
         Command::Events(args) => tools::events(args).await,
-        Command::Qom(args) => tools::qom(args).await,
+        Command::Qom(args) => qom::qom(args).await,
         Command::Ga(args) => tools::ga(args).await,
         Command::Accel(args) => tools::accel(args).await,
         Command::Version(args) => tools::version(args).await,
