@@ -60,9 +60,7 @@ fn linux_guest_dir() -> PathBuf {
 
 #[test]
 fn run_puts_the_builtin_guest_on_the_terminal_and_detaches() {
-    let mut command = bin();
-    command.arg("run");
-    let mut vm = OnPty::spawn(command);
+    let mut vm = OnPty::spawn(bin().arg("run"));
     let output = vm.expect("READY", 1);
     let pid = pid_in(&output);
     vm.send(b"hello");
@@ -76,9 +74,7 @@ fn run_puts_the_builtin_guest_on_the_terminal_and_detaches() {
 
 #[test]
 fn run_exits_with_qemus_status_when_the_guest_ends_it() {
-    let mut command = bin();
-    command.arg("run");
-    let mut vm = OnPty::spawn(command);
+    let mut vm = OnPty::spawn(bin().arg("run"));
     vm.expect("READY", 1);
     // Ctrl-X: the built-in guest exits through isa-debug-exit with status 33.
     vm.send(&[qemu_machine::guest::DEBUG_EXIT]);
@@ -89,9 +85,7 @@ fn run_exits_with_qemus_status_when_the_guest_ends_it() {
 fn run_serves_qmp_to_two_clients_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("vm.qmp");
-    let mut command = bin();
-    command.args(["run", "--qmp", socket.to_str().unwrap()]);
-    let mut vm = OnPty::spawn(command);
+    let mut vm = OnPty::spawn(bin().args(["run", "--qmp", socket.to_str().unwrap()]));
     vm.expect("READY", 1);
 
     let mut events = listening_events(&[
@@ -367,11 +361,11 @@ fn bad_input_gets_one_line_and_a_non_zero_status() {
 fn the_interactive_shell_completes_command_names() {
     let qemu = Qemu::start(&["-machine", "none"]);
     let home = tempfile::tempdir().unwrap();
-    let mut command = bin();
-    command
-        .args(["shell", qemu.address()])
-        .env("HOME", home.path());
-    let mut shell = OnPty::spawn(command);
+    let mut shell = OnPty::spawn(
+        bin()
+            .args(["shell", qemu.address()])
+            .env("HOME", home.path()),
+    );
     shell.expect("Welcome to the QMP low-level shell!", 1);
     shell.expect("(QEMU) ", 1);
     // Tab completes the unique prefix; Enter sends it.
@@ -388,9 +382,7 @@ fn a_test_that_fails_half_way_leaves_no_process() {
     let pids = std::sync::Mutex::new(Vec::new());
     let failed = std::panic::catch_unwind(|| {
         let qemu = Qemu::start(&["-machine", "none"]);
-        let mut command = bin();
-        command.args(["shell", qemu.address()]);
-        let shell = OnPty::spawn(command);
+        let shell = OnPty::spawn(bin().args(["shell", qemu.address()]));
         pids.lock().unwrap().extend([qemu.id(), shell.id()]);
         panic!("a test failing with QEMU and a shell running");
     });

@@ -70,7 +70,7 @@ pub struct OnPty {
 
 impl OnPty {
     /// Spawns `command` on a new pseudo-terminal.
-    pub fn spawn(mut command: Command) -> OnPty {
+    pub fn spawn(command: &mut Command) -> OnPty {
         let pty = nix::pty::openpty(None, None).unwrap();
         let slave = pty.slave;
         command
