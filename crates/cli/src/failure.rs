@@ -6,7 +6,9 @@ use std::process::ExitCode;
 /// A failure to report: one line on stderr and an exit status.
 #[derive(Debug)]
 pub(crate) struct Failure {
+    /// What went wrong: a one-line summary, then any detail on further lines.
     message: String,
+    /// The exit status of the command.
     status: u8,
 }
 
