@@ -8,12 +8,14 @@ use qmp::{EventFilter, Multiplexer};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::term::{spinner, status_line, RawMode};
-use crate::{exit_status_code, seconds, AccelChoice, Failure, Outcome, RunArgs};
+use crate::args::{seconds, AccelChoice, RunArgs};
+use crate::failure::{exit_status_code, Failure, Outcome};
+use crate::term::{status_line, with_spinner, RawMode};
 
 /// Ctrl-]: the escape key, as in telnet and virsh console.
 const ESCAPE: u8 = 0x1d;
 
+/// Why the console loop of [`run`] ended.
 enum Ending {
     /// Ctrl-] q, or stdin closed: we shut the VM down.
     Detached,
@@ -42,8 +44,9 @@ fn filter_input(bytes: &[u8], escape_pending: &mut bool) -> (Vec<u8>, bool) {
     (forward, false)
 }
 
+/// The machine `run` asks for: the built-in guest, a kernel or an image, and the options.
 fn builder(args: &RunArgs, timeout: Duration) -> qemu_machine::MachineBuilder {
-    let mut builder = Machine::builder(&args.binary)
+    let mut builder = Machine::builder(&args.qemu.binary)
         .name("run")
         .launch_timeout(timeout);
     builder = match (&args.kernel, &args.image) {
@@ -82,15 +85,12 @@ fn builder(args: &RunArgs, timeout: Duration) -> qemu_machine::MachineBuilder {
     builder.args(args.qemu_args.iter().cloned())
 }
 
+/// `qemu-machine run`: boots the VM, connects this terminal to its serial console until the
+/// user detaches or QEMU exits, and exits with QEMU's status.
 pub(crate) async fn run(args: RunArgs) -> Outcome {
     let timeout = seconds(args.timeout, "--timeout")?;
     let mut vm = Machine::new(builder(&args, timeout));
-    let booting = spinner("starting QEMU");
-    let launched = vm.launch().await;
-    if let Some(bar) = booting {
-        bar.finish_and_clear();
-    }
-    launched?;
+    with_spinner("starting QEMU", vm.launch()).await?;
     let client = vm
         .qmp_client()
         .ok_or_else(|| Failure::new("the VM has no QMP monitor"))?;

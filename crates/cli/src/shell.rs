@@ -13,7 +13,9 @@ use rustyline::{Editor, ExternalPrinter, Helper, Highlighter, Hinter, Validator}
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 
-use crate::{parse_address, qmp_error_text, Failure, Outcome, ShellArgs};
+use crate::args::ShellArgs;
+use crate::failure::{qmp_error_text, Failure, Outcome};
+use crate::output::print_json;
 
 /// What one shell line turned into.
 enum Reply {
@@ -25,16 +27,35 @@ enum Reply {
     Nothing,
 }
 
+impl Reply {
+    /// Prints the reply on stdout: JSON on one line (or pretty), HMP text as it is.
+    fn print(self, pretty: bool) {
+        match self {
+            Reply::Json(value) => print_json(&value, pretty),
+            Reply::Text(text) => print!("{text}"),
+            Reply::Nothing => {}
+        }
+    }
+}
+
+/// A connection and what the shell keeps between lines.
 struct Session {
+    /// The QMP (or guest agent) connection.
     client: Client,
+    /// qmp-shell syntax, with an open transaction if there is one.
     parser: ShellParser,
+    /// Lines are HMP commands (`-H`).
     hmp: bool,
+    /// The CPU HMP commands run on (`cpu N`).
     cpu: i64,
+    /// Echo the JSON sent (`-v`).
     verbose: bool,
+    /// Where commands and replies are appended (`-l`).
     log: Option<std::fs::File>,
 }
 
 impl Session {
+    /// Runs one input line.
     async fn line(&mut self, line: &str) -> Result<Reply, Failure> {
         if self.hmp {
             return self.hmp_line(line).await;
@@ -66,6 +87,7 @@ impl Session {
         Ok(Reply::Json(reply))
     }
 
+    /// Runs one line in HMP mode; `cpu N` only switches the CPU (when it exists).
     async fn hmp_line(&mut self, line: &str) -> Result<Reply, Failure> {
         let line = line.trim();
         if line.is_empty() {
@@ -102,16 +124,10 @@ impl Session {
     }
 }
 
-fn render(value: &Value, pretty: bool) -> String {
-    if pretty {
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    } else {
-        value.to_string()
-    }
-}
-
+/// `qemu-machine shell`: line editing, completion and history on a terminal, else one reply
+/// per input line for scripts.
 pub(crate) async fn shell(args: ShellArgs) -> Outcome {
-    let address = parse_address(&args.address.address)?;
+    let address = args.address.parse()?;
     let mut builder = Client::builder().name("shell");
     if args.no_negotiate {
         builder = builder.await_greeting(false).negotiate(false);
@@ -146,11 +162,7 @@ pub(crate) async fn shell(args: ShellArgs) -> Outcome {
 async fn scripted(mut session: Session, pretty: bool) -> Outcome {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
-        match session.line(&line).await? {
-            Reply::Json(value) => println!("{}", render(&value, pretty)),
-            Reply::Text(text) => print!("{text}"),
-            Reply::Nothing => {}
-        }
+        session.line(&line).await?.print(pretty);
     }
     if session.parser.in_transaction() {
         return Err(Failure::new(
@@ -160,8 +172,10 @@ async fn scripted(mut session: Session, pretty: bool) -> Outcome {
     Ok(0)
 }
 
+/// Tab completion of command names (first word, or an action in a transaction).
 #[derive(Helper, Highlighter, Hinter, Validator)]
 struct Commands {
+    /// The server's commands, sorted.
     names: Vec<String>,
 }
 
@@ -192,10 +206,12 @@ impl Completer for Commands {
     }
 }
 
+/// Where history is kept between sessions: `~/.qmp-shell_history`, as qmp-shell does.
 fn history_file() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".qmp-shell_history"))
 }
 
+/// The shell on a terminal: prompts, events printed above the prompt as they come.
 async fn interactive(mut session: Session, pretty: bool) -> Outcome {
     let names = if session.hmp {
         Vec::new()
@@ -253,9 +269,7 @@ async fn interactive(mut session: Session, pretty: bool) -> Outcome {
             };
             let _ = editor.add_history_entry(line.as_str());
             match runtime.block_on(session.line(&line)) {
-                Ok(Reply::Json(value)) => println!("{}", render(&value, pretty)),
-                Ok(Reply::Text(text)) => print!("{text}"),
-                Ok(Reply::Nothing) => {}
+                Ok(reply) => reply.print(pretty),
                 Err(failure) if !session.client.is_connected() => return Err(failure),
                 Err(failure) => eprintln!("error: {}", failure.message_text()),
             }

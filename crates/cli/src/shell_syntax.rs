@@ -103,6 +103,7 @@ pub fn parse_value(text: &str) -> Value {
     Value::String(text.to_string())
 }
 
+/// The inside of a quoted value: `\n` and `\t` as in C, `\x` as `x` for any other `x`.
 fn unescape(text: &str) -> String {
     let mut out = String::new();
     let mut chars = text.chars();
@@ -133,18 +134,23 @@ fn loose_json(text: &str) -> Option<Value> {
     (parser.at == parser.chars.len()).then_some(value)
 }
 
+/// A recursive-descent reader of [`loose_json`].
 struct Loose {
+    /// The text.
     chars: Vec<char>,
+    /// Where the next value starts.
     at: usize,
 }
 
 impl Loose {
+    /// Skips white space.
     fn space(&mut self) {
         while self.chars.get(self.at).is_some_and(|c| c.is_whitespace()) {
             self.at += 1;
         }
     }
 
+    /// Skips white space and `c`, if `c` comes next.
     fn eat(&mut self, c: char) -> bool {
         self.space();
         if self.chars.get(self.at) == Some(&c) {
@@ -155,6 +161,7 @@ impl Loose {
         }
     }
 
+    /// One value (and the white space before it), or `None` if there is none here.
     fn value(&mut self) -> Option<Value> {
         self.space();
         match *self.chars.get(self.at)? {
@@ -288,6 +295,7 @@ pub fn build_command(name: &str, tokens: &[String]) -> Result<Value, SyntaxError
 /// Reads shell lines one at a time, keeping transaction state between them.
 #[derive(Debug, Default)]
 pub struct ShellParser {
+    /// The actions of the open transaction; `None` outside one.
     actions: Option<Vec<Value>>,
 }
 

@@ -1,4 +1,5 @@
-//! The terminal: raw mode for `run`, restored however we leave.
+//! The terminal: raw mode for `run`, restored however we leave, and the status lines and
+//! spinners written on stderr around a command's own output.
 
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -7,6 +8,7 @@ use nix::sys::termios::{self, SetArg, Termios};
 
 /// Puts stdin's terminal in raw mode until dropped (then restores it exactly).
 pub(crate) struct RawMode {
+    /// The settings to restore.
     saved: Termios,
 }
 
@@ -36,12 +38,17 @@ pub(crate) fn status_line(text: &str) {
     eprint!("\r{text}\r\n");
 }
 
-/// A spinner on stderr while `what` is awaited, only when stderr is a terminal.
-pub(crate) fn spinner(what: &str) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
+/// Awaits `work` with a spinner saying `what` on stderr, only when stderr is a terminal;
+/// the spinner is cleared before the result is returned.
+pub(crate) async fn with_spinner<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner().with_message(what.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        bar
+    });
+    let result = work.await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
-    let bar = indicatif::ProgressBar::new_spinner().with_message(what.to_string());
-    bar.enable_steady_tick(std::time::Duration::from_millis(100));
-    Some(bar)
+    result
 }

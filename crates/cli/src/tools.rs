@@ -1,58 +1,48 @@
-//! The one-shot subcommands: exec, events, qom, ga, accel, version.
+//! The one-shot subcommands: exec, events, ga, accel, version (and qom, in its own
+//! module): each connects, does one thing, prints it and exits.
 
 use std::io::{Read, Write};
 
 use qemu_machine::{GuestAgent, Probe};
-use qemu_machine_cli::shell_syntax::{build_command, parse_value};
+use qemu_machine_cli::shell_syntax::build_command;
 use qmp::{Client, EventFilter, Request};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::term::spinner;
-use crate::{
-    exit_status_code, parse_address, qmp_error_text, seconds, AccelArgs, EventsArgs, ExecArgs,
-    Failure, GaAction, GaArgs, Outcome, QomAction, QomArgs, VersionArgs,
+use crate::args::{
+    seconds, AccelArgs, Address, EventsArgs, ExecArgs, FsfreezeAction, GaAction, GaArgs,
+    VersionArgs,
 };
+use crate::failure::{exit_status_code, Failure, Outcome};
+use crate::output::print_json;
+use crate::term::with_spinner;
 
-async fn connect(address: &str) -> Result<Client, Failure> {
-    let address = parse_address(address)?;
+/// A QMP client of the server at `address`, named `qemu-machine`.
+pub(crate) async fn connect(address: &Address) -> Result<Client, Failure> {
     Ok(Client::builder()
         .name("qemu-machine")
-        .connect(&address)
+        .connect(&address.parse()?)
         .await?)
 }
 
-fn print_json(value: &Value, pretty: bool) {
-    if pretty {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
-    } else {
-        println!("{value}");
-    }
-}
-
-/// A QMP error as `Class: desc`, exit status 1.
-fn command_failure(error: qmp::Error) -> Failure {
-    Failure::new(qmp_error_text(&error))
-}
-
+/// `qemu-machine exec`: one command, its result as JSON; a QMP error as `Class: desc`.
 pub(crate) async fn exec(args: ExecArgs) -> Outcome {
     let command = build_command(&args.command, &args.arguments)
         .map_err(|e| Failure::with_status(format!("{e} (arguments are key=value)"), 2))?;
-    let client = connect(&args.address.address).await?;
+    let client = connect(&args.address).await?;
     let arguments = command.get("arguments").cloned().unwrap_or(Value::Null);
     let value = client
         .execute_request(Request::new(args.command).arguments(arguments))
         .await
-        .map_err(command_failure)?;
+        .map_err(Failure::command)?;
     print_json(&value, args.pretty);
     Ok(0)
 }
 
+/// `qemu-machine events`: events as JSON lines, until `--count`, `--timeout` or the end of
+/// the connection.
 pub(crate) async fn events(args: EventsArgs) -> Outcome {
-    let client = connect(&args.address.address).await?;
+    let client = connect(&args.address).await?;
     let filter = if args.names.is_empty() {
         EventFilter::all()
     } else {
@@ -98,139 +88,15 @@ pub(crate) async fn events(args: EventsArgs) -> Outcome {
     Ok(0)
 }
 
-/// `/machine/peripheral/net0.link` → (`/machine/peripheral/net0`, `link`).
-fn split_property(text: &str) -> Result<(&str, &str), Failure> {
-    text.rsplit_once('.')
-        .filter(|(path, property)| !path.is_empty() && !property.is_empty())
-        .ok_or_else(|| Failure::with_status(format!("expected PATH.PROPERTY, got {text:?}"), 2))
-}
-
-fn join(path: &str, name: &str) -> String {
-    if path.ends_with('/') {
-        format!("{path}{name}")
-    } else {
-        format!("{path}/{name}")
-    }
-}
-
-async fn qom_list(client: &Client, path: &str) -> Result<Vec<Value>, Failure> {
-    let list = client
-        .execute("qom-list", json!({"path": path}))
-        .await
-        .map_err(command_failure)?;
-    Ok(list.as_array().cloned().unwrap_or_default())
-}
-
-pub(crate) async fn qom(args: QomArgs) -> Outcome {
-    let client = connect(&args.address.address).await?;
-    match args.action {
-        QomAction::List { path } => {
-            let list = qom_list(&client, &path).await?;
-            if args.json {
-                print_json(&Value::Array(list), false);
-            } else {
-                for property in list {
-                    let name = property["name"].as_str().unwrap_or_default();
-                    let kind = property["type"].as_str().unwrap_or_default();
-                    if kind.starts_with("child<") {
-                        println!("{name}/");
-                    } else if kind.starts_with("link<") {
-                        println!("@{name}/");
-                    } else {
-                        println!("{name}");
-                    }
-                }
-            }
-        }
-        QomAction::Get { property } => {
-            let (path, name) = split_property(&property)?;
-            let value = client
-                .execute("qom-get", json!({"path": path, "property": name}))
-                .await
-                .map_err(command_failure)?;
-            match (&value, args.json) {
-                (Value::Object(map), false) => {
-                    for (key, value) in map {
-                        println!("{key}: {value}");
-                    }
-                }
-                _ => print_json(&value, false),
-            }
-        }
-        QomAction::Set { property, value } => {
-            let (path, name) = split_property(&property)?;
-            client
-                .execute(
-                    "qom-set",
-                    json!({"path": path, "property": name, "value": parse_value(&value)}),
-                )
-                .await
-                .map_err(command_failure)?;
-        }
-        QomAction::Tree { path } => {
-            let tree = qom_tree(&client, &path).await?;
-            if args.json {
-                print_json(&tree, true);
-            } else {
-                print_tree(&path, &tree, 0);
-            }
-        }
-    }
-    Ok(0)
-}
-
-/// `{"properties": {name: {"type", "value"}}, "children": {name: tree}}`.
-async fn qom_tree(client: &Client, path: &str) -> Result<Value, Failure> {
-    let mut properties = Map::new();
-    let mut children = Map::new();
-    for property in qom_list(client, path).await? {
-        let name = property["name"].as_str().unwrap_or_default().to_string();
-        let kind = property["type"].as_str().unwrap_or_default().to_string();
-        if kind.starts_with("child<") {
-            let child = Box::pin(qom_tree(client, &join(path, &name))).await?;
-            children.insert(name, child);
-            continue;
-        }
-        let value = match client
-            .execute("qom-get", json!({"path": path, "property": name}))
-            .await
-        {
-            Ok(value) => value,
-            Err(e) => json!(format!("<EXCEPTION: {}>", qmp_error_text(&e))),
-        };
-        properties.insert(name, json!({"type": kind, "value": value}));
-    }
-    Ok(json!({"properties": properties, "children": children}))
-}
-
-fn print_tree(path: &str, tree: &Value, depth: usize) {
-    let indent = "  ".repeat(depth);
-    println!("{indent}{path}");
-    if let Some(properties) = tree["properties"].as_object() {
-        for (name, property) in properties {
-            println!(
-                "{indent}  {name}: {} ({})",
-                property["value"],
-                property["type"].as_str().unwrap_or_default()
-            );
-        }
-    }
-    if let Some(children) = tree["children"].as_object() {
-        for (name, child) in children {
-            print_tree(&join(path, name), child, depth + 1);
-        }
-    }
-}
-
+/// `qemu-machine ga`: one guest agent request, once the agent answers.
 pub(crate) async fn ga(args: GaArgs) -> Outcome {
-    let address = parse_address(&args.address.address)?;
+    let address = args.address.parse()?;
     let timeout = seconds(args.timeout, "--timeout")?;
-    let waiting = spinner("waiting for the guest agent");
-    let agent = GuestAgent::connect(&address, timeout).await;
-    if let Some(bar) = waiting {
-        bar.finish_and_clear();
-    }
-    let agent = agent?;
+    let agent = with_spinner(
+        "waiting for the guest agent",
+        GuestAgent::connect(&address, timeout),
+    )
+    .await?;
     match args.action {
         GaAction::Ping => {
             agent.ping().await?;
@@ -253,18 +119,22 @@ pub(crate) async fn ga(args: GaArgs) -> Outcome {
             std::io::stdin().read_to_end(&mut data)?;
             agent.write_file(&path, &data).await?;
         }
-        GaAction::Fsfreeze { action } => match action.as_str() {
-            "freeze" => println!("{} filesystems frozen", agent.fsfreeze_freeze().await?),
-            "thaw" => println!("{} filesystems thawed", agent.fsfreeze_thaw().await?),
-            _ => println!("{}", agent.fsfreeze_status().await?),
+        GaAction::Fsfreeze { action } => match action {
+            FsfreezeAction::Freeze => {
+                println!("{} filesystems frozen", agent.fsfreeze_freeze().await?)
+            }
+            FsfreezeAction::Thaw => println!("{} filesystems thawed", agent.fsfreeze_thaw().await?),
+            FsfreezeAction::Status => println!("{}", agent.fsfreeze_status().await?),
         },
-        GaAction::Shutdown { mode } => agent.shutdown(&mode).await?,
+        GaAction::Shutdown { mode } => agent.shutdown(mode.as_str()).await?,
     }
     Ok(0)
 }
 
+/// `qemu-machine accel`: the binary's accelerators, whether KVM is usable here, and what
+/// `--accel auto` picks.
 pub(crate) async fn accel(args: AccelArgs) -> Outcome {
-    let probe = Probe::of(&args.binary).await?;
+    let probe = Probe::of(&args.qemu.binary).await?;
     let kvm = if probe.kvm_usable() {
         "usable"
     } else if !probe.accelerators.contains("kvm") {
@@ -278,7 +148,7 @@ pub(crate) async fn accel(args: AccelArgs) -> Outcome {
     if args.json {
         print_json(
             &json!({
-                "binary": args.binary,
+                "binary": args.qemu.binary,
                 "accelerators": probe.accelerators,
                 "kvm": kvm,
                 "auto": auto,
@@ -286,7 +156,7 @@ pub(crate) async fn accel(args: AccelArgs) -> Outcome {
             false,
         );
     } else {
-        println!("binary: {} ({})", args.binary, probe.version_text);
+        println!("binary: {} ({})", args.qemu.binary, probe.version_text);
         println!(
             "accelerators: {}",
             probe
@@ -302,11 +172,12 @@ pub(crate) async fn accel(args: AccelArgs) -> Outcome {
     Ok(0)
 }
 
+/// `qemu-machine version`: this tool's version and QEMU's (or why QEMU did not say).
 pub(crate) async fn version(args: VersionArgs) -> Outcome {
     println!("qemu-machine {}", env!("CARGO_PKG_VERSION"));
-    match Probe::of(&args.binary).await {
+    match Probe::of(&args.qemu.binary).await {
         Ok(probe) => println!("{}", probe.version_text),
-        Err(e) => println!("{}: {e}", args.binary),
+        Err(e) => println!("{}: {e}", args.qemu.binary),
     }
     Ok(0)
 }

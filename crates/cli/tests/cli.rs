@@ -1,15 +1,14 @@
 //! The `qemu-machine` command driven as a user would: under a pseudo-terminal for `run`,
 //! through pipes for the rest, against real QEMU.
 
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 
-const T: Duration = Duration::from_secs(30);
+use qemu_test_support::cli::{
+    assert_gone, output_with_input, pid_in, wait_with_output, OnPty, Qemu,
+};
+use qemu_test_support::KillOnDrop;
 
 fn bin() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_qemu-machine"));
@@ -17,193 +16,51 @@ fn bin() -> Command {
     command
 }
 
+/// `qemu-machine ARGS` with `stdin` as its input, to the end.
 fn run(args: &[&str], stdin: &str) -> Output {
-    let mut child = bin()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    output_with_input(bin().args(args), stdin.as_bytes())
 }
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A child process on a pseudo-terminal, with what it printed collected as it comes.
-struct OnPty {
-    child: Child,
-    master: std::fs::File,
-    seen: Arc<Mutex<Vec<u8>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl OnPty {
-    fn spawn(mut command: Command) -> OnPty {
-        let pty = nix::pty::openpty(None, None).unwrap();
-        let slave: OwnedFd = pty.slave;
-        command
-            .stdin(slave.as_fd().try_clone_to_owned().unwrap())
-            .stdout(slave.as_fd().try_clone_to_owned().unwrap())
-            .stderr(slave.as_fd().try_clone_to_owned().unwrap());
-        let child = command.spawn().unwrap();
-        drop(slave);
-        let master = std::fs::File::from(pty.master);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = master.try_clone().unwrap();
-        let sink = seen.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        OnPty {
-            child,
-            master,
-            seen,
-            reader: Some(reader),
-        }
-    }
-
-    fn output(&self) -> String {
-        text(&self.seen.lock().unwrap())
-    }
-
-    fn expect(&self, pattern: &str, times: usize) -> String {
-        let deadline = Instant::now() + T;
-        loop {
-            let output = self.output();
-            if output.matches(pattern).count() >= times {
-                return output;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {pattern:?} x{times} in {output:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.master.write_all(bytes).unwrap();
-    }
-
-    fn wait(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + T;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.drain(deadline);
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running: {}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl OnPty {
-    /// Waits for the reader to see the end of the pty (every writer gone), so that all the
-    /// child printed before it exited is in `seen`.
-    fn drain(&mut self, deadline: Instant) {
-        while self.reader.as_ref().is_some_and(|r| !r.is_finished()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if self.reader.as_ref().is_some_and(|r| r.is_finished()) {
-            let _ = self.reader.take().map(|r| r.join());
-        }
-    }
-}
-
-impl Drop for OnPty {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn pid_in(output: &str) -> u32 {
-    let start = output.find("(pid ").expect("pid line") + 5;
-    output[start..].split(')').next().unwrap().parse().unwrap()
-}
-
-fn assert_gone(pid: u32) {
-    let deadline = Instant::now() + T;
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.contains(") Z") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "QEMU {pid} is still running");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A bare QEMU with a QMP server socket for the tools to connect to.
-struct Qemu {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Qemu {
-    fn start(args: &[&str]) -> Qemu {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("qmp.sock");
-        let child = Command::new(qemu_test_support::qemu())
-            .args(["-display", "none", "-nodefaults"])
+/// `qemu-machine events ARGS` in the background, once it says on stderr that it listens.
+/// Finish it with `wait_with_output`.
+fn listening_events(args: &[&str]) -> KillOnDrop {
+    let mut events = KillOnDrop(
+        bin()
+            .arg("events")
             .args(args)
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", socket.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
-        let deadline = Instant::now() + T;
-        while UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "QEMU made no QMP socket");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Qemu {
-            child,
-            socket,
-            _dir: dir,
-        }
-    }
-
-    fn address(&self) -> &str {
-        self.socket.to_str().unwrap()
-    }
+            .unwrap(),
+    );
+    let stderr = events.stderr.as_mut().unwrap();
+    let mut first = [0u8; 64];
+    let n = stderr.read(&mut first).unwrap();
+    assert!(
+        text(&first[..n]).contains("listening"),
+        "{}",
+        text(&first[..n])
+    );
+    events
 }
 
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Where `guests/build-linux-guest.sh` put the Linux test guest: `$QEMU_MACHINE_LINUX_GUEST`,
+/// else `.cache/guests/linux` in this checkout.
+fn linux_guest_dir() -> PathBuf {
+    std::env::var_os("QEMU_MACHINE_LINUX_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/linux")
+        })
 }
 
 #[test]
 fn run_puts_the_builtin_guest_on_the_terminal_and_detaches() {
-    let mut command = bin();
-    command.arg("run");
-    let mut vm = OnPty::spawn(command);
+    let mut vm = OnPty::spawn(bin().arg("run"));
     let output = vm.expect("READY", 1);
     let pid = pid_in(&output);
     vm.send(b"hello");
@@ -217,9 +74,7 @@ fn run_puts_the_builtin_guest_on_the_terminal_and_detaches() {
 
 #[test]
 fn run_exits_with_qemus_status_when_the_guest_ends_it() {
-    let mut command = bin();
-    command.arg("run");
-    let mut vm = OnPty::spawn(command);
+    let mut vm = OnPty::spawn(bin().arg("run"));
     vm.expect("READY", 1);
     // Ctrl-X: the built-in guest exits through isa-debug-exit with status 33.
     vm.send(&[qemu_machine::guest::DEBUG_EXIT]);
@@ -230,34 +85,20 @@ fn run_exits_with_qemus_status_when_the_guest_ends_it() {
 fn run_serves_qmp_to_two_clients_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("vm.qmp");
-    let mut command = bin();
-    command.args(["run", "--qmp", socket.to_str().unwrap()]);
-    let mut vm = OnPty::spawn(command);
+    let mut vm = OnPty::spawn(bin().args(["run", "--qmp", socket.to_str().unwrap()]));
     vm.expect("READY", 1);
 
-    let mut events = bin()
-        .args([
-            "events",
-            socket.to_str().unwrap(),
-            "--name",
-            "STOP",
-            "--name",
-            "RESUME",
-        ])
-        .args(["--count", "2", "--timeout", "30"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until it listens.
-    let mut stderr = events.stderr.take().unwrap();
-    let mut first = [0u8; 64];
-    let n = stderr.read(&mut first).unwrap();
-    assert!(
-        text(&first[..n]).contains("listening"),
-        "{}",
-        text(&first[..n])
-    );
+    let mut events = listening_events(&[
+        socket.to_str().unwrap(),
+        "--name",
+        "STOP",
+        "--name",
+        "RESUME",
+        "--count",
+        "2",
+        "--timeout",
+        "30",
+    ]);
 
     let shell = run(
         &["shell", socket.to_str().unwrap()],
@@ -272,7 +113,7 @@ fn run_serves_qmp_to_two_clients_at_once() {
     );
     assert!(lines[2].contains("\"running\":true"), "{replies}");
 
-    let seen = events.wait_with_output().unwrap();
+    let seen = wait_with_output(&mut events);
     assert!(seen.status.success());
     let seen = text(&seen.stdout);
     let names: Vec<&str> = seen
@@ -370,29 +211,19 @@ fn events_count_and_timeout() {
         "-qmp",
         &format!("unix:{},server=on,wait=off", other.display()),
     ]);
-    let mut events = bin()
-        .args([
-            "events",
-            qemu.address(),
-            "--name",
-            "RESUME",
-            "--count",
-            "1",
-            "--timeout",
-            "30",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = events.stderr.take().unwrap();
-    let mut first = [0u8; 64];
-    let n = stderr.read(&mut first).unwrap();
-    assert!(text(&first[..n]).contains("listening"));
+    let mut events = listening_events(&[
+        qemu.address(),
+        "--name",
+        "RESUME",
+        "--count",
+        "1",
+        "--timeout",
+        "30",
+    ]);
     // Events go to every monitor: act through the other one.
     let cont = run(&["exec", other.to_str().unwrap(), "cont"], "");
     assert!(cont.status.success(), "{}", text(&cont.stderr));
-    let out = events.wait_with_output().unwrap();
+    let out = wait_with_output(&mut events);
     assert!(out.status.success());
     let stdout = text(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
@@ -426,7 +257,7 @@ fn qom_tree_on_an_empty_machine() {
 
 #[test]
 fn ga_ping_on_the_linux_guest() {
-    let guest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/linux");
+    let guest = linux_guest_dir();
     assert!(
         guest.join("vmlinuz").exists(),
         "the Linux test guest is not built: run guests/build-linux-guest.sh (scripts/test does)"
@@ -530,11 +361,11 @@ fn bad_input_gets_one_line_and_a_non_zero_status() {
 fn the_interactive_shell_completes_command_names() {
     let qemu = Qemu::start(&["-machine", "none"]);
     let home = tempfile::tempdir().unwrap();
-    let mut command = bin();
-    command
-        .args(["shell", qemu.address()])
-        .env("HOME", home.path());
-    let mut shell = OnPty::spawn(command);
+    let mut shell = OnPty::spawn(
+        bin()
+            .args(["shell", qemu.address()])
+            .env("HOME", home.path()),
+    );
     shell.expect("Welcome to the QMP low-level shell!", 1);
     shell.expect("(QEMU) ", 1);
     // Tab completes the unique prefix; Enter sends it.
@@ -544,4 +375,24 @@ fn the_interactive_shell_completes_command_names() {
     assert!(shell.wait().success());
     let history = std::fs::read_to_string(home.path().join(".qmp-shell_history")).unwrap();
     assert!(history.contains("query-status"), "{history}");
+}
+
+#[test]
+fn a_test_that_fails_half_way_leaves_no_process() {
+    let pids = std::sync::Mutex::new(Vec::new());
+    let failed = std::panic::catch_unwind(|| {
+        let qemu = Qemu::start(&["-machine", "none"]);
+        let shell = OnPty::spawn(bin().args(["shell", qemu.address()]));
+        pids.lock().unwrap().extend([qemu.id(), shell.id()]);
+        panic!("a test failing with QEMU and a shell running");
+    });
+    assert!(failed.is_err());
+    let pids = pids.into_inner().unwrap();
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} was left behind"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 //! Dev-only: no library of the workspace depends on it.
 
 pub mod binaries;
+pub mod cli;
 pub mod processes;
 
 pub use binaries::{qemu, qemu_img, qemu_io, qemu_version, QemuVersion};

@@ -1,0 +1,348 @@
+//! The command line: every subcommand, flag and choice of `qemu-machine` as clap types, so
+//! that the commands read typed values and `completions` sees every choice.
+//!
+//! Doc comments on fields and variants are the help texts. The values of a
+//! [`clap::ValueEnum`] have plain comments instead: a doc comment there would add a line per
+//! value to `--help`, which lists just their names.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::failure::Failure;
+
+/// Manage QEMU virtual machines: run one on this terminal, or talk to one over QMP.
+#[derive(Debug, Parser)]
+#[command(name = "qemu-machine", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands; each variant's doc comment is its help.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Boot a VM (the built-in guest unless a kernel or image is given) with this terminal
+    /// as its serial console. Ctrl-] then q detaches and shuts it down; Ctrl-C goes to the
+    /// guest; QMP events are printed on stderr.
+    Run(RunArgs),
+    /// An interactive QMP shell (qmp-shell syntax: `command key=value ...`); reads lines
+    /// and prints one JSON reply per line when stdin is not a terminal.
+    Shell(ShellArgs),
+    /// Run one QMP command and print its result as JSON.
+    Exec(ExecArgs),
+    /// Print QMP events as JSON lines.
+    Events(EventsArgs),
+    /// Browse and change QOM properties.
+    Qom(QomArgs),
+    /// Talk to the guest agent.
+    Ga(GaArgs),
+    /// Which accelerators a QEMU binary has, and which one `--accel auto` picks here.
+    Accel(AccelArgs),
+    /// The versions of this tool and of QEMU.
+    Version(VersionArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Where a QMP (or guest agent) socket is: a UNIX path, `host:port` or `[v6addr]:port`.
+#[derive(Debug, Args)]
+pub(crate) struct Address {
+    /// The socket [default: $QMP_SOCKET].
+    #[arg(env = "QMP_SOCKET", value_name = "ADDRESS")]
+    pub(crate) address: String,
+}
+
+impl Address {
+    /// The address, or a usage failure (exit status 2) saying why it is not one.
+    pub(crate) fn parse(&self) -> Result<qmp::Address, Failure> {
+        self.address
+            .parse()
+            .map_err(|e: qmp::AddressParseError| Failure::with_status(e.to_string(), 2))
+    }
+}
+
+/// Which QEMU `run`, `accel` and `version` run: `--binary`, else `$QEMU`.
+#[derive(Debug, Args)]
+pub(crate) struct QemuBinary {
+    /// The QEMU binary.
+    #[arg(long, env = "QEMU", default_value = "qemu-system-x86_64")]
+    pub(crate) binary: String,
+}
+
+/// A `--timeout`-like number of seconds as a duration, or a usage failure (exit status 2)
+/// naming `what` when it is negative, not a number or too large.
+pub(crate) fn seconds(value: f64, what: &str) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        Failure::with_status(format!("{what} must be a positive number of seconds"), 2)
+    })
+}
+
+/// The accelerator choice of `run`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum AccelChoice {
+    /// KVM where it really works (not kvm-pvm), else TCG.
+    Auto,
+    /// Software emulation.
+    Tcg,
+    /// KVM, as asked.
+    Kvm,
+}
+
+/// The arguments of `run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The accelerator.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub(crate) accel: AccelChoice,
+    /// Guest memory (QEMU's -m), e.g. 256M.
+    #[arg(short = 'm', long, value_name = "SIZE")]
+    pub(crate) memory: Option<String>,
+    /// A Linux kernel to boot.
+    #[arg(long)]
+    pub(crate) kernel: Option<PathBuf>,
+    /// Its initrd.
+    #[arg(long, requires = "kernel")]
+    pub(crate) initrd: Option<PathBuf>,
+    /// Its command line [default: console=ttyS0].
+    #[arg(long, requires = "kernel")]
+    pub(crate) append: Option<String>,
+    /// A disk image to boot (never written: snapshot=on).
+    #[arg(long, conflicts_with = "kernel")]
+    pub(crate) image: Option<PathBuf>,
+    /// Also serve QMP at this UNIX path, to any number of clients at once (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) qmp: Option<PathBuf>,
+    /// Write everything the console prints to this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) console_log: Option<PathBuf>,
+    /// Keep the run directory (QEMU's log, sockets) afterwards.
+    #[arg(long)]
+    pub(crate) keep_run_dir: bool,
+    /// Deadline in seconds for QMP to come up, and for the shutdown at the end.
+    #[arg(long, value_name = "S", default_value_t = 30.0)]
+    pub(crate) timeout: f64,
+    #[command(flatten)]
+    pub(crate) qemu: QemuBinary,
+    /// Extra QEMU arguments, after `--`.
+    #[arg(last = true, value_name = "QEMU_ARGS")]
+    pub(crate) qemu_args: Vec<String>,
+}
+
+/// The arguments of `shell`.
+#[derive(Debug, Args)]
+pub(crate) struct ShellArgs {
+    /// HMP mode: lines are human monitor commands (`cpu N` switches the CPU).
+    #[arg(short = 'H', long)]
+    pub(crate) hmp: bool,
+    /// Pretty-print replies.
+    #[arg(short, long)]
+    pub(crate) pretty: bool,
+    /// Echo the JSON sent.
+    #[arg(short, long)]
+    pub(crate) verbose: bool,
+    /// Append each command and its reply to this file, as JSON lines.
+    #[arg(short, long, value_name = "LOG")]
+    pub(crate) log: Option<PathBuf>,
+    /// No greeting or negotiation (for qemu-ga).
+    #[arg(short = 'N', long)]
+    pub(crate) no_negotiate: bool,
+    #[command(flatten)]
+    pub(crate) address: Address,
+}
+
+/// The arguments of `exec`.
+#[derive(Debug, Args)]
+pub(crate) struct ExecArgs {
+    #[command(flatten)]
+    pub(crate) address: Address,
+    /// The command.
+    pub(crate) command: String,
+    /// Its arguments, as key=value (qmp-shell syntax).
+    pub(crate) arguments: Vec<String>,
+    /// Pretty-print the result.
+    #[arg(short, long)]
+    pub(crate) pretty: bool,
+}
+
+/// The arguments of `events`.
+#[derive(Debug, Args)]
+pub(crate) struct EventsArgs {
+    #[command(flatten)]
+    pub(crate) address: Address,
+    /// Only events with this name (repeatable).
+    #[arg(long = "name", value_name = "NAME")]
+    pub(crate) names: Vec<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub(crate) count: Option<usize>,
+    /// Stop after this many seconds (an error if --count was not reached).
+    #[arg(long, value_name = "S")]
+    pub(crate) timeout: Option<f64>,
+}
+
+/// The arguments of `qom`.
+#[derive(Debug, Args)]
+pub(crate) struct QomArgs {
+    #[command(flatten)]
+    pub(crate) address: Address,
+    #[command(subcommand)]
+    pub(crate) action: QomAction,
+    /// Output JSON.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+// What `qom` does; each variant's doc comment is its help.
+#[derive(Debug, Subcommand)]
+pub(crate) enum QomAction {
+    /// The properties of an object (children end in `/`, links start with `@`).
+    List {
+        /// The object's path.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// One property: PATH.PROPERTY.
+    Get {
+        /// e.g. /machine.type
+        property: String,
+    },
+    /// Set a property: PATH.PROPERTY VALUE (qmp-shell value syntax).
+    Set {
+        /// e.g. /machine/peripheral/net0.link
+        property: String,
+        /// The new value.
+        value: String,
+    },
+    /// Every object and property under a path.
+    Tree {
+        /// Where to start.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+}
+
+/// The arguments of `ga`.
+#[derive(Debug, Args)]
+pub(crate) struct GaArgs {
+    #[command(flatten)]
+    pub(crate) address: Address,
+    #[command(subcommand)]
+    pub(crate) action: GaAction,
+    /// How long to wait for the agent, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 30.0, global = true)]
+    pub(crate) timeout: f64,
+}
+
+// What `ga` does; each variant's doc comment is its help.
+#[derive(Debug, Subcommand)]
+pub(crate) enum GaAction {
+    /// Is the agent there?
+    Ping,
+    /// The agent's version and commands.
+    Info,
+    /// Run a program in the guest and print its output.
+    Exec {
+        /// The program (full path).
+        path: String,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print a guest file.
+    Cat {
+        /// The file.
+        path: String,
+    },
+    /// Write standard input to a guest file.
+    Write {
+        /// The file.
+        path: String,
+    },
+    /// Filesystem freeze: status, freeze or thaw.
+    Fsfreeze {
+        /// What to do.
+        #[arg(value_enum)]
+        action: FsfreezeAction,
+    },
+    /// Shut the guest down (powerdown, halt or reboot).
+    Shutdown {
+        /// How.
+        #[arg(value_enum, default_value_t = ShutdownMode::Powerdown)]
+        mode: ShutdownMode,
+    },
+}
+
+/// What `ga fsfreeze` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum FsfreezeAction {
+    // Print whether the guest's filesystems are frozen.
+    Status,
+    // Freeze them; print how many.
+    Freeze,
+    // Thaw them; print how many.
+    Thaw,
+}
+
+/// How `ga shutdown` shuts the guest down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ShutdownMode {
+    // ACPI power button: the guest shuts down cleanly.
+    Powerdown,
+    // Halt the guest.
+    Halt,
+    // Reboot the guest.
+    Reboot,
+}
+
+impl ShutdownMode {
+    /// The mode as qemu-ga's `guest-shutdown` names it (the same word as on the command line).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ShutdownMode::Powerdown => "powerdown",
+            ShutdownMode::Halt => "halt",
+            ShutdownMode::Reboot => "reboot",
+        }
+    }
+}
+
+/// The arguments of `accel`.
+#[derive(Debug, Args)]
+pub(crate) struct AccelArgs {
+    #[command(flatten)]
+    pub(crate) qemu: QemuBinary,
+    /// Output JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// The arguments of `version`.
+#[derive(Debug, Args)]
+pub(crate) struct VersionArgs {
+    #[command(flatten)]
+    pub(crate) qemu: QemuBinary,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, ValueEnum};
+
+    use super::{Cli, ShutdownMode};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn shutdown_modes_are_spelled_as_on_the_command_line() {
+        for mode in ShutdownMode::value_variants() {
+            let value = mode.to_possible_value().unwrap();
+            assert_eq!(mode.as_str(), value.get_name());
+        }
+    }
+}
