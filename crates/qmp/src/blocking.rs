@@ -29,7 +29,8 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Notify;
 
 use crate::address::Address;
-use crate::client::{ClientBuilder, Request};
+use crate::builder::ClientBuilder;
+use crate::client::Request;
 use crate::command::Command;
 use crate::error::{DisconnectReason, Error, Result};
 use crate::events::EventFilter;

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::address::Address;
-use crate::client::{Client, ClientBuilder};
+use crate::builder::ClientBuilder;
+use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::session::SessionState;
 use tokio::sync::watch;
 
 /// A bound listening socket waiting for one QMP peer.
@@ -117,7 +119,7 @@ impl Listener {
         };
         tokio::spawn(refuse_others(
             listener,
-            client.closed_watch(),
+            client.session_watch(),
             address,
             unlink,
         ));
@@ -167,14 +169,14 @@ impl Drop for UnlinkOnDrop {
 /// file goes when the session does.
 async fn refuse_others(
     listener: Accepting,
-    mut closed: watch::Receiver<bool>,
+    mut session: watch::Receiver<SessionState>,
     address: String,
     unlink: UnlinkOnDrop,
 ) {
     loop {
         tokio::select! {
             // Also ends when the session's state is dropped (the sender goes away).
-            _ = closed.wait_for(|closed| *closed) => break,
+            _ = session.wait_for(SessionState::is_closed) => break,
             result = listener.refuse_one() => match result {
                 Ok(()) => tracing::warn!("refused an extra QMP peer on {address}: one session per listener"),
                 Err(e) => {
