@@ -39,6 +39,8 @@ mod connection;
 mod error;
 mod events;
 pub mod fake;
+// Public only for the fuzz targets and property tests, which drive the decoder directly.
+#[doc(hidden)]
 pub mod framing;
 mod message;
 mod mux;
