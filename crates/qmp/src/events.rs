@@ -240,8 +240,12 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next event. Fails with [`Error::EventsLost`] once after an overflow (then goes
-    /// on), and with [`Error::Disconnected`] once the session is over and the queue empty.
+    /// The next event, in arrival order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EventsLost`] once after an overflow (then it goes on with the newest
+    /// events), and [`Error::Disconnected`] once the session is over and the queue empty.
     pub async fn recv(&mut self) -> Result<Event, Error> {
         loop {
             let notified = self.queue.notify.notified();
@@ -253,6 +257,11 @@ impl Subscription {
     }
 
     /// [`recv`](Self::recv) with a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), and [`Error::Timeout`] when no matching event arrives
+    /// within `timeout`.
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Event, Error> {
         match tokio::time::timeout(timeout, self.recv()).await {
             Ok(item) => item,

@@ -1,6 +1,6 @@
 //! The write path: a message is written at once on the caller's task if the socket takes
 //! all of it; whatever it cannot take right away is queued *whole*, and a flusher task
-//! (see [`crate::tasks::flush`]) finishes it. A caller that gives up (deadline,
+//! (`flush` in `tasks.rs`) finishes it. A caller that gives up (deadline,
 //! cancellation) therefore never leaves half a message on the wire, and messages go out in
 //! the order they were submitted.
 
@@ -37,7 +37,7 @@ struct Outgoing {
 pub(crate) enum Submitted {
     /// Written whole, or queued behind a running flusher.
     Done,
-    /// Queued; the caller must spawn [`crate::tasks::flush`].
+    /// Queued; the caller must spawn the flusher task (`flush` in `tasks.rs`).
     StartFlusher,
 }
 

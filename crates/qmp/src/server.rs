@@ -44,6 +44,11 @@ enum ListenSocket {
 
 impl Listener {
     /// Binds a UNIX socket at `path` (which must not exist yet).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] (with the path as `address`) when binding fails, e.g. because
+    /// `path` exists or its directory does not.
     pub fn bind_unix(path: impl AsRef<Path>) -> Result<Listener> {
         let path = path.as_ref();
         let socket = StdUnixListener::bind(path).map_err(|source| Error::Connect {
@@ -58,6 +63,10 @@ impl Listener {
     }
 
     /// Binds a TCP socket; port 0 picks a free port (see [`address`](Self::address)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when binding fails or the bound port cannot be read.
     pub fn bind_tcp(host: &str, port: u16) -> Result<Listener> {
         let wrap = |source| Error::Connect {
             address: Address::Tcp(host.into(), port).to_string(),
@@ -78,6 +87,15 @@ impl Listener {
     }
 
     /// Waits up to `timeout` for the peer, then runs the session set-up `builder` describes.
+    /// The socket file is removed when the session ends (or at once on an error).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Timeout`] when no peer connects within `timeout`;
+    /// - [`Error::Connect`] when the listening socket cannot be used or accepting fails;
+    /// - after a peer connected, everything the handshake of
+    ///   [`ClientBuilder::connect`] returns ([`Error::Timeout`], [`Error::Greeting`],
+    ///   [`Error::Negotiation`], [`Error::Disconnected`], [`Error::Io`] for the transcript).
     pub async fn accept(mut self, builder: ClientBuilder, timeout: Duration) -> Result<Client> {
         let address = self.address.to_string();
         let wrap = |source| Error::Connect {
