@@ -38,7 +38,9 @@ fn spawn_qemu(monitors: usize) -> (KillOnDrop, Vec<UnixStream>) {
         theirs.push(b);
     }
     let fds: Vec<i32> = theirs.iter().map(|s| s.as_raw_fd()).collect();
-    // SAFETY: only fcntl between fork and exec.
+    // SAFETY: between fork and exec the closure only calls fcntl, which is
+    // async-signal-safe and allocates nothing, on descriptor numbers that `theirs` keeps
+    // open until the spawn has returned.
     unsafe {
         command.pre_exec(move || {
             for fd in &fds {

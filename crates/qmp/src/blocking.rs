@@ -29,7 +29,8 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Notify;
 
 use crate::address::Address;
-use crate::client::{ClientBuilder, Request};
+use crate::builder::ClientBuilder;
+use crate::client::Request;
 use crate::command::Command;
 use crate::error::{DisconnectReason, Error, Result};
 use crate::events::EventFilter;
@@ -125,11 +126,20 @@ impl Drop for CallerGuard {
 }
 
 /// The runtime shared by every blocking client (started on first use).
+///
+/// # Errors
+///
+/// [`Error::Io`] when the runtime or its I/O thread cannot be started.
 pub fn runtime() -> Result<&'static Runtime> {
     Ok(&io_driver()?.runtime)
 }
 
 /// Runs `future` to completion on the shared runtime, blocking this thread.
+///
+/// # Errors
+///
+/// [`Error::InsideAsyncRuntime`] when called from inside an async runtime, and
+/// [`Error::Io`] when the shared I/O thread cannot be started.
 pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
     if Handle::try_current().is_ok() {
         return Err(Error::InsideAsyncRuntime);
@@ -153,17 +163,33 @@ pub struct Client {
 
 impl Client {
     /// Connects with default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClientBuilder::connect`]; also
+    /// [`Error::InsideAsyncRuntime`] when called from inside an async runtime, and
+    /// [`Error::Io`] when the shared I/O thread cannot be started.
     pub fn connect(address: &Address) -> Result<Client> {
         Client::connect_with(ClientBuilder::default(), address)
     }
 
     /// Connects with the settings of `builder`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
     pub fn connect_with(builder: ClientBuilder, address: &Address) -> Result<Client> {
         let inner = block_on(builder.connect(address))??;
         Ok(Client { inner })
     }
 
     /// Takes over a connected UNIX stream (e.g. a socketpair end).
+    ///
+    /// # Errors
+    ///
+    /// As [`ClientBuilder::adopt_unix`]; also
+    /// [`Error::InsideAsyncRuntime`] when called from inside an async runtime, and
+    /// [`Error::Io`] when the shared I/O thread cannot be started.
     pub fn adopt_unix(
         builder: ClientBuilder,
         stream: std::os::unix::net::UnixStream,
@@ -173,6 +199,12 @@ impl Client {
     }
 
     /// Waits for one peer on `listener` (server mode).
+    ///
+    /// # Errors
+    ///
+    /// As [`Listener::accept`]; also
+    /// [`Error::InsideAsyncRuntime`] when called from inside an async runtime, and
+    /// [`Error::Io`] when the shared I/O thread cannot be started.
     pub fn accept(listener: Listener, builder: ClientBuilder, timeout: Duration) -> Result<Client> {
         let inner = block_on(listener.accept(builder, timeout))??;
         Ok(Client { inner })
@@ -194,26 +226,56 @@ impl Client {
     }
 
     /// See [`crate::Client::execute`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Client::execute`]; also
+    /// [`Error::InsideAsyncRuntime`] when called from inside an async runtime, and
+    /// [`Error::Io`] when the shared I/O thread cannot be started.
     pub fn execute(&self, name: &str, arguments: Value) -> Result<Value> {
         block_on(self.inner.execute(name, arguments))?
     }
 
     /// See [`crate::Client::execute_request`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Client::execute_request`]; also
+    /// [`Error::InsideAsyncRuntime`] when called from inside an async runtime, and
+    /// [`Error::Io`] when the shared I/O thread cannot be started.
     pub fn execute_request(&self, request: Request) -> Result<Value> {
         block_on(self.inner.execute_request(request))?
     }
 
     /// See [`crate::Client::send`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Client::send`]; also
+    /// [`Error::InsideAsyncRuntime`] when called from inside an async runtime, and
+    /// [`Error::Io`] when the shared I/O thread cannot be started.
     pub fn send(&self, request: Request) -> Result<Response> {
         block_on(self.inner.send(request))?
     }
 
     /// See [`crate::Client::call`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Client::call`]; also
+    /// [`Error::InsideAsyncRuntime`] when called from inside an async runtime, and
+    /// [`Error::Io`] when the shared I/O thread cannot be started.
     pub fn call<C: Command>(&self, command: &C) -> Result<C::Returns> {
         block_on(self.inner.call(command))?
     }
 
     /// See [`crate::Client::execute_and_wait`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Client::execute_and_wait`]; also
+    /// [`Error::InsideAsyncRuntime`] when called from inside an async runtime, and
+    /// [`Error::Io`] when the shared I/O thread cannot be started.
     pub fn execute_and_wait(
         &self,
         request: Request,
@@ -224,6 +286,11 @@ impl Client {
     }
 
     /// Subscribes to events; see [`crate::Client::subscribe`].
+    ///
+    /// # Errors
+    ///
+    /// None at present: a subscription to a closed session is returned and ends at once
+    /// with [`Error::Disconnected`] on its first receive.
     pub fn subscribe(&self, filter: EventFilter) -> Result<Subscription> {
         Ok(Subscription {
             inner: self.inner.subscribe(filter),
@@ -231,6 +298,10 @@ impl Client {
     }
 
     /// See [`crate::Client::send_fd`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Client::send_fd`] (it does not block, so it works inside a runtime too).
     pub fn send_fd(&self, fd: impl AsFd) -> Result<()> {
         self.inner.send_fd(fd)
     }
@@ -259,6 +330,12 @@ pub struct Subscription {
 
 impl Subscription {
     /// The next event, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Subscription::recv_timeout`]; also
+    /// [`Error::InsideAsyncRuntime`] when called from inside an async runtime, and
+    /// [`Error::Io`] when the shared I/O thread cannot be started.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Event> {
         block_on(self.inner.recv_timeout(timeout))?
     }

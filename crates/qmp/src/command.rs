@@ -530,33 +530,7 @@ pub struct MigrationCapabilityStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::command_arguments;
     use serde_json::json;
-
-    #[test]
-    fn arguments_use_wire_names() {
-        let hmp = HumanMonitorCommand {
-            command_line: "info status".into(),
-            cpu_index: None,
-        };
-        assert_eq!(
-            command_arguments(&hmp).unwrap(),
-            json!({"command-line": "info status"})
-        );
-        assert_eq!(command_arguments(&QueryStatus {}).unwrap(), Value::Null);
-        let mut properties = Map::new();
-        properties.insert("drive".into(), json!("d0"));
-        let add = DeviceAdd {
-            driver: "virtio-blk-pci".into(),
-            id: Some("disk1".into()),
-            bus: None,
-            properties,
-        };
-        assert_eq!(
-            command_arguments(&add).unwrap(),
-            json!({"driver": "virtio-blk-pci", "id": "disk1", "drive": "d0"})
-        );
-    }
 
     #[test]
     fn unknown_enum_values_and_fields_survive() {

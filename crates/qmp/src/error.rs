@@ -39,7 +39,8 @@ pub enum Error {
     /// A subscriber's queue overflowed and the oldest events were dropped.
     #[error("{0} events were dropped because the subscriber's queue was full")]
     EventsLost(u64),
-    /// The peer's first message was not a QMP greeting.
+    /// The peer's first message (events aside, which some peers send early) was not the QMP
+    /// greeting; the connection is closed.
     #[error("bad QMP greeting: {0}")]
     Greeting(String),
     /// `qmp_capabilities` failed.
@@ -165,6 +166,13 @@ pub enum ProtocolError {
     MessageTooLarge {
         /// The limit in force.
         limit: usize,
+    },
+    /// Before its greeting the peer sent a reply or an unknown message (events are
+    /// tolerated there).
+    #[error("expected the QMP greeting first, got {found}")]
+    NotAGreeting {
+        /// What came instead.
+        found: String,
     },
     /// A complete object that is not valid JSON.
     #[error("invalid JSON ({reason}): {near:?}")]

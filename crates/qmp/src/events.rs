@@ -5,6 +5,10 @@
 //! and counted. The subscriber's next `recv` returns [`Error::EventsLost`] with the count,
 //! then carries on with the newest events. On disconnect every subscriber gets the queued
 //! events first, then [`Error::Disconnected`] for ever.
+//!
+//! The registry of live subscriptions ([`Subscribers`]) lives here too: the connection owns
+//! it, the reader copies events into it, and each [`Subscription`] holds it weakly to
+//! unsubscribe when dropped. So this module needs nothing from the connection.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -13,7 +17,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::client::Shared;
 use crate::error::{DisconnectReason, Error};
 use crate::message::Event;
 
@@ -100,15 +103,15 @@ struct QueueState {
 }
 
 /// The reader's side of a subscription.
-pub(crate) struct EventQueue {
-    pub(crate) filter: EventFilter,
+struct EventQueue {
+    filter: EventFilter,
     capacity: usize,
     state: Mutex<QueueState>,
     notify: Notify,
 }
 
 impl EventQueue {
-    pub(crate) fn new(filter: EventFilter, capacity: usize) -> Arc<Self> {
+    fn new(filter: EventFilter, capacity: usize) -> Arc<Self> {
         Arc::new(EventQueue {
             filter,
             capacity: capacity.max(1),
@@ -126,7 +129,7 @@ impl EventQueue {
     }
 
     /// Never blocks: a full queue loses its oldest event.
-    pub(crate) fn push(&self, event: &Event) {
+    fn push(&self, event: &Event) {
         {
             let mut state = self.lock();
             if state.closed.is_some() {
@@ -141,7 +144,7 @@ impl EventQueue {
         self.notify.notify_one();
     }
 
-    pub(crate) fn close(&self, reason: DisconnectReason) {
+    fn close(&self, reason: DisconnectReason) {
         self.lock().closed.get_or_insert(reason);
         self.notify.notify_one();
     }
@@ -162,16 +165,87 @@ impl EventQueue {
     }
 }
 
+/// Every live subscription's queue, for one connection.
+///
+/// The connection decides whether the session is still live (under its own lock) and
+/// then calls [`subscribe`](Self::subscribe) or [`ended`](Self::ended); when the session
+/// ends it calls [`close_all`](Self::close_all). The registry keeps no session state of
+/// its own.
+pub(crate) struct Subscribers {
+    capacity: usize,
+    queues: Mutex<Vec<Arc<EventQueue>>>,
+}
+
+impl Subscribers {
+    /// An empty registry whose queues hold `capacity` events each.
+    pub(crate) fn new(capacity: usize) -> Arc<Subscribers> {
+        Arc::new(Subscribers {
+            capacity,
+            queues: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, Vec<Arc<EventQueue>>> {
+        crate::sync::lock_unpoisoned(&self.queues)
+    }
+
+    /// A new, registered subscription to a live session.
+    pub(crate) fn subscribe(self: &Arc<Self>, filter: EventFilter) -> Subscription {
+        let queue = EventQueue::new(filter, self.capacity);
+        self.queues().push(queue.clone());
+        Subscription {
+            queue,
+            registry: Arc::downgrade(self),
+        }
+    }
+
+    /// A subscription to a session that is already over: it ends at once with `reason`.
+    pub(crate) fn ended(&self, filter: EventFilter, reason: DisconnectReason) -> Subscription {
+        let queue = EventQueue::new(filter, self.capacity);
+        queue.close(reason);
+        Subscription {
+            queue,
+            registry: Weak::new(),
+        }
+    }
+
+    /// Copies `event` into every queue whose filter it passes. Never blocks on a subscriber.
+    pub(crate) fn deliver(&self, event: &Event) {
+        let queues = self.queues().clone();
+        for queue in queues {
+            if queue.filter.matches(event) {
+                queue.push(event);
+            }
+        }
+    }
+
+    /// Ends every subscription (each still yields what it has queued) and forgets them.
+    pub(crate) fn close_all(&self, reason: &DisconnectReason) {
+        let queues = std::mem::take(&mut *self.queues());
+        for queue in queues {
+            queue.close(reason.clone());
+        }
+    }
+
+    fn unsubscribe(&self, queue: &Arc<EventQueue>) {
+        self.queues().retain(|q| !Arc::ptr_eq(q, queue));
+    }
+}
+
 /// A live subscription: events that pass its filter, in arrival order, from the moment it
 /// was created. Dropping it unsubscribes.
 pub struct Subscription {
-    pub(crate) queue: Arc<EventQueue>,
-    pub(crate) shared: Weak<Shared>,
+    queue: Arc<EventQueue>,
+    registry: Weak<Subscribers>,
 }
 
 impl Subscription {
-    /// The next event. Fails with [`Error::EventsLost`] once after an overflow (then goes
-    /// on), and with [`Error::Disconnected`] once the session is over and the queue empty.
+    /// The next event, in arrival order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EventsLost`] once after an overflow (then it goes on with the newest
+    /// events), and [`Error::Disconnected`] once the session is over and the queue empty.
     pub async fn recv(&mut self) -> Result<Event, Error> {
         loop {
             let notified = self.queue.notify.notified();
@@ -183,6 +257,11 @@ impl Subscription {
     }
 
     /// [`recv`](Self::recv) with a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), and [`Error::Timeout`] when no matching event arrives
+    /// within `timeout`.
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Event, Error> {
         match tokio::time::timeout(timeout, self.recv()).await {
             Ok(item) => item,
@@ -212,8 +291,8 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared.unsubscribe(&self.queue);
+        if let Some(registry) = self.registry.upgrade() {
+            registry.unsubscribe(&self.queue);
         }
     }
 }

@@ -32,27 +32,36 @@
 
 mod address;
 pub mod blocking;
+mod builder;
 mod client;
 mod command;
+mod connection;
 mod error;
 mod events;
 pub mod fake;
+// Public only for the fuzz targets and property tests, which drive the decoder directly.
+#[doc(hidden)]
 pub mod framing;
 mod message;
 mod mux;
 mod open_enum;
+mod outgoing;
 pub mod redact;
+mod seen;
 mod server;
+mod session;
 pub mod sync;
+mod tasks;
 mod transcript;
 mod transport;
 mod typed_event;
+mod wire;
 
 pub use address::{Address, AddressParseError};
-pub use client::{
-    Client, ClientBuilder, Request, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_GREETING_TIMEOUT,
+pub use builder::{
+    ClientBuilder, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_GREETING_TIMEOUT,
 };
+pub use client::{Client, Request};
 pub use command::Command;
 pub use error::{CommandError, DisconnectReason, Error, ProtocolError, Result};
 pub use events::{EventFilter, Subscription, DEFAULT_QUEUE_CAPACITY};

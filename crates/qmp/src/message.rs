@@ -244,6 +244,8 @@ struct Envelope {
 
 impl Message {
     /// Classifies one frame. Unknown members are ignored; only invalid JSON is an error.
+    // Public only for the fuzz targets and property tests; the client parses for itself.
+    #[doc(hidden)]
     pub fn parse(frame: &[u8]) -> Result<Message, ProtocolError> {
         let envelope: Envelope =
             serde_json::from_slice(frame).map_err(|e| ProtocolError::InvalidJson {

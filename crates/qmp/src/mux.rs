@@ -29,6 +29,19 @@ pub struct Multiplexer {
 impl Multiplexer {
     /// Listens on `path` (created with mode 0600, must not exist) and serves `upstream`
     /// to every client that connects. Call inside a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo(upstream: qmp::Client) -> qmp::Result<()> {
+    /// let mux = qmp::Multiplexer::serve(upstream, "/run/vm/qmp-shared.sock")?;
+    /// // Any standard QMP client (e.g. `qmp-shell`) may now connect to mux.path().
+    /// # drop(mux); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Connect`] (with the path as `address`) when binding fails, e.g. because
+    ///   `path` exists;
+    /// - [`Error::Io`] when the socket file's mode cannot be set to 0600.
     pub fn serve(upstream: Client, path: impl AsRef<Path>) -> Result<Multiplexer> {
         let path = path.as_ref().to_path_buf();
         let listener = UnixListener::bind(&path).map_err(|source| Error::Connect {

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::address::Address;
-use crate::client::{Client, ClientBuilder};
+use crate::builder::ClientBuilder;
+use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::session::SessionState;
 use tokio::sync::watch;
 
 /// A bound listening socket waiting for one QMP peer.
@@ -42,6 +44,11 @@ enum ListenSocket {
 
 impl Listener {
     /// Binds a UNIX socket at `path` (which must not exist yet).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] (with the path as `address`) when binding fails, e.g. because
+    /// `path` exists or its directory does not.
     pub fn bind_unix(path: impl AsRef<Path>) -> Result<Listener> {
         let path = path.as_ref();
         let socket = StdUnixListener::bind(path).map_err(|source| Error::Connect {
@@ -56,6 +63,10 @@ impl Listener {
     }
 
     /// Binds a TCP socket; port 0 picks a free port (see [`address`](Self::address)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when binding fails or the bound port cannot be read.
     pub fn bind_tcp(host: &str, port: u16) -> Result<Listener> {
         let wrap = |source| Error::Connect {
             address: Address::Tcp(host.into(), port).to_string(),
@@ -76,6 +87,15 @@ impl Listener {
     }
 
     /// Waits up to `timeout` for the peer, then runs the session set-up `builder` describes.
+    /// The socket file is removed when the session ends (or at once on an error).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Timeout`] when no peer connects within `timeout`;
+    /// - [`Error::Connect`] when the listening socket cannot be used or accepting fails;
+    /// - after a peer connected, everything the handshake of
+    ///   [`ClientBuilder::connect`] returns ([`Error::Timeout`], [`Error::Greeting`],
+    ///   [`Error::Negotiation`], [`Error::Disconnected`], [`Error::Io`] for the transcript).
     pub async fn accept(mut self, builder: ClientBuilder, timeout: Duration) -> Result<Client> {
         let address = self.address.to_string();
         let wrap = |source| Error::Connect {
@@ -117,7 +137,7 @@ impl Listener {
         };
         tokio::spawn(refuse_others(
             listener,
-            client.closed_watch(),
+            client.session_watch(),
             address,
             unlink,
         ));
@@ -167,14 +187,14 @@ impl Drop for UnlinkOnDrop {
 /// file goes when the session does.
 async fn refuse_others(
     listener: Accepting,
-    mut closed: watch::Receiver<bool>,
+    mut session: watch::Receiver<SessionState>,
     address: String,
     unlink: UnlinkOnDrop,
 ) {
     loop {
         tokio::select! {
             // Also ends when the session's state is dropped (the sender goes away).
-            _ = closed.wait_for(|closed| *closed) => break,
+            _ = session.wait_for(SessionState::is_closed) => break,
             result = listener.refuse_one() => match result {
                 Ok(()) => tracing::warn!("refused an extra QMP peer on {address}: one session per listener"),
                 Err(e) => {

@@ -86,6 +86,35 @@ async fn frames_packed_into_one_write_with_events_before_the_greeting() {
 }
 
 #[tokio::test]
+async fn a_reply_before_the_greeting_is_a_greeting_error() {
+    let (client, fake) = with_fake(Client::builder(), |mut fake| async move {
+        // Events before the greeting are tolerated; a reply is not.
+        fake.event("EARLY", json!({})).await?;
+        fake.send(&json!({"return": {}, "id": 0})).await?;
+        fake.wait_closed(T).await
+    })
+    .await;
+    let err = client.unwrap_err();
+    assert!(matches!(err, Error::Greeting(_)), "{err}");
+    assert!(err.to_string().contains("a reply to id 0"), "{err}");
+    // The client closed the connection behind itself.
+    fake.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_unknown_message_before_the_greeting_is_a_greeting_error() {
+    let (client, fake) = with_fake(Client::builder(), |mut fake| async move {
+        fake.send(&json!({"hello": "not QMP"})).await?;
+        fake.wait_closed(T).await
+    })
+    .await;
+    let err = client.unwrap_err();
+    assert!(matches!(err, Error::Greeting(_)), "{err}");
+    assert!(err.to_string().contains("an unknown message"), "{err}");
+    fake.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_20_mib_line_against_the_10_mib_limit_is_an_error_and_a_clean_close() {
     let (client, fake) = with_fake(Client::builder(), |mut fake| async move {
         fake.handshake().await?;
