@@ -95,9 +95,33 @@ pub enum Error {
     #[error("{0}: not running")]
     NotRunning(String),
     /// An operation that needs the QMP monitor, which was disabled.
-    #[error("{0}: the QMP monitor is disabled (set_qmp_monitor(false))")]
+    #[error("{0}: the QMP monitor is disabled (qmp_monitor(false))")]
     NoQmp(String),
-    /// The configuration cannot work.
+    /// [`Machine::qtest`](crate::Machine::qtest) on a machine configured without qtest.
+    #[error("{0}: no qtest session was configured")]
+    NoQtest(String),
+    /// [`Machine::guest_agent`](crate::Machine::guest_agent) on a machine configured
+    /// without a guest-agent port.
+    #[error("{0}: no guest agent port was configured")]
+    NoGuestAgent(String),
+    /// Asking the QEMU binary about itself ([`Probe`](crate::Probe)) failed: a query
+    /// exited with an error, or its answer made no sense.
+    #[error("probing {binary}: {message}")]
+    Probe {
+        /// The QEMU binary.
+        binary: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// QEMU's answer lacked what was looked for (e.g. no host forward in `info usernet`).
+    #[error("{machine}: {message}")]
+    Unexpected {
+        /// The machine's name.
+        machine: String,
+        /// What was missing.
+        message: String,
+    },
+    /// The configuration (or an argument) cannot work; never a runtime condition.
     #[error("invalid machine configuration: {0}")]
     Config(String),
     /// A local I/O error (run dir, log file, sockets).
@@ -131,13 +155,90 @@ impl Error {
     }
 }
 
+/// The launch stage that failed, with its cause.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LaunchReason {
+    /// QEMU (or its wrapper) could not be started.
+    Spawn {
+        /// The program that was to run.
+        program: String,
+        /// Why not.
+        source: std::io::Error,
+    },
+    /// The console or qtest session could not be set up after spawning.
+    Setup(Box<Error>),
+    /// QEMU exited before QMP was ready.
+    ExitedBeforeQmp,
+    /// The QMP greeting or negotiation failed.
+    Qmp(Box<qmp::Error>),
+    /// QMP was not ready within the launch timeout.
+    QmpTimeout(Duration),
+}
+
+impl fmt::Display for LaunchReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LaunchReason::Spawn { program, source } => write!(f, "cannot start {program}: {source}"),
+            LaunchReason::Setup(e) => write!(f, "setting up QEMU's sessions failed: {e}"),
+            LaunchReason::ExitedBeforeQmp => f.write_str("QEMU exited before QMP was ready"),
+            LaunchReason::Qmp(e) => write!(f, "QMP did not come up: {e}"),
+            LaunchReason::QmpTimeout(after) => write!(f, "QMP was not ready within {after:?}"),
+        }
+    }
+}
+
+/// The rung of the shutdown ladder that failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ShutdownCause {
+    /// `quit` was refused, or got no answer in time.
+    QuitFailed(Box<qmp::Error>),
+    /// QEMU did not exit within `after` of being asked (`stop`).
+    NoExit {
+        /// The shutdown deadline.
+        after: Duration,
+        /// What had been done to make it exit.
+        stop: crate::Stop,
+    },
+    /// QEMU died of a signal nobody here sent.
+    UnsentSignal {
+        /// The signal number.
+        signal: i32,
+    },
+    /// QEMU could not be reaped even after SIGKILL.
+    NotReaped {
+        /// Its pid.
+        pid: u32,
+    },
+}
+
+impl fmt::Display for ShutdownCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShutdownCause::QuitFailed(e) => write!(f, "`quit` failed: {e}"),
+            ShutdownCause::NoExit { after, stop } => {
+                write!(f, "QEMU did not exit within {after:?} ({stop})")
+            }
+            ShutdownCause::UnsentSignal { signal } => write!(
+                f,
+                "QEMU was killed by signal {signal} ({}), which nobody here sent",
+                crate::shutdown::signal_name(*signal)
+            ),
+            ShutdownCause::NotReaped { pid } => {
+                write!(f, "QEMU (pid {pid}) could not be reaped after SIGKILL")
+            }
+        }
+    }
+}
+
 /// Why and how a launch failed: exit status, the full command line and QEMU's output.
 #[derive(Debug)]
 pub struct LaunchFailure {
     /// The machine's name.
     pub machine: String,
-    /// What went wrong.
-    pub reason: String,
+    /// Which stage failed, and why.
+    pub reason: LaunchReason,
     /// The command line, wrapper included.
     pub command: Vec<String>,
     /// QEMU's exit status, when it exited.
@@ -168,15 +269,24 @@ impl fmt::Display for LaunchFailure {
     }
 }
 
-impl std::error::Error for LaunchFailure {}
+impl std::error::Error for LaunchFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.reason {
+            LaunchReason::Spawn { source, .. } => Some(source),
+            LaunchReason::Setup(e) => Some(e.as_ref()),
+            LaunchReason::Qmp(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 /// Shutdown did not go as asked.
 #[derive(Debug)]
 pub struct AbnormalShutdown {
     /// The machine's name.
     pub machine: String,
-    /// What went wrong (e.g. "no exit within 5s after quit").
-    pub cause: String,
+    /// Which rung failed (e.g. no exit within 5s after `quit`).
+    pub cause: ShutdownCause,
     /// How QEMU ended in the end.
     pub status: Option<ExitStatus>,
     /// The command line.
@@ -196,7 +306,14 @@ impl fmt::Display for AbnormalShutdown {
     }
 }
 
-impl std::error::Error for AbnormalShutdown {}
+impl std::error::Error for AbnormalShutdown {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.cause {
+            ShutdownCause::QuitFailed(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 /// QEMU went away under us.
 #[derive(Debug)]

@@ -47,7 +47,10 @@ impl Probe {
         let probe = Arc::new(Probe {
             binary: binary.to_string(),
             version: parse_version(&version_text).ok_or_else(|| {
-                Error::Config(format!("{binary} --version said {version_text:?}"))
+                Error::Probe {
+                    binary: binary.to_string(),
+                    message: format!("--version said {version_text:?}"),
+                }
             })?,
             version_text,
             accelerators: parse_accelerators(&accelerators),
@@ -108,11 +111,14 @@ async fn ask(binary: &str, args: &[&str]) -> Result<String> {
         })?
         .map_err(|e| Error::io(format!("running `{what}`"), e))?;
     if !output.status.success() {
-        return Err(Error::Config(format!(
-            "`{what}` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
+        return Err(Error::Probe {
+            binary: binary.to_string(),
+            message: format!(
+                "`{what}` failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
