@@ -3,7 +3,7 @@
 //! answers while QEMU lives, and dropping the machine kills and reaps QEMU and removes the
 //! run dir. The tests run one at a time: the launch test counts this process's QEMUs.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The console with the built-in guest under real QEMU, and a flood from a fake chardev
 //! peer that nobody reads.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};

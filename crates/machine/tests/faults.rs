@@ -1,7 +1,7 @@
 //! Fault injection against real QEMU: each fault ends in a clear error, and nothing is left
 //! behind (the scratch dir checks run dirs; `assert_gone` checks processes).
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

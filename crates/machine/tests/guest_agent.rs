@@ -1,6 +1,6 @@
 //! The guest agent against qemu-ga running in the Linux test guest.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The helpers QEMU's test suites wrote by hand, against real QEMU: block jobs, migration,
 //! hot-unplug, golden QMP logs, usernet port forwards, capability probes.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::path::Path;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! diagnostics, the shutdown ladder, events, fds. Every test checks that its run dirs and
 //! processes are gone.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};

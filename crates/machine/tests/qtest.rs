@@ -2,7 +2,7 @@
 //! for what this QEMU build cannot do (its Debian 7.2 has no qtest accelerator, so
 //! `clock_step`/`clock_set` are refused) and for a late reply.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The security basics: private run dirs and logs, loopback-only TCP monitors, names that
 //! cannot escape, no shell anywhere, secrets kept out of logs, transcripts and errors.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::os::unix::fs::PermissionsExt;
 
