@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use regex::bytes::Regex;
-use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::sock::{write_all_before, WriteFailed};
 
 /// Default size of the console's ring buffer.
 pub const DEFAULT_CONSOLE_BUFFER: usize = 1024 * 1024;
@@ -202,7 +203,8 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Console {
     shared: Arc<Shared>,
-    stream: Arc<UnixStream>,
+    /// Writes are whole: one at a time.
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     drain: Arc<JoinHandle<()>>,
     name: String,
 }
@@ -210,13 +212,17 @@ pub struct Console {
 impl Console {
     /// Starts draining `stream` (our end of the console) into a ring of `capacity` bytes,
     /// and into `log` if given. Must be called inside a tokio runtime.
+    ///
+    /// Not part of the API (a [`Machine`](crate::Machine) starts its console); public
+    /// only for this crate's tests and benchmarks.
+    #[doc(hidden)]
     pub fn start(
         name: impl Into<String>,
         stream: std::os::unix::net::UnixStream,
         capacity: usize,
         log: Option<File>,
     ) -> Result<Console> {
-        let stream = Arc::new(into_tokio(stream, "console")?);
+        let (reader, writer) = crate::sock::split(stream, "console")?;
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
                 ring: ByteRing::new(capacity),
@@ -227,10 +233,10 @@ impl Console {
             arrived: Notify::new(),
             cursor: Mutex::new(0),
         });
-        let drain = tokio::spawn(drain(stream.clone(), shared.clone(), log));
+        let drain = tokio::spawn(drain(reader, shared.clone(), log));
         Ok(Console {
             shared,
-            stream,
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
             drain: Arc::new(drain),
             name: name.into(),
         })
@@ -293,28 +299,20 @@ impl Console {
     /// Writes `bytes` to the guest, waiting at most 10 s for the socket to take them.
     pub async fn write(&self, bytes: &[u8]) -> Result<()> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
-        let mut written = 0;
-        while written < bytes.len() {
-            match self.stream.try_write(&bytes[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    match tokio::time::timeout_at(deadline, self.stream.writable()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(Error::io("writing to the console", e)),
-                        Err(_) => {
-                            return Err(Error::Timeout {
-                                machine: self.name.clone(),
-                                awaited: "the console to take input".into(),
-                                after: WRITE_TIMEOUT,
-                                seen: format!("{written} of {} bytes written", bytes.len()),
-                            })
-                        }
-                    }
-                }
-                Err(e) => return Err(Error::io("writing to the console", e)),
-            }
+        let timeout = |written| Error::Timeout {
+            machine: self.name.clone(),
+            awaited: "the console to take input".into(),
+            after: WRITE_TIMEOUT,
+            seen: format!("{written} of {} bytes written", bytes.len()),
+        };
+        let writer = tokio::time::timeout_at(deadline, self.writer.lock())
+            .await
+            .map_err(|_| timeout(0))?;
+        match write_all_before(&writer, bytes, deadline).await {
+            Ok(()) => Ok(()),
+            Err(WriteFailed::Deadline { written }) => Err(timeout(written)),
+            Err(WriteFailed::Io(e)) => Err(Error::io("writing to the console", e)),
         }
-        Ok(())
     }
 
     /// Writes `line` and a newline.
@@ -483,19 +481,12 @@ impl Console {
     }
 }
 
-/// Our end of a socketpair, made usable by tokio (must run inside a runtime).
-pub(crate) fn into_tokio(stream: std::os::unix::net::UnixStream, what: &str) -> Result<UnixStream> {
-    let setup = |e| Error::io(format!("setting up the {what} socket"), e);
-    stream.set_nonblocking(true).map_err(setup)?;
-    UnixStream::from_std(stream).map_err(setup)
-}
-
 fn quote(window: &[u8]) -> String {
     let start = window.len().saturating_sub(QUOTE);
     String::from_utf8_lossy(&window[start..]).into_owned()
 }
 
-async fn drain(stream: Arc<UnixStream>, shared: Arc<Shared>, mut log: Option<File>) {
+async fn drain(stream: OwnedReadHalf, shared: Arc<Shared>, mut log: Option<File>) {
     let mut buf = vec![0u8; 64 * 1024];
     let reason = loop {
         match stream.try_read(&mut buf) {

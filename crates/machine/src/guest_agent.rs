@@ -63,7 +63,7 @@ impl GuestAgent {
     /// A session over a connected stream (our end of the agent's socketpair), synced
     /// within `timeout`. `alive` is asked between attempts; when it says QEMU is gone the
     /// wait ends at once.
-    pub async fn over_stream(
+    pub(crate) async fn over_stream(
         name: impl Into<String>,
         stream: UnixStream,
         timeout: Duration,

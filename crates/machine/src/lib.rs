@@ -49,6 +49,7 @@ pub mod qmp_log;
 pub mod qtest;
 mod run_dir;
 mod shutdown;
+mod sock;
 mod spawn;
 pub mod usernet;
 

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::io::AsyncBufReadExt;
-use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::sock::{write_all_before, WriteFailed};
 
 /// Default deadline for one qtest command.
 pub const DEFAULT_QTEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +51,7 @@ impl Shared {
 
 #[derive(Debug)]
 struct Session {
+    writer: OwnedWriteHalf,
     replies: mpsc::UnboundedReceiver<String>,
     /// Replies still owed to commands that timed out.
     stale: usize,
@@ -59,7 +61,6 @@ struct Session {
 #[derive(Debug, Clone)]
 pub struct Qtest {
     name: String,
-    stream: Arc<UnixStream>,
     session: Arc<tokio::sync::Mutex<Session>>,
     shared: Arc<Shared>,
     reader: Arc<JoinHandle<()>>,
@@ -69,22 +70,29 @@ pub struct Qtest {
 impl Qtest {
     /// Starts a session over our end of the qtest socketpair. `clock_available` says
     /// whether QEMU runs the qtest accelerator (without it `clock_*` are refused).
+    ///
+    /// Not part of the API (a [`Machine`](crate::Machine) starts its qtest session);
+    /// public only for this crate's tests.
+    #[doc(hidden)]
     pub fn start(
         name: impl Into<String>,
         stream: std::os::unix::net::UnixStream,
         clock_available: bool,
     ) -> Result<Qtest> {
-        let stream = Arc::new(crate::console::into_tokio(stream, "qtest")?);
+        let (reader, writer) = crate::sock::split(stream, "qtest")?;
         let shared = Arc::new(Shared {
             irqs: Mutex::new(Irqs::default()),
             irq_arrived: Notify::new(),
         });
         let (replies_tx, replies) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_lines(stream.clone(), shared.clone(), replies_tx));
+        let reader = tokio::spawn(read_lines(reader, shared.clone(), replies_tx));
         Ok(Qtest {
             name: name.into(),
-            stream,
-            session: Arc::new(tokio::sync::Mutex::new(Session { replies, stale: 0 })),
+            session: Arc::new(tokio::sync::Mutex::new(Session {
+                writer,
+                replies,
+                stale: 0,
+            })),
             shared,
             reader: Arc::new(reader),
             clock_available,
@@ -110,20 +118,12 @@ impl Qtest {
             })?;
         let mut line = command.as_bytes().to_vec();
         line.push(b'\n');
-        let mut written = 0;
-        while written < line.len() {
-            match self.stream.try_write(&line[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    tokio::time::timeout_at(deadline, self.stream.writable())
-                        .await
-                        .map_err(|_| {
-                            self.timeout(command, timeout, "QEMU did not take the command")
-                        })?
-                        .map_err(|e| Error::io("writing to qtest", e))?;
-                }
-                Err(e) => return Err(Error::io("writing to qtest", e)),
+        match write_all_before(&session.writer, &line, deadline).await {
+            Ok(()) => {}
+            Err(WriteFailed::Deadline { .. }) => {
+                return Err(self.timeout(command, timeout, "QEMU did not take the command"))
             }
+            Err(WriteFailed::Io(e)) => return Err(Error::io("writing to qtest", e)),
         }
         loop {
             match tokio::time::timeout_at(deadline, session.replies.recv()).await {
@@ -389,11 +389,11 @@ impl Qtest {
 }
 
 async fn read_lines(
-    stream: Arc<UnixStream>,
+    stream: OwnedReadHalf,
     shared: Arc<Shared>,
     replies: mpsc::UnboundedSender<String>,
 ) {
-    let mut reader = tokio::io::BufReader::new(ArcRead(stream));
+    let mut reader = tokio::io::BufReader::new(stream);
     let mut line = String::new();
     loop {
         line.clear();
@@ -411,33 +411,6 @@ async fn read_lines(
     }
     shared.irqs().closed = true;
     shared.irq_arrived.notify_waiters();
-}
-
-/// Reads through a shared stream (qtest reads and writes from different tasks).
-struct ArcRead(Arc<UnixStream>);
-
-impl tokio::io::AsyncRead for ArcRead {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        loop {
-            match self.0.poll_read_ready(cx) {
-                std::task::Poll::Ready(Ok(())) => {}
-                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
-                std::task::Poll::Pending => return std::task::Poll::Pending,
-            }
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return std::task::Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return std::task::Poll::Ready(Err(e)),
-            }
-        }
-    }
 }
 
 /// An `IRQ raise N` / `IRQ lower N` line.
