@@ -297,6 +297,11 @@ impl Console {
     }
 
     /// Writes `bytes` to the guest, waiting at most 10 s for the socket to take them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the socket does not take all of `bytes` within 10 s;
+    /// [`Error::Io`] when it fails.
     pub async fn write(&self, bytes: &[u8]) -> Result<()> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         let timeout = |written| Error::Timeout {
@@ -323,12 +328,23 @@ impl Console {
     }
 
     /// Waits for `pattern` after the cursor, at most `timeout`; no trailing newline needed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] (with the last output) when `pattern` does not show within
+    /// `timeout`; [`Error::Console`] when the console closes first.
     pub async fn expect(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<Match> {
         self.expect_any(&pattern.into(), &[], timeout).await
     }
 
     /// Waits for `pattern`, failing at once if any of `failures` shows up first (e.g.
     /// `Kernel panic`). Moves the cursor past the match.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when `pattern` does not show within `timeout`;
+    /// [`Error::Console`] when one of `failures` shows first, or the console closes; both
+    /// quote the last output.
     pub async fn expect_any(
         &self,
         pattern: &Pattern,
@@ -419,6 +435,10 @@ impl Console {
     }
 
     /// Sends `command` as a line, then waits for `pattern`.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write), then as [`expect`](Self::expect).
     pub async fn exec_and_expect(
         &self,
         command: &str,

@@ -179,7 +179,9 @@ pub enum LaunchReason {
 impl fmt::Display for LaunchReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LaunchReason::Spawn { program, source } => write!(f, "cannot start {program}: {source}"),
+            LaunchReason::Spawn { program, source } => {
+                write!(f, "cannot start {program}: {source}")
+            }
             LaunchReason::Setup(e) => write!(f, "setting up QEMU's sessions failed: {e}"),
             LaunchReason::ExitedBeforeQmp => f.write_str("QEMU exited before QMP was ready"),
             LaunchReason::Qmp(e) => write!(f, "QMP did not come up: {e}"),

@@ -138,7 +138,10 @@ impl Machine {
         let mut seen: Vec<String> = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Some(subscription) = self.phase.process_mut().and_then(|r| r.subscription.as_mut())
+            let Some(subscription) = self
+                .phase
+                .process_mut()
+                .and_then(|r| r.subscription.as_mut())
             else {
                 return Err(Error::NotRunning(self.config.name.clone()));
             };

@@ -34,6 +34,11 @@ impl Default for JobOptions {
 /// Follows job `id` through its `JOB_STATUS_CHANGE` events until it is gone (`null`),
 /// doing what each state needs. Returns the statuses seen; a job that ends with an error
 /// (from `BLOCK_JOB_COMPLETED`, `BLOCK_JOB_ERROR` or `query-jobs`) is an [`Error::Job`].
+///
+/// # Errors
+///
+/// [`Error::Job`] when the job ends with an error; [`Error::Timeout`] when it is not
+/// gone within `timeout`; otherwise as [`Machine::cmd`] and [`Machine::events_wait`].
 pub async fn run_job(
     vm: &mut Machine,
     id: &str,

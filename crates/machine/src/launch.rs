@@ -267,10 +267,7 @@ impl Machine {
                 kept_run_dir: kept,
                 console: running.console.take(),
             };
-            (
-                Phase::Finished(finished),
-                Error::Launch(Box::new(failure)),
-            )
+            (Phase::Finished(finished), Error::Launch(Box::new(failure)))
         })
     }
 }

@@ -276,7 +276,9 @@ impl Machine {
 
     /// The run dir kept after the last run (see [`KeepRunDir`]).
     pub fn kept_run_dir(&self) -> Option<&Path> {
-        self.phase.finished().and_then(|l| l.kept_run_dir.as_deref())
+        self.phase
+            .finished()
+            .and_then(|l| l.kept_run_dir.as_deref())
     }
 
     /// QEMU's output (stdout and stderr) of the last run, available after shutdown or a

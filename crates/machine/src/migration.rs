@@ -18,6 +18,12 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// `migrate`, and waits for `MIGRATION` to say `completed` or `failed`, calling `progress`
 /// with each `query-migrate` answer on the way. Afterwards the destination must run
 /// (unless the source was paused): that is checked too.
+///
+/// # Errors
+///
+/// [`Error::Migration`] when the migration fails or the destination does not run
+/// afterwards; [`Error::Timeout`] when it does not finish within `timeout`; otherwise as
+/// [`Machine::cmd`] on either machine.
 pub async fn migrate(
     source: &mut Machine,
     destination: &mut Machine,

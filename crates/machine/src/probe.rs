@@ -31,6 +31,11 @@ pub struct Probe {
 
 impl Probe {
     /// Asks `binary` (once per process; later calls return the cached answer).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when `binary` does not answer in time, [`Error::Io`] when it
+    /// cannot be run, [`Error::Probe`] when a query fails or its answer makes no sense.
     pub async fn of(binary: &str) -> Result<Arc<Probe>> {
         static CACHE: OnceLock<Mutex<HashMap<String, Arc<Probe>>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
@@ -46,11 +51,9 @@ impl Probe {
         let version_text = version.lines().next().unwrap_or_default().to_string();
         let probe = Arc::new(Probe {
             binary: binary.to_string(),
-            version: parse_version(&version_text).ok_or_else(|| {
-                Error::Probe {
-                    binary: binary.to_string(),
-                    message: format!("--version said {version_text:?}"),
-                }
+            version: parse_version(&version_text).ok_or_else(|| Error::Probe {
+                binary: binary.to_string(),
+                message: format!("--version said {version_text:?}"),
             })?,
             version_text,
             accelerators: parse_accelerators(&accelerators),

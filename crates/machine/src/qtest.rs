@@ -58,6 +58,15 @@ struct Session {
 }
 
 /// A qtest session (cheap to clone; clones share it).
+///
+/// # Errors
+///
+/// Every command fails with [`Error::Timeout`] when it gets no reply within its deadline
+/// (or another command holds the session that long, or QEMU does not take the line),
+/// [`Error::Io`] when writing to the socket fails, and [`Error::Qtest`] when the
+/// connection closed; the typed commands also fail with [`Error::Qtest`] on a `FAIL`
+/// reply or a reply that makes no sense (and the `clock_*` ones without the qtest
+/// accelerator).
 #[derive(Debug, Clone)]
 pub struct Qtest {
     name: String,
@@ -104,11 +113,19 @@ impl Qtest {
     }
 
     /// Sends one command line and returns QEMU's reply line (`OK ...` or `FAIL ...`), as is.
+    ///
+    /// # Errors
+    ///
+    /// As [the session](Qtest#errors); a `FAIL` reply is returned, not an error.
     pub async fn cmd(&self, command: &str) -> Result<String> {
         self.cmd_timeout(command, DEFAULT_QTEST_TIMEOUT).await
     }
 
     /// [`cmd`](Self::cmd) with a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [the session](Qtest#errors); a `FAIL` reply is returned, not an error.
     pub async fn cmd_timeout(&self, command: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         let mut session = tokio::time::timeout_at(deadline, self.session.lock())
@@ -180,26 +197,46 @@ impl Qtest {
     }
 
     /// Reads a byte of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn readb(&self, addr: u64) -> Result<u8> {
         Ok(self.ok_number(&format!("readb {addr:#x}")).await? as u8)
     }
 
     /// Reads 16 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn readw(&self, addr: u64) -> Result<u16> {
         Ok(self.ok_number(&format!("readw {addr:#x}")).await? as u16)
     }
 
     /// Reads 32 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn readl(&self, addr: u64) -> Result<u32> {
         Ok(self.ok_number(&format!("readl {addr:#x}")).await? as u32)
     }
 
     /// Reads 64 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn readq(&self, addr: u64) -> Result<u64> {
         self.ok_number(&format!("readq {addr:#x}")).await
     }
 
     /// Writes a byte of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn writeb(&self, addr: u64, value: u8) -> Result<()> {
         self.ok(&format!("writeb {addr:#x} {value:#x}"))
             .await
@@ -207,6 +244,10 @@ impl Qtest {
     }
 
     /// Writes 16 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn writew(&self, addr: u64, value: u16) -> Result<()> {
         self.ok(&format!("writew {addr:#x} {value:#x}"))
             .await
@@ -214,6 +255,10 @@ impl Qtest {
     }
 
     /// Writes 32 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn writel(&self, addr: u64, value: u32) -> Result<()> {
         self.ok(&format!("writel {addr:#x} {value:#x}"))
             .await
@@ -221,6 +266,10 @@ impl Qtest {
     }
 
     /// Writes 64 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn writeq(&self, addr: u64, value: u64) -> Result<()> {
         self.ok(&format!("writeq {addr:#x} {value:#x}"))
             .await
@@ -228,6 +277,10 @@ impl Qtest {
     }
 
     /// Reads `len` bytes of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
         let command = format!("read {addr:#x} {len:#x}");
         let text = self.ok(&command).await?;
@@ -247,6 +300,10 @@ impl Qtest {
     }
 
     /// Writes `data` to guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
         let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
         self.ok(&format!("write {addr:#x} {:#x} 0x{hex}", data.len()))
@@ -255,21 +312,37 @@ impl Qtest {
     }
 
     /// Reads an 8-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn inb(&self, port: u16) -> Result<u8> {
         Ok(self.ok_number(&format!("inb {port:#x}")).await? as u8)
     }
 
     /// Reads a 16-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn inw(&self, port: u16) -> Result<u16> {
         Ok(self.ok_number(&format!("inw {port:#x}")).await? as u16)
     }
 
     /// Reads a 32-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn inl(&self, port: u16) -> Result<u32> {
         Ok(self.ok_number(&format!("inl {port:#x}")).await? as u32)
     }
 
     /// Writes an 8-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn outb(&self, port: u16, value: u8) -> Result<()> {
         self.ok(&format!("outb {port:#x} {value:#x}"))
             .await
@@ -277,6 +350,10 @@ impl Qtest {
     }
 
     /// Writes a 16-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn outw(&self, port: u16, value: u16) -> Result<()> {
         self.ok(&format!("outw {port:#x} {value:#x}"))
             .await
@@ -284,6 +361,10 @@ impl Qtest {
     }
 
     /// Writes a 32-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn outl(&self, port: u16, value: u32) -> Result<()> {
         self.ok(&format!("outl {port:#x} {value:#x}"))
             .await
@@ -305,6 +386,10 @@ impl Qtest {
 
     /// Advances the virtual clock by `ns` (or to the next timer deadline when `None`);
     /// returns the new clock in ns.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn clock_step(&self, ns: Option<u64>) -> Result<u64> {
         let command = match ns {
             Some(ns) => format!("clock_step {ns}"),
@@ -315,6 +400,10 @@ impl Qtest {
     }
 
     /// Sets the virtual clock to `ns`; returns the new clock in ns.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn clock_set(&self, ns: u64) -> Result<u64> {
         let command = format!("clock_set {ns}");
         self.need_clock(&command)?;
@@ -323,6 +412,10 @@ impl Qtest {
 
     /// Reports the GPIO inputs of the device at `qom_path` as IRQ events instead of
     /// delivering them.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn irq_intercept_in(&self, qom_path: &str) -> Result<()> {
         self.ok(&format!("irq_intercept_in {qom_path}"))
             .await
@@ -330,6 +423,10 @@ impl Qtest {
     }
 
     /// Reports the GPIO outputs of the device at `qom_path` as IRQ events.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn irq_intercept_out(&self, qom_path: &str) -> Result<()> {
         self.ok(&format!("irq_intercept_out {qom_path}"))
             .await
@@ -338,6 +435,10 @@ impl Qtest {
 
     /// Sets GPIO input `num` of `name` (`None`: the unnamed inputs) of the device at
     /// `qom_path` to `level`.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn set_irq_in(
         &self,
         qom_path: &str,
@@ -352,6 +453,10 @@ impl Qtest {
     }
 
     /// The next IRQ event, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn next_irq(&self, timeout: Duration) -> Result<IrqEvent> {
         let deadline = Instant::now() + timeout;
         loop {

@@ -74,7 +74,9 @@ pub(crate) async fn spawn(argv: &[String], inherit: Vec<RawFd>, log: &File) -> i
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             if nix::unistd::getppid() != parent {
                 // The parent died before the death signal was armed; ESRCH: it is gone.
-                return Err(io::Error::from_raw_os_error(nix::errno::Errno::ESRCH as i32));
+                return Err(io::Error::from_raw_os_error(
+                    nix::errno::Errno::ESRCH as i32,
+                ));
             }
             for fd in &inherit {
                 nix::fcntl::fcntl(

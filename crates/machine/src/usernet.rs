@@ -35,10 +35,8 @@ pub async fn machine_hostfwd_port(vm: &mut Machine) -> Result<u16> {
         )
         .await?;
     let text = text.as_str().unwrap_or_default();
-    hostfwd_port(text).ok_or_else(|| {
-        Error::Unexpected {
-            machine: vm.name().to_string(),
-            message: format!("no TCP host forward on 127.0.0.1 in `info usernet`: {text:?}"),
-        }
+    hostfwd_port(text).ok_or_else(|| Error::Unexpected {
+        machine: vm.name().to_string(),
+        message: format!("no TCP host forward on 127.0.0.1 in `info usernet`: {text:?}"),
     })
 }

@@ -20,7 +20,10 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 fn drop_and_check(vm: Machine) {
     let pid = vm.pid().expect("the machine still owns QEMU");
     assert!(group_alive(pid), "QEMU {pid} should still live");
-    let run_dir = vm.run_dir().expect("a run dir while QEMU lives").to_path_buf();
+    let run_dir = vm
+        .run_dir()
+        .expect("a run dir while QEMU lives")
+        .to_path_buf();
     assert!(run_dir.is_dir());
     drop(vm);
     assert_gone(pid, Duration::from_millis(500));
@@ -80,7 +83,9 @@ async fn a_dropped_launch_never_orphans_qemu() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let scratch = Scratch::new();
     // From before the spawn to the middle of the QMP handshake.
-    for micros in [0, 100, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000] {
+    for micros in [
+        0, 100, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000,
+    ] {
         let mut vm = Machine::new(scratch.builder().machine_type("none"));
         let cut = tokio::time::timeout(Duration::from_micros(micros), vm.launch()).await;
         match (cut, vm.pid()) {

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use common::{assert_gone, Scratch, T};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use qemu_machine::{
-    Error, KeepRunDir, LaunchReason, Machine, Monitor, ShutdownCause, Stop,
-};
+use qemu_machine::{Error, KeepRunDir, LaunchReason, Machine, Monitor, ShutdownCause, Stop};
 use serde_json::json;
 
 fn signal(pid: u32, signal: Signal) {
