@@ -333,24 +333,24 @@ impl MachineBuilder {
     pub(crate) fn validate(&self) -> Result<()> {
         let name = &self.name;
         if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "machine name {name:?} must be a plain file name (no '/', not '.' or '..')"
             )));
         }
         if self.binary.is_empty() {
-            return Err(Error::Config("the QEMU binary is empty".into()));
+            return Err(Error::config("the QEMU binary is empty"));
         }
         if let Monitor::Tcp(host, _) = &self.monitor {
             if !self.allow_remote_monitor && !is_loopback(host) {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "the QMP monitor would listen on {host}, which is not loopback; \
                      use 127.0.0.1 or ::1, or allow_remote_monitor(true)"
                 )));
             }
         }
         if !self.qmp_enabled && self.monitor != Monitor::Socketpair {
-            return Err(Error::Config(
-                "a monitor address was given but the QMP monitor is disabled".into(),
+            return Err(Error::config(
+                "a monitor address was given but the QMP monitor is disabled",
             ));
         }
         Ok(())

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::sock::{write_all_before, WriteFailed};
 
 /// Default size of the console's ring buffer.
@@ -44,7 +44,7 @@ impl Pattern {
     pub fn regex(expression: &str) -> Result<Pattern> {
         Regex::new(expression)
             .map(Pattern::Regex)
-            .map_err(|e| Error::Config(format!("bad console regex {expression:?}: {e}")))
+            .map_err(|e| Error::config(format!("bad console regex {expression:?}: {e}")))
     }
 
     fn find(&self, haystack: &[u8], from: usize) -> Option<(usize, usize)> {
@@ -275,11 +275,13 @@ impl Console {
                 return Ok(bytes);
             }
             if let Some(reason) = self.shared.buffer().end.clone() {
-                return Err(Error::Console {
-                    machine: self.name.clone(),
-                    problem: format!("the console closed ({reason})"),
-                    last_output: String::new(),
-                });
+                return Err(Error::new(
+                    self.name.clone(),
+                    ErrorKind::Console {
+                        problem: format!("the console closed ({reason})"),
+                        last_output: String::new(),
+                    },
+                ));
             }
             arrived.await;
         }
@@ -300,15 +302,19 @@ impl Console {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] when the socket does not take all of `bytes` within 10 s;
-    /// [`Error::Io`] when it fails.
+    /// [`ErrorKind::Timeout`] when the socket does not take all of `bytes` within 10 s;
+    /// [`ErrorKind::Io`] when it fails.
     pub async fn write(&self, bytes: &[u8]) -> Result<()> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
-        let timeout = |written| Error::Timeout {
-            machine: self.name.clone(),
-            awaited: "the console to take input".into(),
-            after: WRITE_TIMEOUT,
-            seen: format!("{written} of {} bytes written", bytes.len()),
+        let timeout = |written| {
+            Error::new(
+                self.name.clone(),
+                ErrorKind::Timeout {
+                    awaited: "the console to take input".into(),
+                    after: WRITE_TIMEOUT,
+                    seen: format!("{written} of {} bytes written", bytes.len()),
+                },
+            )
         };
         let writer = tokio::time::timeout_at(deadline, self.writer.lock())
             .await
@@ -331,8 +337,8 @@ impl Console {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] (with the last output) when `pattern` does not show within
-    /// `timeout`; [`Error::Console`] when the console closes first.
+    /// [`ErrorKind::Timeout`] (with the last output) when `pattern` does not show within
+    /// `timeout`; [`ErrorKind::Console`] when the console closes first.
     pub async fn expect(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<Match> {
         self.expect_any(&pattern.into(), &[], timeout).await
     }
@@ -342,8 +348,8 @@ impl Console {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] when `pattern` does not show within `timeout`;
-    /// [`Error::Console`] when one of `failures` shows first, or the console closes; both
+    /// [`ErrorKind::Timeout`] when `pattern` does not show within `timeout`;
+    /// [`ErrorKind::Console`] when one of `failures` shows first, or the console closes; both
     /// quote the last output.
     pub async fn expect_any(
         &self,
@@ -381,14 +387,16 @@ impl Console {
             for (failure, from) in failures.iter().zip(failure_searched.iter_mut()) {
                 if let Some((start, stop)) = failure.find(&window, *from) {
                     self.advance(window_start + stop as u64);
-                    return Err(Error::Console {
-                        machine: self.name.clone(),
-                        problem: format!(
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::Console {
+                            problem: format!(
                             "failure pattern {failure} appeared while waiting for {pattern}: {:?}",
                             String::from_utf8_lossy(&window[start..stop])
                         ),
-                        last_output: quote(&window),
-                    });
+                            last_output: quote(&window),
+                        },
+                    ));
                 }
                 *from = failure.resume_from(&window, *from);
             }
@@ -412,19 +420,25 @@ impl Console {
                 failure_searched.iter_mut().for_each(|s| *s -= cut);
             }
             if let Some(reason) = end {
-                return Err(Error::Console {
-                    machine: self.name.clone(),
-                    problem: format!("the console closed ({reason}) while waiting for {pattern}"),
-                    last_output: quote(&window),
-                });
+                return Err(Error::new(
+                    self.name.clone(),
+                    ErrorKind::Console {
+                        problem: format!(
+                            "the console closed ({reason}) while waiting for {pattern}"
+                        ),
+                        last_output: quote(&window),
+                    },
+                ));
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Err(Error::Timeout {
-                    machine: self.name.clone(),
-                    awaited: format!("console output {pattern}"),
-                    after: timeout,
-                    seen: format!("last console output: {:?}", quote(&window)),
-                });
+                return Err(Error::new(
+                    self.name.clone(),
+                    ErrorKind::Timeout {
+                        awaited: format!("console output {pattern}"),
+                        after: timeout,
+                        seen: format!("last console output: {:?}", quote(&window)),
+                    },
+                ));
             }
         }
     }
@@ -464,14 +478,21 @@ impl Console {
             self.write(interrupt).await?;
             let left = deadline.saturating_duration_since(Instant::now());
             match self.expect_any(&pattern, &[], interval.min(left)).await {
-                Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
-                Err(Error::Timeout { seen, .. }) => {
-                    return Err(Error::Timeout {
-                        machine: self.name.clone(),
-                        awaited: format!("console output {pattern} (interrupting)"),
-                        after: timeout,
-                        seen,
-                    })
+                Err(e) if matches!(e.kind(), ErrorKind::Timeout { .. }) => {
+                    if Instant::now() < deadline {
+                        continue;
+                    }
+                    let ErrorKind::Timeout { seen, .. } = e.into_kind() else {
+                        unreachable!("matched above")
+                    };
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::Timeout {
+                            awaited: format!("console output {pattern} (interrupting)"),
+                            after: timeout,
+                            seen,
+                        },
+                    ));
                 }
                 other => return other,
             }

@@ -5,10 +5,18 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-/// Everything that can go wrong with a machine.
+/// Everything that can go wrong with a machine: which machine (carried here, once) and
+/// what happened ([`ErrorKind`]). Match on [`kind`](Error::kind).
+#[derive(Debug)]
+pub struct Error {
+    machine: Option<String>,
+    kind: ErrorKind,
+}
+
+/// What went wrong (see [`Error::kind`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ErrorKind {
     /// QEMU could not be started, or died or hung before QMP was ready.
     #[error(transparent)]
     Launch(Box<LaunchFailure>),
@@ -19,19 +27,11 @@ pub enum Error {
     #[error(transparent)]
     Exited(Box<QemuExited>),
     /// A QMP error: a command error, a deadline, a protocol error.
-    #[error("{machine}: {source}")]
-    Qmp {
-        /// The machine's name.
-        machine: String,
-        /// The QMP error.
-        #[source]
-        source: Box<qmp::Error>,
-    },
-    /// A wait (for an event, for exit) passed its deadline.
-    #[error("{machine}: timed out after {after:?} waiting for {awaited}; {seen}")]
+    #[error("{0}")]
+    Qmp(#[source] Box<qmp::Error>),
+    /// A wait (for an event, for exit, for a reply) passed its deadline.
+    #[error("timed out after {after:?} waiting for {awaited}; {seen}")]
     Timeout {
-        /// The machine's name.
-        machine: String,
         /// What was awaited.
         awaited: String,
         /// How long.
@@ -40,70 +40,60 @@ pub enum Error {
         seen: String,
     },
     /// A console wait failed: the console closed, or a failure pattern appeared.
-    #[error("{machine}: {problem}\n  last console output: {last_output:?}")]
+    #[error("{problem}\n  last console output: {last_output:?}")]
     Console {
-        /// The machine's name.
-        machine: String,
         /// What happened.
         problem: String,
         /// The most recent console output.
         last_output: String,
     },
     /// A qtest command failed (`FAIL ...`), or its reply made no sense.
-    #[error("{machine}: qtest `{command}` failed: {message}")]
+    #[error("qtest `{command}` failed: {message}")]
     Qtest {
-        /// The machine's name.
-        machine: String,
         /// The command sent.
         command: String,
         /// QEMU's message, or what was wrong with the reply.
         message: String,
     },
     /// A guest-agent operation failed.
-    #[error("{machine}: guest agent: {message}")]
+    #[error("guest agent: {message}")]
     GuestAgent {
-        /// The machine's name.
-        machine: String,
         /// What went wrong.
         message: String,
     },
     /// A block job ended with an error.
-    #[error("{machine}: job {job} failed: {message}")]
+    #[error("job {job} failed: {message}")]
     Job {
-        /// The machine's name.
-        machine: String,
         /// The job id.
         job: String,
         /// QEMU's error.
         message: String,
     },
     /// A migration failed, or the destination did not take over.
-    #[error("{machine}: {message}")]
+    #[error("{message}")]
     Migration {
-        /// The machine that reported it.
-        machine: String,
         /// What happened.
         message: String,
     },
     /// The machine has no console (see `MachineBuilder::console`).
-    #[error("{0}: no console was configured")]
-    NoConsole(String),
+    #[error("no console was configured")]
+    NoConsole,
     /// `launch()` on a machine that runs.
-    #[error("{0}: already launched")]
-    AlreadyRunning(String),
+    #[error("already launched")]
+    AlreadyRunning,
     /// An operation that needs a running machine.
-    #[error("{0}: not running")]
-    NotRunning(String),
+    #[error("not running")]
+    NotRunning,
     /// An operation that needs the QMP monitor, which was disabled.
-    #[error("{0}: the QMP monitor is disabled (qmp_monitor(false))")]
-    NoQmp(String),
+    #[error("the QMP monitor is disabled (qmp_monitor(false))")]
+    NoQmp,
     /// [`Machine::qtest`](crate::Machine::qtest) on a machine configured without qtest.
-    #[error("{0}: no qtest session was configured")]
-    NoQtest(String),
+    #[error("no qtest session was configured")]
+    NoQtest,
     /// [`Machine::guest_agent`](crate::Machine::guest_agent) on a machine configured
     /// without a guest-agent port.
-    #[error("{0}: no guest agent port was configured")]
-    NoGuestAgent(String),
+    #[error("no guest agent port was configured")]
+    NoGuestAgent,
     /// Asking the QEMU binary about itself ([`Probe`](crate::Probe)) failed: a query
     /// exited with an error, or its answer made no sense.
     #[error("probing {binary}: {message}")]
@@ -114,10 +104,8 @@ pub enum Error {
         message: String,
     },
     /// QEMU's answer lacked what was looked for (e.g. no host forward in `info usernet`).
-    #[error("{machine}: {message}")]
+    #[error("{message}")]
     Unexpected {
-        /// The machine's name.
-        machine: String,
         /// What was missing.
         message: String,
     },
@@ -135,21 +123,78 @@ pub enum Error {
     },
 }
 
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(machine) = &self.machine {
+            write!(f, "{machine}: ")?;
+        }
+        fmt::Display::fmt(&self.kind, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
+    }
+}
+
+impl From<ErrorKind> for Error {
+    /// An error about no machine in particular.
+    fn from(kind: ErrorKind) -> Self {
+        Error {
+            machine: None,
+            kind,
+        }
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An error of the machine (or QEMU binary) `machine`.
+    pub(crate) fn new(machine: impl Into<String>, kind: ErrorKind) -> Self {
+        Error {
+            machine: Some(machine.into()),
+            kind,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
+        ErrorKind::Io {
             context: context.into(),
             source,
         }
+        .into()
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        ErrorKind::Config(message.into()).into()
+    }
+
+    pub(crate) fn qmp(machine: impl Into<String>, source: qmp::Error) -> Self {
+        Error::new(machine, ErrorKind::Qmp(Box::new(source)))
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// What went wrong, by value.
+    pub fn into_kind(self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The machine (or, for a probe, the QEMU binary) the error is about, if any.
+    pub fn machine(&self) -> Option<&str> {
+        self.machine.as_deref()
     }
 
     /// The QMP error class of a failed command (`"GenericError"`, ...), if that is what this is.
     pub fn qmp_class(&self) -> Option<&str> {
-        match self {
-            Error::Qmp { source, .. } => source.class(),
+        match &self.kind {
+            ErrorKind::Qmp(source) => source.class(),
             _ => None,
         }
     }
@@ -237,8 +282,6 @@ impl fmt::Display for ShutdownCause {
 /// Why and how a launch failed: exit status, the full command line and QEMU's output.
 #[derive(Debug)]
 pub struct LaunchFailure {
-    /// The machine's name.
-    pub machine: String,
     /// Which stage failed, and why.
     pub reason: LaunchReason,
     /// The command line, wrapper included.
@@ -255,11 +298,7 @@ pub struct LaunchFailure {
 
 impl fmt::Display for LaunchFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{}: launching QEMU failed: {}",
-            self.machine, self.reason
-        )?;
+        writeln!(f, "launching QEMU failed: {}", self.reason)?;
         if let Some(status) = self.status {
             writeln!(f, "  {status}")?;
         }
@@ -285,8 +324,6 @@ impl std::error::Error for LaunchFailure {
 /// Shutdown did not go as asked.
 #[derive(Debug)]
 pub struct AbnormalShutdown {
-    /// The machine's name.
-    pub machine: String,
     /// Which rung failed (e.g. no exit within 5s after `quit`).
     pub cause: ShutdownCause,
     /// How QEMU ended in the end.
@@ -299,7 +336,7 @@ pub struct AbnormalShutdown {
 
 impl fmt::Display for AbnormalShutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}: abnormal shutdown: {}", self.machine, self.cause)?;
+        writeln!(f, "abnormal shutdown: {}", self.cause)?;
         if let Some(status) = self.status {
             writeln!(f, "  {status}")?;
         }
@@ -320,8 +357,6 @@ impl std::error::Error for AbnormalShutdown {
 /// QEMU went away under us.
 #[derive(Debug)]
 pub struct QemuExited {
-    /// The machine's name.
-    pub machine: String,
     /// What we were doing.
     pub during: String,
     /// How it ended, if known yet.
@@ -335,16 +370,8 @@ pub struct QemuExited {
 impl fmt::Display for QemuExited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status {
-            Some(status) => writeln!(
-                f,
-                "{}: QEMU exited ({status}) during {}",
-                self.machine, self.during
-            )?,
-            None => writeln!(
-                f,
-                "{}: QEMU closed its monitor during {}",
-                self.machine, self.during
-            )?,
+            Some(status) => writeln!(f, "QEMU exited ({status}) during {}", self.during)?,
+            None => writeln!(f, "QEMU closed its monitor during {}", self.during)?,
         }
         writeln!(f, "  command: {}", shell_words(&self.command))?;
         write_output(f, &self.output)

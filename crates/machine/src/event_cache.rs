@@ -8,7 +8,7 @@ use qmp::Event;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::event_match::event_match;
 use crate::machine::Machine;
 
@@ -25,8 +25,8 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] (with the events seen meanwhile) when nothing matched in time;
-    /// [`Error::Exited`] when QEMU exits meanwhile; [`Error::NotRunning`] when there is no
+    /// [`ErrorKind::Timeout`] (with the events seen meanwhile) when nothing matched in time;
+    /// [`ErrorKind::Exited`] when QEMU exits meanwhile; [`ErrorKind::NotRunning`] when there is no
     /// QMP session.
     pub async fn get_qmp_event_wait(&mut self, timeout: Duration) -> Result<Event> {
         if let Some(event) = self.get_qmp_event() {
@@ -80,8 +80,8 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] (with the events seen meanwhile) when nothing matched in time;
-    /// [`Error::Exited`] when QEMU exits meanwhile; [`Error::NotRunning`] when there is no
+    /// [`ErrorKind::Timeout`] (with the events seen meanwhile) when nothing matched in time;
+    /// [`ErrorKind::Exited`] when QEMU exits meanwhile; [`ErrorKind::NotRunning`] when there is no
     /// QMP session.
     pub async fn event_wait(
         &mut self,
@@ -97,8 +97,8 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] (with the events seen meanwhile) when nothing matched in time;
-    /// [`Error::Exited`] when QEMU exits meanwhile; [`Error::NotRunning`] when there is no
+    /// [`ErrorKind::Timeout`] (with the events seen meanwhile) when nothing matched in time;
+    /// [`ErrorKind::Exited`] when QEMU exits meanwhile; [`ErrorKind::NotRunning`] when there is no
     /// QMP session.
     pub async fn events_wait(
         &mut self,
@@ -143,7 +143,7 @@ impl Machine {
                 .process_mut()
                 .and_then(|r| r.subscription.as_mut())
             else {
-                return Err(Error::NotRunning(self.config.name.clone()));
+                return Err(Error::new(self.config.name.clone(), ErrorKind::NotRunning));
             };
             match subscription.recv_timeout(left).await {
                 Ok(event) if matches(&event) => return Ok(event),
@@ -155,16 +155,18 @@ impl Machine {
                     tracing::warn!(machine = %self.config.name, "{n} QMP events were lost (queue full)");
                 }
                 Err(qmp::Error::Timeout { .. }) => {
-                    return Err(Error::Timeout {
-                        machine: self.config.name.clone(),
-                        awaited,
-                        after: timeout,
-                        seen: if seen.is_empty() {
-                            "no other event arrived".into()
-                        } else {
-                            format!("other events meanwhile: {}", seen.join(", "))
+                    return Err(Error::new(
+                        self.config.name.clone(),
+                        ErrorKind::Timeout {
+                            awaited,
+                            after: timeout,
+                            seen: if seen.is_empty() {
+                                "no other event arrived".into()
+                            } else {
+                                format!("other events meanwhile: {}", seen.join(", "))
+                            },
                         },
-                    })
+                    ))
                 }
                 Err(e) => return Err(self.explain(e, &format!("the wait for {awaited}")).await),
             }

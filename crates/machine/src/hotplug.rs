@@ -18,7 +18,7 @@ use crate::machine::Machine;
 ///
 /// # Errors
 ///
-/// As [`Machine::cmd`] for `device_del`; [`Error::Timeout`](crate::Error::Timeout) when no `DEVICE_DELETED`
+/// As [`Machine::cmd`] for `device_del`; [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when no `DEVICE_DELETED`
 /// for `id` arrives within `timeout` (the guest ignored the unplug).
 pub async fn device_del(vm: &mut Machine, id: &str, timeout: Duration) -> Result<Event> {
     vm.cmd("device_del", json!({"id": id})).await?;

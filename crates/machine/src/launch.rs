@@ -12,7 +12,9 @@ use qmp::{EventFilter, Listener};
 use crate::argv::{command_line, Attachments, MonitorChardev};
 use crate::config::{KeepRunDir, MachineBuilder, Monitor};
 use crate::console::Console;
-use crate::error::{redact_argv, shell_words, Error, LaunchFailure, LaunchReason, Result};
+use crate::error::{
+    redact_argv, shell_words, Error, ErrorKind, LaunchFailure, LaunchReason, Result,
+};
 use crate::machine::{Finished, Machine, Phase, Running, EXIT_GRACE};
 use crate::probe::Probe;
 use crate::qtest::Qtest;
@@ -55,17 +57,20 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// - [`Error::AlreadyRunning`] when QEMU runs (or a dropped launch left it running);
-    /// - [`Error::Config`] when the configuration cannot work;
-    /// - [`Error::Io`] / [`Error::Qmp`] / a probe error when the run dir, log, sockets or
+    /// - [`ErrorKind::AlreadyRunning`] when QEMU runs (or a dropped launch left it running);
+    /// - [`ErrorKind::Config`] when the configuration cannot work;
+    /// - [`ErrorKind::Io`] / [`ErrorKind::Qmp`] / a probe error when the run dir, log, sockets or
     ///   monitor cannot be set up (nothing was spawned);
-    /// - [`Error::Launch`] when QEMU cannot be started, exits before QMP is ready, fails
+    /// - [`ErrorKind::Launch`] when QEMU cannot be started, exits before QMP is ready, fails
     ///   the QMP handshake or is not ready within the launch timeout; the
     ///   [`LaunchFailure`] says which ([`LaunchReason`]), with status, command line and
     ///   output. QEMU is reaped by then, and the phase is finished.
     pub async fn launch(&mut self) -> Result<()> {
         if self.phase.process().is_some() {
-            return Err(Error::AlreadyRunning(self.config.name.clone()));
+            return Err(Error::new(
+                self.config.name.clone(),
+                ErrorKind::AlreadyRunning,
+            ));
         }
         self.config.validate()?;
         self.events.clear();
@@ -145,7 +150,6 @@ impl Machine {
             Err(e) => {
                 let kept = run_dir.finish(self.config.keep_run_dir != KeepRunDir::Never);
                 let failure = LaunchFailure {
-                    machine: name,
                     reason: LaunchReason::Spawn {
                         program: argv[0].clone(),
                         source: e,
@@ -166,7 +170,7 @@ impl Machine {
                     };
                     (Phase::Finished(finished), ())
                 });
-                return Err(Error::Launch(Box::new(failure)));
+                return Err(Error::new(name, ErrorKind::Launch(Box::new(failure))));
             }
         };
         // QEMU has its ends now; ours must not keep them open.
@@ -252,7 +256,6 @@ impl Machine {
             }
             let kept = running.run_dir.finish(keep);
             let failure = LaunchFailure {
-                machine: name,
                 reason,
                 command: redact_argv(&running.argv),
                 status: running.exit,
@@ -267,7 +270,10 @@ impl Machine {
                 kept_run_dir: kept,
                 console: running.console.take(),
             };
-            (Phase::Finished(finished), Error::Launch(Box::new(failure)))
+            (
+                Phase::Finished(finished),
+                Error::new(name, ErrorKind::Launch(Box::new(failure))),
+            )
         })
     }
 }
@@ -279,10 +285,7 @@ fn prepare_monitor(
     run_dir: &Path,
     child_ends: &mut ChildEnds,
 ) -> Result<(MonitorChardev, PendingQmp)> {
-    let wrap = |e: qmp::Error| Error::Qmp {
-        machine: config.name.clone(),
-        source: Box::new(e),
-    };
+    let wrap = |e: qmp::Error| Error::qmp(config.name.clone(), e);
     Ok(match &config.monitor {
         Monitor::Socketpair => {
             let (ours, fd) = child_ends.socketpair("QMP")?;

@@ -60,8 +60,8 @@ pub use config::{
 };
 pub use console::{Console, Match, Pattern};
 pub use error::{
-    redact_argv, shell_words, AbnormalShutdown, Error, LaunchFailure, LaunchReason, QemuExited,
-    Result, ShutdownCause,
+    redact_argv, shell_words, AbnormalShutdown, Error, ErrorKind, LaunchFailure, LaunchReason,
+    QemuExited, Result, ShutdownCause,
 };
 pub use event_match::{conv_keys, event_match};
 pub use guest_agent::{ExecOutput, GuestAgent};

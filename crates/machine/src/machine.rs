@@ -25,7 +25,7 @@ use tokio::process::Child;
 
 use crate::config::{KeepRunDir, MachineBuilder};
 use crate::console::Console;
-use crate::error::{redact_argv, Error, QemuExited, Result};
+use crate::error::{redact_argv, Error, ErrorKind, QemuExited, Result};
 use crate::guest_agent::GuestAgent;
 use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
@@ -297,31 +297,31 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// [`Error::NoConsole`] when no console was configured (or before the first launch).
+    /// [`ErrorKind::NoConsole`] when no console was configured (or before the first launch).
     pub fn console(&self) -> Result<Console> {
         let console = match &self.phase {
             Phase::Launching(running) | Phase::Running(running) => running.console.clone(),
             Phase::Finished(finished) => finished.console.clone(),
             Phase::Configured => None,
         };
-        console.ok_or_else(|| Error::NoConsole(self.config.name.clone()))
+        console.ok_or_else(|| Error::new(self.config.name.clone(), ErrorKind::NoConsole))
     }
 
     /// The qtest session (see [`MachineBuilder::qtest`]).
     ///
     /// # Errors
     ///
-    /// [`Error::NotRunning`] when QEMU is not running, [`Error::NoQtest`] when no qtest
+    /// [`ErrorKind::NotRunning`] when QEMU is not running, [`ErrorKind::NoQtest`] when no qtest
     /// session was configured.
     pub fn qtest(&self) -> Result<Qtest> {
         let running = self
             .phase
             .running()
-            .ok_or_else(|| Error::NotRunning(self.config.name.clone()))?;
+            .ok_or_else(|| Error::new(self.config.name.clone(), ErrorKind::NotRunning))?;
         running
             .qtest
             .clone()
-            .ok_or_else(|| Error::NoQtest(self.config.name.clone()))
+            .ok_or_else(|| Error::new(self.config.name.clone(), ErrorKind::NoQtest))
     }
 
     /// A synced guest-agent session (see [`MachineBuilder::guest_agent`]): the first call
@@ -330,13 +330,13 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// [`Error::NotRunning`] when QEMU is not running; [`Error::NoGuestAgent`] when no
-    /// guest-agent port was configured; [`Error::Exited`] when QEMU exits meanwhile;
-    /// otherwise the session's [`Error::GuestAgent`] or [`Error::Timeout`].
+    /// [`ErrorKind::NotRunning`] when QEMU is not running; [`ErrorKind::NoGuestAgent`] when no
+    /// guest-agent port was configured; [`ErrorKind::Exited`] when QEMU exits meanwhile;
+    /// otherwise the session's [`ErrorKind::GuestAgent`] or [`ErrorKind::Timeout`].
     pub async fn guest_agent(&mut self, timeout: Duration) -> Result<GuestAgent> {
         let name = self.config.name.clone();
         let Phase::Running(running) = &mut self.phase else {
-            return Err(Error::NotRunning(name));
+            return Err(Error::new(name, ErrorKind::NotRunning));
         };
         let child = &mut running.child;
         let alive = || matches!(child.try_wait(), Ok(None));
@@ -346,7 +346,7 @@ impl Machine {
                 // A duplicate goes to the new session: if it fails, or this future is
                 // dropped, the port stays here for the next call.
                 let Some(stream) = running.guest_agent.as_ref() else {
-                    return Err(Error::NoGuestAgent(name));
+                    return Err(Error::new(name, ErrorKind::NoGuestAgent));
                 };
                 let stream = stream
                     .try_clone()
@@ -366,11 +366,13 @@ impl Machine {
         }
     }
 
-    /// If QEMU has exited (or is exiting), `error` becomes [`Error::Exited`] with its
+    /// If QEMU has exited (or is exiting), `error` becomes [`ErrorKind::Exited`] with its
     /// status, command line and output; otherwise it is returned as is.
     async fn explain_exit(&mut self, error: Error, during: &str) -> Error {
         match self.exited(Duration::from_millis(200), during).await {
-            Some(exited) if exited.status.is_some() => Error::Exited(exited),
+            Some(exited) if exited.status.is_some() => {
+                Error::new(self.config.name.clone(), ErrorKind::Exited(exited))
+            }
             _ => error,
         }
     }
@@ -387,7 +389,6 @@ impl Machine {
             running.exit = wait_exit(&mut running.child, grace).await;
         }
         Some(Box::new(QemuExited {
-            machine: self.config.name.clone(),
             during: during.to_string(),
             status: running.exit,
             command: redact_argv(&running.argv),
@@ -399,11 +400,11 @@ impl Machine {
         let running = self
             .phase
             .running()
-            .ok_or_else(|| Error::NotRunning(self.config.name.clone()))?;
+            .ok_or_else(|| Error::new(self.config.name.clone(), ErrorKind::NotRunning))?;
         running
             .qmp
             .clone()
-            .ok_or_else(|| Error::NoQmp(self.config.name.clone()))
+            .ok_or_else(|| Error::new(self.config.name.clone(), ErrorKind::NoQmp))
     }
 
     /// Sends a command and returns the whole response (`{"return": ...}` or
@@ -412,8 +413,8 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// [`Error::NotRunning`] / [`Error::NoQmp`] when there is no monitor to talk to;
-    /// [`Error::Exited`] when QEMU exits before answering; [`Error::Qmp`] for a deadline
+    /// [`ErrorKind::NotRunning`] / [`ErrorKind::NoQmp`] when there is no monitor to talk to;
+    /// [`ErrorKind::Exited`] when QEMU exits before answering; [`ErrorKind::Qmp`] for a deadline
     /// or protocol error.
     pub async fn qmp(&mut self, name: &str, arguments: Value) -> Result<Value> {
         let client = self.client()?;
@@ -432,7 +433,7 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// As [`qmp`](Self::qmp), and [`Error::Qmp`] when QEMU answers with an error (see
+    /// As [`qmp`](Self::qmp), and [`ErrorKind::Qmp`] when QEMU answers with an error (see
     /// [`Error::qmp_class`]).
     pub async fn cmd(&mut self, name: &str, arguments: Value) -> Result<Value> {
         self.request(Request::new(name).arguments(arguments)).await
@@ -462,12 +463,11 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// [`Error::NotRunning`] / [`Error::NoQmp`], or [`Error::Qmp`] when sending fails.
+    /// [`ErrorKind::NotRunning`] / [`ErrorKind::NoQmp`], or [`ErrorKind::Qmp`] when sending fails.
     pub fn send_fd_scm(&self, fd: impl AsFd) -> Result<()> {
-        self.client()?.send_fd(fd).map_err(|source| Error::Qmp {
-            machine: self.config.name.clone(),
-            source: Box::new(source),
-        })
+        self.client()?
+            .send_fd(fd)
+            .map_err(|source| Error::qmp(self.config.name.clone(), source))
     }
 
     /// Opens `path` read-only and sends that descriptor (QEMUMachine's
@@ -475,7 +475,7 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when `path` cannot be opened; otherwise as
+    /// [`ErrorKind::Io`] when `path` cannot be opened; otherwise as
     /// [`send_fd_scm`](Self::send_fd_scm).
     pub fn send_file_scm(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
@@ -494,14 +494,11 @@ impl Machine {
     /// and output.
     pub(crate) async fn explain(&mut self, error: qmp::Error, during: &str) -> Error {
         if !error.is_disconnected() {
-            return Error::Qmp {
-                machine: self.config.name.clone(),
-                source: Box::new(error),
-            };
+            return Error::qmp(self.config.name.clone(), error);
         }
         match self.exited(EXIT_GRACE, during).await {
-            Some(exited) => Error::Exited(exited),
-            None => Error::NotRunning(self.config.name.clone()),
+            Some(exited) => Error::new(self.config.name.clone(), ErrorKind::Exited(exited)),
+            None => Error::new(self.config.name.clone(), ErrorKind::NotRunning),
         }
     }
 }

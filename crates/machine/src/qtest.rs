@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::sock::{write_all_before, WriteFailed};
 
 /// Default deadline for one qtest command.
@@ -61,10 +61,10 @@ struct Session {
 ///
 /// # Errors
 ///
-/// Every command fails with [`Error::Timeout`] when it gets no reply within its deadline
+/// Every command fails with [`ErrorKind::Timeout`] when it gets no reply within its deadline
 /// (or another command holds the session that long, or QEMU does not take the line),
-/// [`Error::Io`] when writing to the socket fails, and [`Error::Qtest`] when the
-/// connection closed; the typed commands also fail with [`Error::Qtest`] on a `FAIL`
+/// [`ErrorKind::Io`] when writing to the socket fails, and [`ErrorKind::Qtest`] when the
+/// connection closed; the typed commands also fail with [`ErrorKind::Qtest`] on a `FAIL`
 /// reply or a reply that makes no sense (and the `clock_*` ones without the qtest
 /// accelerator).
 #[derive(Debug, Clone)]
@@ -147,11 +147,13 @@ impl Qtest {
                 Ok(Some(_)) if session.stale > 0 => session.stale -= 1,
                 Ok(Some(reply)) => return Ok(reply),
                 Ok(None) => {
-                    return Err(Error::Qtest {
-                        machine: self.name.clone(),
-                        command: command.into(),
-                        message: "the qtest connection closed".into(),
-                    })
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::Qtest {
+                            command: command.into(),
+                            message: "the qtest connection closed".into(),
+                        },
+                    ))
                 }
                 Err(_) => {
                     session.stale += 1;
@@ -162,12 +164,14 @@ impl Qtest {
     }
 
     fn timeout(&self, command: &str, after: Duration, seen: &str) -> Error {
-        Error::Timeout {
-            machine: self.name.clone(),
-            awaited: format!("the qtest reply to `{command}`"),
-            after,
-            seen: seen.into(),
-        }
+        Error::new(
+            self.name.clone(),
+            ErrorKind::Timeout {
+                awaited: format!("the qtest reply to `{command}`"),
+                after,
+                seen: seen.into(),
+            },
+        )
     }
 
     /// Sends a command; `OK` gives what follows it, `FAIL` an error.
@@ -175,24 +179,30 @@ impl Qtest {
         let reply = self.cmd(command).await?;
         match reply.strip_prefix("OK") {
             Some(rest) => Ok(rest.trim().to_string()),
-            None => Err(Error::Qtest {
-                machine: self.name.clone(),
-                command: command.into(),
-                message: reply
-                    .strip_prefix("FAIL")
-                    .unwrap_or(&reply)
-                    .trim()
-                    .to_string(),
-            }),
+            None => Err(Error::new(
+                self.name.clone(),
+                ErrorKind::Qtest {
+                    command: command.into(),
+                    message: reply
+                        .strip_prefix("FAIL")
+                        .unwrap_or(&reply)
+                        .trim()
+                        .to_string(),
+                },
+            )),
         }
     }
 
     async fn ok_number(&self, command: &str) -> Result<u64> {
         let text = self.ok(command).await?;
-        parse_number(&text).ok_or_else(|| Error::Qtest {
-            machine: self.name.clone(),
-            command: command.into(),
-            message: format!("expected a number, got {text:?}"),
+        parse_number(&text).ok_or_else(|| {
+            Error::new(
+                self.name.clone(),
+                ErrorKind::Qtest {
+                    command: command.into(),
+                    message: format!("expected a number, got {text:?}"),
+                },
+            )
         })
     }
 
@@ -284,17 +294,23 @@ impl Qtest {
     pub async fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
         let command = format!("read {addr:#x} {len:#x}");
         let text = self.ok(&command).await?;
-        let bytes = parse_hex_bytes(&text).ok_or_else(|| Error::Qtest {
-            machine: self.name.clone(),
-            command: command.clone(),
-            message: format!("expected 0x and hex digits, got {text:?}"),
+        let bytes = parse_hex_bytes(&text).ok_or_else(|| {
+            Error::new(
+                self.name.clone(),
+                ErrorKind::Qtest {
+                    command: command.clone(),
+                    message: format!("expected 0x and hex digits, got {text:?}"),
+                },
+            )
         })?;
         if bytes.len() != len {
-            return Err(Error::Qtest {
-                machine: self.name.clone(),
-                command,
-                message: format!("asked for {len} bytes, got {}", bytes.len()),
-            });
+            return Err(Error::new(
+                self.name.clone(),
+                ErrorKind::Qtest {
+                    command,
+                    message: format!("asked for {len} bytes, got {}", bytes.len()),
+                },
+            ));
         }
         Ok(bytes)
     }
@@ -375,13 +391,15 @@ impl Qtest {
         if self.clock_available {
             return Ok(());
         }
-        Err(Error::Qtest {
-            machine: self.name.clone(),
-            command: command.into(),
-            message: "the virtual clock can only be driven under the qtest accelerator, \
+        Err(Error::new(
+            self.name.clone(),
+            ErrorKind::Qtest {
+                command: command.into(),
+                message: "the virtual clock can only be driven under the qtest accelerator, \
                       which this QEMU binary does not have (see Probe::qtest_accel)"
-                .into(),
-        })
+                    .into(),
+            },
+        ))
     }
 
     /// Advances the virtual clock by `ns` (or to the next timer deadline when `None`);
@@ -469,20 +487,24 @@ impl Qtest {
                     return Ok(event);
                 }
                 if irqs.closed {
-                    return Err(Error::Qtest {
-                        machine: self.name.clone(),
-                        command: "(waiting for an IRQ)".into(),
-                        message: "the qtest connection closed".into(),
-                    });
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::Qtest {
+                            command: "(waiting for an IRQ)".into(),
+                            message: "the qtest connection closed".into(),
+                        },
+                    ));
                 }
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Err(Error::Timeout {
-                    machine: self.name.clone(),
-                    awaited: "an IRQ event from qtest".into(),
-                    after: timeout,
-                    seen: "none".into(),
-                });
+                return Err(Error::new(
+                    self.name.clone(),
+                    ErrorKind::Timeout {
+                        awaited: "an IRQ event from qtest".into(),
+                        after: timeout,
+                        seen: "none".into(),
+                    },
+                ));
             }
         }
     }

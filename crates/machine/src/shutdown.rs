@@ -13,7 +13,9 @@ use tokio::process::Child;
 use tokio::time::Instant;
 
 use crate::config::{KeepRunDir, DEFAULT_SHUTDOWN_TIMEOUT};
-use crate::error::{redact_argv, shell_words, AbnormalShutdown, Error, Result, ShutdownCause};
+use crate::error::{
+    redact_argv, shell_words, AbnormalShutdown, Error, ErrorKind, Result, ShutdownCause,
+};
 use crate::machine::{Finished, Machine, Phase, OUTPUT_TAIL};
 use crate::spawn::{group_alive, signal_group};
 
@@ -69,7 +71,7 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// [`Error::AbnormalShutdown`] (QEMU is reaped by then) whose [`ShutdownCause`] says
+    /// [`ErrorKind::AbnormalShutdown`] (QEMU is reaped by then) whose [`ShutdownCause`] says
     /// which rung failed: `quit` refused, no exit within `timeout`, killed by a signal
     /// nobody here sent, or not reapable after SIGKILL.
     pub async fn shutdown_timeout(&mut self, timeout: Duration) -> Result<()> {
@@ -99,7 +101,7 @@ impl Machine {
     ///
     /// # Errors
     ///
-    /// [`Error::AbnormalShutdown`] with [`ShutdownCause::NotReaped`] when QEMU cannot be
+    /// [`ErrorKind::AbnormalShutdown`] with [`ShutdownCause::NotReaped`] when QEMU cannot be
     /// reaped.
     pub async fn kill(&mut self) -> Result<()> {
         self.stop(Stop::Kill, REAP_TIMEOUT).await
@@ -206,13 +208,15 @@ impl Machine {
             let kept_run_dir = running.run_dir.finish(keep);
             let status = running.exit;
             let error = cause.map(|cause| {
-                Error::AbnormalShutdown(Box::new(AbnormalShutdown {
-                    machine: name,
-                    cause,
-                    status,
-                    command: redact_argv(&running.argv),
-                    output: tail_of(&log, OUTPUT_TAIL as usize),
-                }))
+                Error::new(
+                    name,
+                    ErrorKind::AbnormalShutdown(Box::new(AbnormalShutdown {
+                        cause,
+                        status,
+                        command: redact_argv(&running.argv),
+                        output: tail_of(&log, OUTPUT_TAIL as usize),
+                    })),
+                )
             });
             let finished = Finished {
                 status,

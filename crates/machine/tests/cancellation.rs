@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{assert_gone, group_alive, qemu_children, Scratch, T};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use qemu_machine::{Error, Machine};
+use qemu_machine::{Error, ErrorKind, Machine};
 use serde_json::json;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -95,7 +95,10 @@ async fn a_dropped_launch_never_orphans_qemu() {
             }
             (Err(_), Some(_)) => {
                 // Spawned: QEMU belongs to the machine, which cannot launch it twice.
-                assert!(matches!(vm.launch().await, Err(Error::AlreadyRunning(_))));
+                assert!(matches!(
+                    vm.launch().await.map_err(Error::into_kind),
+                    Err(ErrorKind::AlreadyRunning)
+                ));
                 drop_and_check(vm);
             }
             (Err(_), None) => {

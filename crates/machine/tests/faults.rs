@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{assert_gone, Scratch, T};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use qemu_machine::{guest, Error, LaunchReason, Machine};
+use qemu_machine::{guest, ErrorKind, LaunchReason, Machine};
 use qmp::Request;
 
 fn signal_later(pid: u32, signal: Signal, after: Duration) -> std::thread::JoinHandle<()> {
@@ -33,7 +33,7 @@ async fn sigkill_in_the_middle_of_an_event_wait() {
         "{:?}",
         start.elapsed()
     );
-    let Error::Exited(exit) = &err else {
+    let ErrorKind::Exited(exit) = err.kind() else {
         panic!("{err}")
     };
     assert!(exit.during.contains("NEVER"), "{err}");
@@ -53,11 +53,11 @@ async fn sigkill_in_the_middle_of_a_console_expect() {
     let pid = vm.pid().unwrap();
     let killer = signal_later(pid, Signal::SIGKILL, Duration::from_millis(300));
     let err = console.expect("never printed", T).await.unwrap_err();
-    let Error::Console {
+    let ErrorKind::Console {
         problem,
         last_output,
         ..
-    } = &err
+    } = err.kind()
     else {
         panic!("{err}")
     };
@@ -81,7 +81,7 @@ async fn sigstop_during_launch_hits_the_deadline_and_nothing_survives() {
             .launch_timeout(Duration::from_millis(500)),
     );
     let err = vm.launch().await.unwrap_err();
-    let Error::Launch(failure) = &err else {
+    let ErrorKind::Launch(failure) = err.kind() else {
         panic!("{err}")
     };
     assert!(
@@ -111,7 +111,10 @@ async fn sigstop_during_a_command_is_a_deadline_then_an_abnormal_shutdown() {
         .shutdown_timeout(Duration::from_millis(500))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::AbnormalShutdown(_)), "{err}");
+    assert!(
+        matches!(err.kind(), ErrorKind::AbnormalShutdown(_)),
+        "{err}"
+    );
     assert_gone(pid, T);
 }
 
@@ -226,7 +229,7 @@ async fn qemu_exiting_before_the_greeting() {
     let scratch = Scratch::new();
     let mut vm = Machine::new(scratch.builder().args(["-machine", "no-such-machine"]));
     let err = vm.launch().await.unwrap_err();
-    let Error::Launch(failure) = &err else {
+    let ErrorKind::Launch(failure) = err.kind() else {
         panic!("{err}")
     };
     assert_eq!(failure.status.and_then(|s| s.code()), Some(1));

@@ -5,7 +5,7 @@ use qemu_test_support::machine as common;
 use std::time::Duration;
 
 use common::{linux_guest, Scratch};
-use qemu_machine::{Error, Machine};
+use qemu_machine::{ErrorKind, Machine};
 
 const AGENT: Duration = Duration::from_secs(120);
 
@@ -69,7 +69,7 @@ async fn a_dead_qemu_ends_the_wait_for_the_agent_at_once() {
         start.elapsed()
     );
     assert!(
-        matches!(err, Error::Exited(ref exit) if exit.status.is_some()),
+        matches!(err.kind(), ErrorKind::Exited(exit) if exit.status.is_some()),
         "{err}"
     );
     let _ = vm.shutdown().await;
