@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use qmp::{EventFilter, Listener};
 
 use crate::argv::{command_line, Attachments, MonitorChardev};
-use crate::config::{KeepRunDir, MachineBuilder, Monitor};
+use crate::config::{Config, KeepRunDir, Monitor};
 use crate::console::Console;
 use crate::error::{
     redact_argv, shell_words, Error, ErrorKind, LaunchFailure, LaunchReason, Result,
@@ -72,7 +72,7 @@ impl Machine {
                 ErrorKind::AlreadyRunning,
             ));
         }
-        self.config.validate()?;
+        self.config = self.config().resolve()?;
         self.events.clear();
         if !matches!(self.phase, Phase::Configured) {
             self.enter(|_| (Phase::Configured, ()));
@@ -281,7 +281,7 @@ impl Machine {
 /// Binds or creates the monitor socket; returns the chardev for the command line and our
 /// side.
 fn prepare_monitor(
-    config: &MachineBuilder,
+    config: &Config,
     run_dir: &Path,
     child_ends: &mut ChildEnds,
 ) -> Result<(MonitorChardev, PendingQmp)> {
@@ -315,7 +315,7 @@ fn prepare_monitor(
 /// Waits for the greeting and negotiation while watching the child; on failure returns
 /// why, with the child still to be cleaned up.
 async fn connect_qmp(
-    config: &MachineBuilder,
+    config: &Config,
     running: &mut Running,
     pending: PendingQmp,
 ) -> std::result::Result<(), LaunchReason> {

@@ -23,7 +23,7 @@ use qmp::{Event, Request};
 use serde_json::Value;
 use tokio::process::Child;
 
-use crate::config::{KeepRunDir, MachineBuilder};
+use crate::config::{Config, KeepRunDir, MachineBuilder};
 use crate::console::Console;
 use crate::error::{redact_argv, Error, ErrorKind, QemuExited, Result};
 use crate::guest_agent::GuestAgent;
@@ -44,7 +44,10 @@ pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// cancel-safe in that sense: dropping its future never orphans QEMU.
 #[derive(Debug)]
 pub struct Machine {
-    pub(crate) config: MachineBuilder,
+    /// What the user configures (see [`config_mut`](Machine::config_mut)).
+    builder: MachineBuilder,
+    /// What the current (or last) run uses: resolved from `builder` at each launch.
+    pub(crate) config: Config,
     pub(crate) phase: Phase,
     /// Events pulled while waiting for others, oldest first.
     pub(crate) events: VecDeque<Event>,
@@ -181,7 +184,8 @@ impl Machine {
     /// A machine from a finished configuration (not launched yet).
     pub fn new(config: MachineBuilder) -> Machine {
         Machine {
-            config,
+            config: config.unresolved(),
+            builder: config,
             phase: Phase::Configured,
             events: VecDeque::new(),
         }
@@ -205,19 +209,24 @@ impl Machine {
         out
     }
 
-    /// The configuration.
+    /// The configuration (for the next launch).
     pub fn config(&self) -> &MachineBuilder {
-        &self.config
+        &self.builder
     }
 
-    /// Changes the configuration for the next launch (e.g. `add_args` between runs).
+    /// Changes the configuration for the next launch (e.g. `add_args` between runs); a
+    /// run under way keeps what it was launched with.
     pub fn config_mut(&mut self) -> &mut MachineBuilder {
-        &mut self.config
+        &mut self.builder
     }
 
-    /// The machine's name.
+    /// The machine's name: the configured one before the first launch, then the one of
+    /// the current (or last) run.
     pub fn name(&self) -> &str {
-        &self.config.name
+        match self.phase {
+            Phase::Configured => self.builder.name_str(),
+            _ => &self.config.name,
+        }
     }
 
     /// True while QEMU runs (launched, and not seen to exit).
