@@ -134,6 +134,14 @@ async fn a_bad_argument_fails_at_once_with_status_command_and_message() {
     );
     // The launch deadline is 30 s; the failure must not wait for it.
     assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    // The failed run's command line and output stay readable; QEMU is reaped.
+    assert!(vm
+        .command_line()
+        .is_some_and(|argv| argv.iter().any(|a| a == "-no-such-option")));
+    assert!(vm
+        .get_log()
+        .is_some_and(|log| log.contains("invalid option")));
+    assert_eq!(vm.pid(), None);
 }
 
 #[tokio::test]
