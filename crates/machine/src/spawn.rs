@@ -119,7 +119,8 @@ fn reap_unclaimed(mut child: Child) {
 
 /// Sends `signal` to QEMU's whole process group (QEMU, or its wrapper and all it started).
 pub(crate) fn signal_group(pid: u32, signal: Signal) {
-    if let Ok(pid) = i32::try_from(pid) {
+    // 0 would mean our own group.
+    if let Ok(pid @ 1..) = i32::try_from(pid) {
         // ESRCH (already gone) is what we want anyway.
         let _ = killpg(Pid::from_raw(pid), signal);
     }
@@ -127,5 +128,5 @@ pub(crate) fn signal_group(pid: u32, signal: Signal) {
 
 /// True while any process of the group is alive (zombies included until reaped).
 pub(crate) fn group_alive(pid: u32) -> bool {
-    i32::try_from(pid).is_ok_and(|pid| killpg(Pid::from_raw(pid), None).is_ok())
+    i32::try_from(pid).is_ok_and(|pid| pid > 0 && killpg(Pid::from_raw(pid), None).is_ok())
 }
