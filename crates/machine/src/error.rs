@@ -215,9 +215,9 @@ pub enum LaunchReason {
     Setup(Box<Error>),
     /// QEMU exited before QMP was ready.
     ExitedBeforeQmp,
-    /// The QMP greeting or negotiation failed.
+    /// The QMP greeting or negotiation failed (other than by its deadline).
     Qmp(Box<qmp::Error>),
-    /// QMP was not ready within the launch timeout.
+    /// QMP was not ready within the launch timeout (no greeting, or no negotiation).
     QmpTimeout(Duration),
 }
 

@@ -340,6 +340,8 @@ async fn connect_qmp(
                 running.qmp = Some(client);
                 Ok(())
             }
+            // The greeting deadline is the launch deadline: one kind, whichever fires first.
+            Err(e) if e.is_timeout() => Err(LaunchReason::QmpTimeout(timeout)),
             Err(e) => Err(LaunchReason::Qmp(Box::new(e))),
         },
         status = running.child.wait() => {
