@@ -44,7 +44,8 @@ impl BareVm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: only fcntl between fork and exec.
+        // SAFETY: between fork and exec only fcntl (async-signal-safe) runs, and its error
+        // becomes an io::Error holding the raw errno: nothing is allocated.
         unsafe {
             command.pre_exec(move || {
                 nix::fcntl::fcntl(

@@ -3,7 +3,7 @@
 use std::os::fd::RawFd;
 use std::path::Path;
 
-use crate::config::MachineBuilder;
+use crate::config::Config;
 
 /// How the monitor reaches QEMU, once its socket exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub(crate) struct Attachments<'a> {
 /// The full argv: wrapper + binary + `-display none -vga none` + monitor + `-machine` +
 /// accelerator + console + built-in guest + qtest + guest agent + `-add-fd` + the user's
 /// args (last, so they can add to or override ours).
-pub(crate) fn command_line(config: &MachineBuilder, with: &Attachments<'_>) -> Vec<String> {
+pub(crate) fn command_line(config: &Config, with: &Attachments<'_>) -> Vec<String> {
     let mut argv: Vec<String> = config.wrapper.clone();
     argv.push(config.binary.clone());
     argv.extend(["-display", "none", "-vga", "none"].map(String::from));
@@ -109,7 +109,7 @@ mod tests {
     fn defaults_socketpair_monitor_only() {
         let config = Machine::builder("qemu-system-x86_64");
         let argv = command_line(
-            &config,
+            &config.unresolved(),
             &Attachments {
                 monitor: Some(MonitorChardev::Fd(7)),
                 ..Default::default()
@@ -133,7 +133,7 @@ mod tests {
             .args(["-m", "256M"])
             .monitor_null();
         let argv = command_line(
-            &config,
+            &config.unresolved(),
             &Attachments {
                 monitor: Some(MonitorChardev::Unix("/r/qmp.sock".into())),
                 console_fd: Some(5),
@@ -155,7 +155,7 @@ mod tests {
     fn tcp_monitor_and_serial_console() {
         let config = Machine::builder("qemu").console(None, 0);
         let argv = command_line(
-            &config,
+            &config.unresolved(),
             &Attachments {
                 monitor: Some(MonitorChardev::Tcp("127.0.0.1".into(), 4444)),
                 console_fd: Some(6),
@@ -172,7 +172,7 @@ mod tests {
     #[test]
     fn no_monitor_when_qmp_is_disabled() {
         let config = Machine::builder("qemu").qmp_monitor(false);
-        let argv = command_line(&config, &Attachments::default());
+        let argv = command_line(&config.unresolved(), &Attachments::default());
         assert_eq!(words(&argv), "qemu -display none -vga none");
     }
 
@@ -180,7 +180,7 @@ mod tests {
     fn builtin_guest_boots_from_ide_with_debug_exit() {
         let config = Machine::builder("qemu").builtin_guest();
         let argv = command_line(
-            &config,
+            &config.unresolved(),
             &Attachments {
                 monitor: Some(MonitorChardev::Fd(3)),
                 console_fd: Some(4),
@@ -204,7 +204,7 @@ mod tests {
     fn qtest_and_guest_agent_chardevs() {
         let config = Machine::builder("qemu").machine_type("pc");
         let argv = command_line(
-            &config,
+            &config.unresolved(),
             &Attachments {
                 qtest_fd: Some(8),
                 qtest_accel: true,

@@ -24,13 +24,10 @@ use serde_json::Value;
 
 use crate::config::MachineBuilder;
 use crate::console::{Match, Pattern};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
-    qmp::blocking::block_on(future).map_err(|source| Error::Qmp {
-        machine: String::new(),
-        source: Box::new(source),
-    })
+    qmp::blocking::block_on(future).map_err(|source| Error::from(ErrorKind::Qmp(Box::new(source))))
 }
 
 /// A QEMU virtual machine, blocking form; see [`crate::Machine`] for each method.

@@ -73,6 +73,15 @@ pub(crate) struct AddFd {
 /// ```
 #[derive(Debug, Clone)]
 pub struct MachineBuilder {
+    config: Config,
+}
+
+/// What a machine runs with: the builder's settings, validated ([`MachineBuilder::resolve`])
+/// when a launch starts and then fixed for that run. The machine stores this, never the
+/// builder, so editing the builder ([`Machine::config_mut`](crate::Machine::config_mut))
+/// cannot change a run under way.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
     pub(crate) binary: String,
     pub(crate) args: Vec<String>,
     pub(crate) wrapper: Vec<String>,
@@ -123,7 +132,7 @@ fn unique_name() -> String {
 
 impl MachineBuilder {
     pub(crate) fn new(binary: impl Into<String>) -> Self {
-        MachineBuilder {
+        let config = Config {
             binary: binary.into(),
             args: Vec::new(),
             wrapper: Vec::new(),
@@ -145,7 +154,19 @@ impl MachineBuilder {
             qtest: false,
             guest_agent: false,
             allow_remote_monitor: false,
-        }
+        };
+        MachineBuilder { config }
+    }
+
+    /// The configuration a launch runs with, once it is valid.
+    pub(crate) fn resolve(&self) -> Result<Config> {
+        self.config.validate()?;
+        Ok(self.config.clone())
+    }
+
+    /// The configuration as it stands, not validated (for a machine not launched yet).
+    pub(crate) fn unresolved(&self) -> Config {
+        self.config.clone()
     }
 
     /// Appends arguments after the generated ones (QEMUMachine's `args`/`add_args`).
@@ -154,7 +175,7 @@ impl MachineBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.args.extend(args.into_iter().map(Into::into));
+        self.config.args.extend(args.into_iter().map(Into::into));
         self
     }
 
@@ -164,65 +185,65 @@ impl MachineBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.wrapper = wrapper.into_iter().map(Into::into).collect();
+        self.config.wrapper = wrapper.into_iter().map(Into::into).collect();
         self
     }
 
     /// The machine's name: names its log file and run dir, and appears in every error.
     /// Unique by default. It must not contain `/` or be `.` or `..`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.config.name = name.into();
         self
     }
 
     /// Where the run dir is created (default: `$XDG_RUNTIME_DIR` when set, else the system
     /// temp dir).
     pub fn base_temp_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.base_temp_dir = dir.into();
+        self.config.base_temp_dir = dir.into();
         self
     }
 
     /// Where QMP lives (default: a socketpair).
     pub fn monitor(mut self, monitor: Monitor) -> Self {
-        self.monitor = monitor;
+        self.config.monitor = monitor;
         self
     }
 
     /// Allows a [`Monitor::Tcp`] on an address other than loopback. Off by default: a QMP
     /// monitor has no authentication, and anyone who reaches it controls the VM.
     pub fn allow_remote_monitor(mut self, allow: bool) -> Self {
-        self.allow_remote_monitor = allow;
+        self.config.allow_remote_monitor = allow;
         self
     }
 
     /// Disables (or re-enables) the QMP monitor; shutdown then uses SIGTERM.
     pub fn qmp_monitor(mut self, enabled: bool) -> Self {
-        self.qmp_enabled = enabled;
+        self.config.qmp_enabled = enabled;
         self
     }
 
     /// A raw log of everything the console sends (created 0600).
     pub fn console_log(mut self, path: impl Into<PathBuf>) -> Self {
-        self.console_log = Some(path.into());
+        self.config.console_log = Some(path.into());
         self
     }
 
     /// Where `<name>.log` (QEMU's stdout and stderr) goes; by default the run dir, which
     /// goes away at shutdown (the text stays available from `get_log()`).
     pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.log_dir = Some(dir.into());
+        self.config.log_dir = Some(dir.into());
         self
     }
 
     /// Deadline from spawn to QMP ready (QEMUMachine's `qmp_timer`; default 30 s).
     pub fn launch_timeout(mut self, timeout: Duration) -> Self {
-        self.launch_timeout = timeout;
+        self.config.launch_timeout = timeout;
         self
     }
 
     /// `-machine TYPE` (QEMUMachine's `set_machine`).
     pub fn machine_type(mut self, machine_type: impl Into<String>) -> Self {
-        self.machine_type = Some(machine_type.into());
+        self.config.machine_type = Some(machine_type.into());
         self
     }
 
@@ -230,7 +251,7 @@ impl MachineBuilder {
     /// then the console on `-serial chardev:console`, or on `-device TYPE,chardev=console`
     /// when `device_type` is given.
     pub fn console(mut self, device_type: Option<&str>, index: usize) -> Self {
-        self.console = Some(ConsoleConfig {
+        self.config.console = Some(ConsoleConfig {
             device_type: device_type.map(Into::into),
             index,
         });
@@ -240,7 +261,7 @@ impl MachineBuilder {
     /// Size of the console's ring buffer (default 1 MiB): the newest output kept for
     /// `expect` and `history`.
     pub fn console_buffer(mut self, bytes: usize) -> Self {
-        self.console_buffer = bytes;
+        self.config.console_buffer = bytes;
         self
     }
 
@@ -249,10 +270,10 @@ impl MachineBuilder {
     /// Unless already set, this also picks the `pc` machine, a serial console, and
     /// [`Accel::KvmOrTcg`].
     pub fn builtin_guest(mut self) -> Self {
-        self.builtin_guest = true;
-        self.machine_type.get_or_insert_with(|| "pc".into());
-        self.accel.get_or_insert(Accel::KvmOrTcg);
-        if self.console.is_none() {
+        self.config.builtin_guest = true;
+        self.config.machine_type.get_or_insert_with(|| "pc".into());
+        self.config.accel.get_or_insert(Accel::KvmOrTcg);
+        if self.config.console.is_none() {
             self = self.console(None, 0);
         }
         self
@@ -262,14 +283,14 @@ impl MachineBuilder {
     /// `-accel qtest` where the binary has that accelerator (Debian's 7.2 does not: there
     /// the clock commands are refused). See [`Machine::qtest`](crate::Machine::qtest).
     pub fn qtest(mut self) -> Self {
-        self.qtest = true;
+        self.config.qtest = true;
         self
     }
 
     /// Adds a virtio-serial port named `org.qemu.guest_agent.0` backed by a socketpair, for
     /// [`Machine::guest_agent`](crate::Machine::guest_agent). The guest must run qemu-ga.
     pub fn guest_agent(mut self) -> Self {
-        self.guest_agent = true;
+        self.config.guest_agent = true;
         self
     }
 
@@ -287,7 +308,7 @@ impl MachineBuilder {
         opaque: impl Into<String>,
         opts: impl Into<String>,
     ) -> Self {
-        self.add_fds.push(AddFd {
+        self.config.add_fds.push(AddFd {
             fd,
             fdset,
             opaque: opaque.into(),
@@ -299,58 +320,60 @@ impl MachineBuilder {
     /// The accelerator: [`Accel::Tcg`], [`Accel::Kvm`], or [`Accel::KvmOrTcg`] (KVM only
     /// where it really works). Unset, QEMU picks (TCG on x86 hosts).
     pub fn accel(mut self, accel: Accel) -> Self {
-        self.accel = Some(accel);
+        self.config.accel = Some(accel);
         self
     }
 
     /// Whether to keep the run dir after shutdown (default: never).
     pub fn keep_run_dir(mut self, keep: KeepRunDir) -> Self {
-        self.keep_run_dir = keep;
+        self.config.keep_run_dir = keep;
         self
     }
 
     /// Writes a QMP transcript (`qmp.log`) in the run dir.
     pub fn qmp_transcript(mut self, on: bool) -> Self {
-        self.qmp_transcript = on;
+        self.config.qmp_transcript = on;
         self
     }
 
     /// The name in force.
     pub fn name_str(&self) -> &str {
-        &self.name
+        &self.config.name
     }
 
     /// The binary.
     pub fn binary(&self) -> &str {
-        &self.binary
+        &self.config.binary
     }
 
     /// The extra arguments so far.
     pub fn extra_args(&self) -> &[String] {
-        &self.args
+        &self.config.args
     }
+}
 
+impl Config {
     pub(crate) fn validate(&self) -> Result<()> {
         let name = &self.name;
         if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "machine name {name:?} must be a plain file name (no '/', not '.' or '..')"
             )));
         }
         if self.binary.is_empty() {
-            return Err(Error::Config("the QEMU binary is empty".into()));
+            return Err(Error::config("the QEMU binary is empty"));
         }
         if let Monitor::Tcp(host, _) = &self.monitor {
             if !self.allow_remote_monitor && !is_loopback(host) {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "the QMP monitor would listen on {host}, which is not loopback; \
                      use 127.0.0.1 or ::1, or allow_remote_monitor(true)"
                 )));
             }
         }
         if !self.qmp_enabled && self.monitor != Monitor::Socketpair {
-            return Err(Error::Config(
-                "a monitor address was given but the QMP monitor is disabled".into(),
+            return Err(Error::config(
+                "a monitor address was given but the QMP monitor is disabled",
             ));
         }
         Ok(())

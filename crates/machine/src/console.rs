@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use regex::bytes::Regex;
-use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sock::{write_all_before, WriteFailed};
 
 /// Default size of the console's ring buffer.
 pub const DEFAULT_CONSOLE_BUFFER: usize = 1024 * 1024;
@@ -43,7 +44,7 @@ impl Pattern {
     pub fn regex(expression: &str) -> Result<Pattern> {
         Regex::new(expression)
             .map(Pattern::Regex)
-            .map_err(|e| Error::Config(format!("bad console regex {expression:?}: {e}")))
+            .map_err(|e| Error::config(format!("bad console regex {expression:?}: {e}")))
     }
 
     fn find(&self, haystack: &[u8], from: usize) -> Option<(usize, usize)> {
@@ -202,7 +203,8 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Console {
     shared: Arc<Shared>,
-    stream: Arc<UnixStream>,
+    /// Writes are whole: one at a time.
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     drain: Arc<JoinHandle<()>>,
     name: String,
 }
@@ -210,13 +212,17 @@ pub struct Console {
 impl Console {
     /// Starts draining `stream` (our end of the console) into a ring of `capacity` bytes,
     /// and into `log` if given. Must be called inside a tokio runtime.
+    ///
+    /// Not part of the API (a [`Machine`](crate::Machine) starts its console); public
+    /// only for this crate's tests and benchmarks.
+    #[doc(hidden)]
     pub fn start(
         name: impl Into<String>,
         stream: std::os::unix::net::UnixStream,
         capacity: usize,
         log: Option<File>,
     ) -> Result<Console> {
-        let stream = Arc::new(into_tokio(stream, "console")?);
+        let (reader, writer) = crate::sock::split(stream, "console")?;
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
                 ring: ByteRing::new(capacity),
@@ -227,10 +233,10 @@ impl Console {
             arrived: Notify::new(),
             cursor: Mutex::new(0),
         });
-        let drain = tokio::spawn(drain(stream.clone(), shared.clone(), log));
+        let drain = tokio::spawn(drain(reader, shared.clone(), log));
         Ok(Console {
             shared,
-            stream,
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
             drain: Arc::new(drain),
             name: name.into(),
         })
@@ -269,11 +275,13 @@ impl Console {
                 return Ok(bytes);
             }
             if let Some(reason) = self.shared.buffer().end.clone() {
-                return Err(Error::Console {
-                    machine: self.name.clone(),
-                    problem: format!("the console closed ({reason})"),
-                    last_output: String::new(),
-                });
+                return Err(Error::new(
+                    self.name.clone(),
+                    ErrorKind::Console {
+                        problem: format!("the console closed ({reason})"),
+                        last_output: String::new(),
+                    },
+                ));
             }
             arrived.await;
         }
@@ -291,30 +299,31 @@ impl Console {
     }
 
     /// Writes `bytes` to the guest, waiting at most 10 s for the socket to take them.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when the socket does not take all of `bytes` within 10 s;
+    /// [`ErrorKind::Io`] when it fails.
     pub async fn write(&self, bytes: &[u8]) -> Result<()> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
-        let mut written = 0;
-        while written < bytes.len() {
-            match self.stream.try_write(&bytes[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    match tokio::time::timeout_at(deadline, self.stream.writable()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(Error::io("writing to the console", e)),
-                        Err(_) => {
-                            return Err(Error::Timeout {
-                                machine: self.name.clone(),
-                                awaited: "the console to take input".into(),
-                                after: WRITE_TIMEOUT,
-                                seen: format!("{written} of {} bytes written", bytes.len()),
-                            })
-                        }
-                    }
-                }
-                Err(e) => return Err(Error::io("writing to the console", e)),
-            }
+        let timeout = |written| {
+            Error::new(
+                self.name.clone(),
+                ErrorKind::Timeout {
+                    awaited: "the console to take input".into(),
+                    after: WRITE_TIMEOUT,
+                    seen: format!("{written} of {} bytes written", bytes.len()),
+                },
+            )
+        };
+        let writer = tokio::time::timeout_at(deadline, self.writer.lock())
+            .await
+            .map_err(|_| timeout(0))?;
+        match write_all_before(&writer, bytes, deadline).await {
+            Ok(()) => Ok(()),
+            Err(WriteFailed::Deadline { written }) => Err(timeout(written)),
+            Err(WriteFailed::Io(e)) => Err(Error::io("writing to the console", e)),
         }
-        Ok(())
     }
 
     /// Writes `line` and a newline.
@@ -325,12 +334,23 @@ impl Console {
     }
 
     /// Waits for `pattern` after the cursor, at most `timeout`; no trailing newline needed.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] (with the last output) when `pattern` does not show within
+    /// `timeout`; [`ErrorKind::Console`] when the console closes first.
     pub async fn expect(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<Match> {
         self.expect_any(&pattern.into(), &[], timeout).await
     }
 
     /// Waits for `pattern`, failing at once if any of `failures` shows up first (e.g.
     /// `Kernel panic`). Moves the cursor past the match.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when `pattern` does not show within `timeout`;
+    /// [`ErrorKind::Console`] when one of `failures` shows first, or the console closes; both
+    /// quote the last output.
     pub async fn expect_any(
         &self,
         pattern: &Pattern,
@@ -367,14 +387,16 @@ impl Console {
             for (failure, from) in failures.iter().zip(failure_searched.iter_mut()) {
                 if let Some((start, stop)) = failure.find(&window, *from) {
                     self.advance(window_start + stop as u64);
-                    return Err(Error::Console {
-                        machine: self.name.clone(),
-                        problem: format!(
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::Console {
+                            problem: format!(
                             "failure pattern {failure} appeared while waiting for {pattern}: {:?}",
                             String::from_utf8_lossy(&window[start..stop])
                         ),
-                        last_output: quote(&window),
-                    });
+                            last_output: quote(&window),
+                        },
+                    ));
                 }
                 *from = failure.resume_from(&window, *from);
             }
@@ -398,19 +420,25 @@ impl Console {
                 failure_searched.iter_mut().for_each(|s| *s -= cut);
             }
             if let Some(reason) = end {
-                return Err(Error::Console {
-                    machine: self.name.clone(),
-                    problem: format!("the console closed ({reason}) while waiting for {pattern}"),
-                    last_output: quote(&window),
-                });
+                return Err(Error::new(
+                    self.name.clone(),
+                    ErrorKind::Console {
+                        problem: format!(
+                            "the console closed ({reason}) while waiting for {pattern}"
+                        ),
+                        last_output: quote(&window),
+                    },
+                ));
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Err(Error::Timeout {
-                    machine: self.name.clone(),
-                    awaited: format!("console output {pattern}"),
-                    after: timeout,
-                    seen: format!("last console output: {:?}", quote(&window)),
-                });
+                return Err(Error::new(
+                    self.name.clone(),
+                    ErrorKind::Timeout {
+                        awaited: format!("console output {pattern}"),
+                        after: timeout,
+                        seen: format!("last console output: {:?}", quote(&window)),
+                    },
+                ));
             }
         }
     }
@@ -421,6 +449,10 @@ impl Console {
     }
 
     /// Sends `command` as a line, then waits for `pattern`.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write), then as [`expect`](Self::expect).
     pub async fn exec_and_expect(
         &self,
         command: &str,
@@ -446,14 +478,21 @@ impl Console {
             self.write(interrupt).await?;
             let left = deadline.saturating_duration_since(Instant::now());
             match self.expect_any(&pattern, &[], interval.min(left)).await {
-                Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
-                Err(Error::Timeout { seen, .. }) => {
-                    return Err(Error::Timeout {
-                        machine: self.name.clone(),
-                        awaited: format!("console output {pattern} (interrupting)"),
-                        after: timeout,
-                        seen,
-                    })
+                Err(e) if matches!(e.kind(), ErrorKind::Timeout { .. }) => {
+                    if Instant::now() < deadline {
+                        continue;
+                    }
+                    let ErrorKind::Timeout { seen, .. } = e.into_kind() else {
+                        unreachable!("matched above")
+                    };
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::Timeout {
+                            awaited: format!("console output {pattern} (interrupting)"),
+                            after: timeout,
+                            seen,
+                        },
+                    ));
                 }
                 other => return other,
             }
@@ -483,19 +522,12 @@ impl Console {
     }
 }
 
-/// Our end of a socketpair, made usable by tokio (must run inside a runtime).
-pub(crate) fn into_tokio(stream: std::os::unix::net::UnixStream, what: &str) -> Result<UnixStream> {
-    let setup = |e| Error::io(format!("setting up the {what} socket"), e);
-    stream.set_nonblocking(true).map_err(setup)?;
-    UnixStream::from_std(stream).map_err(setup)
-}
-
 fn quote(window: &[u8]) -> String {
     let start = window.len().saturating_sub(QUOTE);
     String::from_utf8_lossy(&window[start..]).into_owned()
 }
 
-async fn drain(stream: Arc<UnixStream>, shared: Arc<Shared>, mut log: Option<File>) {
+async fn drain(stream: OwnedReadHalf, shared: Arc<Shared>, mut log: Option<File>) {
     let mut buf = vec![0u8; 64 * 1024];
     let reason = loop {
         match stream.try_read(&mut buf) {

@@ -5,10 +5,18 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-/// Everything that can go wrong with a machine.
+/// Everything that can go wrong with a machine: which machine (carried here, once) and
+/// what happened ([`ErrorKind`]). Match on [`kind`](Error::kind).
+#[derive(Debug)]
+pub struct Error {
+    machine: Option<String>,
+    kind: ErrorKind,
+}
+
+/// What went wrong (see [`Error::kind`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ErrorKind {
     /// QEMU could not be started, or died or hung before QMP was ready.
     #[error(transparent)]
     Launch(Box<LaunchFailure>),
@@ -19,19 +27,11 @@ pub enum Error {
     #[error(transparent)]
     Exited(Box<QemuExited>),
     /// A QMP error: a command error, a deadline, a protocol error.
-    #[error("{machine}: {source}")]
-    Qmp {
-        /// The machine's name.
-        machine: String,
-        /// The QMP error.
-        #[source]
-        source: Box<qmp::Error>,
-    },
-    /// A wait (for an event, for exit) passed its deadline.
-    #[error("{machine}: timed out after {after:?} waiting for {awaited}; {seen}")]
+    #[error("{0}")]
+    Qmp(#[source] Box<qmp::Error>),
+    /// A wait (for an event, for exit, for a reply) passed its deadline.
+    #[error("timed out after {after:?} waiting for {awaited}; {seen}")]
     Timeout {
-        /// The machine's name.
-        machine: String,
         /// What was awaited.
         awaited: String,
         /// How long.
@@ -40,64 +40,76 @@ pub enum Error {
         seen: String,
     },
     /// A console wait failed: the console closed, or a failure pattern appeared.
-    #[error("{machine}: {problem}\n  last console output: {last_output:?}")]
+    #[error("{problem}\n  last console output: {last_output:?}")]
     Console {
-        /// The machine's name.
-        machine: String,
         /// What happened.
         problem: String,
         /// The most recent console output.
         last_output: String,
     },
     /// A qtest command failed (`FAIL ...`), or its reply made no sense.
-    #[error("{machine}: qtest `{command}` failed: {message}")]
+    #[error("qtest `{command}` failed: {message}")]
     Qtest {
-        /// The machine's name.
-        machine: String,
         /// The command sent.
         command: String,
         /// QEMU's message, or what was wrong with the reply.
         message: String,
     },
     /// A guest-agent operation failed.
-    #[error("{machine}: guest agent: {message}")]
+    #[error("guest agent: {message}")]
     GuestAgent {
-        /// The machine's name.
-        machine: String,
         /// What went wrong.
         message: String,
     },
     /// A block job ended with an error.
-    #[error("{machine}: job {job} failed: {message}")]
+    #[error("job {job} failed: {message}")]
     Job {
-        /// The machine's name.
-        machine: String,
         /// The job id.
         job: String,
         /// QEMU's error.
         message: String,
     },
     /// A migration failed, or the destination did not take over.
-    #[error("{machine}: {message}")]
+    #[error("{message}")]
     Migration {
-        /// The machine that reported it.
-        machine: String,
         /// What happened.
         message: String,
     },
     /// The machine has no console (see `MachineBuilder::console`).
-    #[error("{0}: no console was configured")]
-    NoConsole(String),
+    #[error("no console was configured")]
+    NoConsole,
     /// `launch()` on a machine that runs.
-    #[error("{0}: already launched")]
-    AlreadyRunning(String),
+    #[error("already launched")]
+    AlreadyRunning,
     /// An operation that needs a running machine.
-    #[error("{0}: not running")]
-    NotRunning(String),
+    #[error("not running")]
+    NotRunning,
     /// An operation that needs the QMP monitor, which was disabled.
-    #[error("{0}: the QMP monitor is disabled (set_qmp_monitor(false))")]
-    NoQmp(String),
-    /// The configuration cannot work.
+    #[error("the QMP monitor is disabled (qmp_monitor(false))")]
+    NoQmp,
+    /// [`Machine::qtest`](crate::Machine::qtest) on a machine configured without qtest.
+    #[error("no qtest session was configured")]
+    NoQtest,
+    /// [`Machine::guest_agent`](crate::Machine::guest_agent) on a machine configured
+    /// without a guest-agent port.
+    #[error("no guest agent port was configured")]
+    NoGuestAgent,
+    /// Asking the QEMU binary about itself ([`Probe`](crate::Probe)) failed: a query
+    /// exited with an error, or its answer made no sense.
+    #[error("probing {binary}: {message}")]
+    Probe {
+        /// The QEMU binary.
+        binary: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// QEMU's answer lacked what was looked for (e.g. no host forward in `info usernet`).
+    #[error("{message}")]
+    Unexpected {
+        /// What was missing.
+        message: String,
+    },
+    /// The configuration (or an argument) cannot work; never a runtime condition.
     #[error("invalid machine configuration: {0}")]
     Config(String),
     /// A local I/O error (run dir, log file, sockets).
@@ -111,22 +123,158 @@ pub enum Error {
     },
 }
 
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(machine) = &self.machine {
+            write!(f, "{machine}: ")?;
+        }
+        fmt::Display::fmt(&self.kind, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
+    }
+}
+
+impl From<ErrorKind> for Error {
+    /// An error about no machine in particular.
+    fn from(kind: ErrorKind) -> Self {
+        Error {
+            machine: None,
+            kind,
+        }
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An error of the machine (or QEMU binary) `machine`.
+    pub(crate) fn new(machine: impl Into<String>, kind: ErrorKind) -> Self {
+        Error {
+            machine: Some(machine.into()),
+            kind,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
+        ErrorKind::Io {
             context: context.into(),
             source,
         }
+        .into()
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        ErrorKind::Config(message.into()).into()
+    }
+
+    pub(crate) fn qmp(machine: impl Into<String>, source: qmp::Error) -> Self {
+        Error::new(machine, ErrorKind::Qmp(Box::new(source)))
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// What went wrong, by value.
+    pub fn into_kind(self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The machine (or, for a probe, the QEMU binary) the error is about, if any.
+    pub fn machine(&self) -> Option<&str> {
+        self.machine.as_deref()
     }
 
     /// The QMP error class of a failed command (`"GenericError"`, ...), if that is what this is.
     pub fn qmp_class(&self) -> Option<&str> {
-        match self {
-            Error::Qmp { source, .. } => source.class(),
+        match &self.kind {
+            ErrorKind::Qmp(source) => source.class(),
             _ => None,
+        }
+    }
+}
+
+/// The launch stage that failed, with its cause.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LaunchReason {
+    /// QEMU (or its wrapper) could not be started.
+    Spawn {
+        /// The program that was to run.
+        program: String,
+        /// Why not.
+        source: std::io::Error,
+    },
+    /// The console or qtest session could not be set up after spawning.
+    Setup(Box<Error>),
+    /// QEMU exited before QMP was ready.
+    ExitedBeforeQmp,
+    /// The QMP greeting or negotiation failed (other than by its deadline).
+    Qmp(Box<qmp::Error>),
+    /// QMP was not ready within the launch timeout (no greeting, or no negotiation).
+    QmpTimeout(Duration),
+}
+
+impl fmt::Display for LaunchReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LaunchReason::Spawn { program, source } => {
+                write!(f, "cannot start {program}: {source}")
+            }
+            LaunchReason::Setup(e) => write!(f, "setting up QEMU's sessions failed: {e}"),
+            LaunchReason::ExitedBeforeQmp => f.write_str("QEMU exited before QMP was ready"),
+            LaunchReason::Qmp(e) => write!(f, "QMP did not come up: {e}"),
+            LaunchReason::QmpTimeout(after) => write!(f, "QMP was not ready within {after:?}"),
+        }
+    }
+}
+
+/// The rung of the shutdown ladder that failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ShutdownCause {
+    /// `quit` was refused, or got no answer in time.
+    QuitFailed(Box<qmp::Error>),
+    /// QEMU did not exit within `after` of being asked (`stop`).
+    NoExit {
+        /// The shutdown deadline.
+        after: Duration,
+        /// What had been done to make it exit.
+        stop: crate::Stop,
+    },
+    /// QEMU died of a signal nobody here sent.
+    UnsentSignal {
+        /// The signal number.
+        signal: i32,
+    },
+    /// QEMU could not be reaped even after SIGKILL.
+    NotReaped {
+        /// Its pid.
+        pid: u32,
+    },
+}
+
+impl fmt::Display for ShutdownCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShutdownCause::QuitFailed(e) => write!(f, "`quit` failed: {e}"),
+            ShutdownCause::NoExit { after, stop } => {
+                write!(f, "QEMU did not exit within {after:?} ({stop})")
+            }
+            ShutdownCause::UnsentSignal { signal } => write!(
+                f,
+                "QEMU was killed by signal {signal} ({}), which nobody here sent",
+                crate::shutdown::signal_name(*signal)
+            ),
+            ShutdownCause::NotReaped { pid } => {
+                write!(f, "QEMU (pid {pid}) could not be reaped after SIGKILL")
+            }
         }
     }
 }
@@ -134,10 +282,8 @@ impl Error {
 /// Why and how a launch failed: exit status, the full command line and QEMU's output.
 #[derive(Debug)]
 pub struct LaunchFailure {
-    /// The machine's name.
-    pub machine: String,
-    /// What went wrong.
-    pub reason: String,
+    /// Which stage failed, and why.
+    pub reason: LaunchReason,
     /// The command line, wrapper included.
     pub command: Vec<String>,
     /// QEMU's exit status, when it exited.
@@ -152,11 +298,7 @@ pub struct LaunchFailure {
 
 impl fmt::Display for LaunchFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{}: launching QEMU failed: {}",
-            self.machine, self.reason
-        )?;
+        writeln!(f, "launching QEMU failed: {}", self.reason)?;
         if let Some(status) = self.status {
             writeln!(f, "  {status}")?;
         }
@@ -168,15 +310,22 @@ impl fmt::Display for LaunchFailure {
     }
 }
 
-impl std::error::Error for LaunchFailure {}
+impl std::error::Error for LaunchFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.reason {
+            LaunchReason::Spawn { source, .. } => Some(source),
+            LaunchReason::Setup(e) => Some(e.as_ref()),
+            LaunchReason::Qmp(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 /// Shutdown did not go as asked.
 #[derive(Debug)]
 pub struct AbnormalShutdown {
-    /// The machine's name.
-    pub machine: String,
-    /// What went wrong (e.g. "no exit within 5s after quit").
-    pub cause: String,
+    /// Which rung failed (e.g. no exit within 5s after `quit`).
+    pub cause: ShutdownCause,
     /// How QEMU ended in the end.
     pub status: Option<ExitStatus>,
     /// The command line.
@@ -187,7 +336,7 @@ pub struct AbnormalShutdown {
 
 impl fmt::Display for AbnormalShutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}: abnormal shutdown: {}", self.machine, self.cause)?;
+        writeln!(f, "abnormal shutdown: {}", self.cause)?;
         if let Some(status) = self.status {
             writeln!(f, "  {status}")?;
         }
@@ -196,13 +345,18 @@ impl fmt::Display for AbnormalShutdown {
     }
 }
 
-impl std::error::Error for AbnormalShutdown {}
+impl std::error::Error for AbnormalShutdown {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.cause {
+            ShutdownCause::QuitFailed(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 /// QEMU went away under us.
 #[derive(Debug)]
 pub struct QemuExited {
-    /// The machine's name.
-    pub machine: String,
     /// What we were doing.
     pub during: String,
     /// How it ended, if known yet.
@@ -216,16 +370,8 @@ pub struct QemuExited {
 impl fmt::Display for QemuExited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status {
-            Some(status) => writeln!(
-                f,
-                "{}: QEMU exited ({status}) during {}",
-                self.machine, self.during
-            )?,
-            None => writeln!(
-                f,
-                "{}: QEMU closed its monitor during {}",
-                self.machine, self.during
-            )?,
+            Some(status) => writeln!(f, "QEMU exited ({status}) during {}", self.during)?,
+            None => writeln!(f, "QEMU closed its monitor during {}", self.during)?,
         }
         writeln!(f, "  command: {}", shell_words(&self.command))?;
         write_output(f, &self.output)

@@ -19,7 +19,7 @@ use qmp::{Address, Client, Request};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// Per-attempt deadline of `guest-sync-delimited`.
 const SYNC_ATTEMPT: Duration = Duration::from_millis(500);
@@ -63,7 +63,7 @@ impl GuestAgent {
     /// A session over a connected stream (our end of the agent's socketpair), synced
     /// within `timeout`. `alive` is asked between attempts; when it says QEMU is gone the
     /// wait ends at once.
-    pub async fn over_stream(
+    pub(crate) async fn over_stream(
         name: impl Into<String>,
         stream: UnixStream,
         timeout: Duration,
@@ -109,12 +109,14 @@ impl GuestAgent {
                 }
             }
         }
-        Err(Error::Timeout {
-            machine: name,
-            awaited: "the guest agent to answer guest-sync-delimited".into(),
-            after: timeout,
-            seen: last_error,
-        })
+        Err(Error::new(
+            name,
+            ErrorKind::Timeout {
+                awaited: "the guest agent to answer guest-sync-delimited".into(),
+                after: timeout,
+                seen: last_error,
+            },
+        ))
     }
 
     fn builder(name: &str) -> qmp::ClientBuilder {
@@ -144,28 +146,34 @@ impl GuestAgent {
                 Ok(other) => tracing::debug!(agent = %self.name, "stale sync reply {other}"),
                 Err(e) if e.is_timeout() => {}
                 Err(e) if e.is_disconnected() => {
-                    return Err(Error::GuestAgent {
-                        machine: self.name.clone(),
-                        message: format!("the connection to the agent closed: {e}"),
-                    })
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::GuestAgent {
+                            message: format!("the connection to the agent closed: {e}"),
+                        },
+                    ))
                 }
                 Err(e) => return Err(qmp_error(&self.name, e)),
             }
             if !alive() {
-                return Err(Error::GuestAgent {
-                    machine: self.name.clone(),
-                    message: "QEMU exited while waiting for the guest agent".into(),
-                });
+                return Err(Error::new(
+                    self.name.clone(),
+                    ErrorKind::GuestAgent {
+                        message: "QEMU exited while waiting for the guest agent".into(),
+                    },
+                ));
             }
             if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    machine: self.name.clone(),
-                    awaited: "the guest agent to answer guest-sync-delimited".into(),
-                    after: timeout,
-                    seen: format!(
-                        "{attempts} attempts unanswered (is qemu-ga running in the guest?)"
-                    ),
-                });
+                return Err(Error::new(
+                    self.name.clone(),
+                    ErrorKind::Timeout {
+                        awaited: "the guest agent to answer guest-sync-delimited".into(),
+                        after: timeout,
+                        seen: format!(
+                            "{attempts} attempts unanswered (is qemu-ga running in the guest?)"
+                        ),
+                    },
+                ));
             }
         }
     }
@@ -226,9 +234,13 @@ impl GuestAgent {
                 json!({"path": path, "arg": args, "capture-output": true}),
             )
             .await?;
-        let pid = started["pid"].as_i64().ok_or_else(|| Error::GuestAgent {
-            machine: self.name.clone(),
-            message: format!("guest-exec returned no pid: {started}"),
+        let pid = started["pid"].as_i64().ok_or_else(|| {
+            Error::new(
+                self.name.clone(),
+                ErrorKind::GuestAgent {
+                    message: format!("guest-exec returned no pid: {started}"),
+                },
+            )
         })?;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -244,12 +256,14 @@ impl GuestAgent {
                 });
             }
             if Instant::now() + pause > deadline {
-                return Err(Error::Timeout {
-                    machine: self.name.clone(),
-                    awaited: format!("`{path}` (guest pid {pid}) to exit"),
-                    after: timeout,
-                    seen: "still running".into(),
-                });
+                return Err(Error::new(
+                    self.name.clone(),
+                    ErrorKind::Timeout {
+                        awaited: format!("`{path}` (guest pid {pid}) to exit"),
+                        after: timeout,
+                        seen: "still running".into(),
+                    },
+                ));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
@@ -261,9 +275,13 @@ impl GuestAgent {
             None => Ok(Vec::new()),
             Some(text) => base64::engine::general_purpose::STANDARD
                 .decode(text)
-                .map_err(|e| Error::GuestAgent {
-                    machine: self.name.clone(),
-                    message: format!("bad base64 from the agent: {e}"),
+                .map_err(|e| {
+                    Error::new(
+                        self.name.clone(),
+                        ErrorKind::GuestAgent {
+                            message: format!("bad base64 from the agent: {e}"),
+                        },
+                    )
                 }),
         }
     }
@@ -272,9 +290,13 @@ impl GuestAgent {
         let handle = self
             .execute("guest-file-open", json!({"path": path, "mode": mode}))
             .await?;
-        handle.as_i64().ok_or_else(|| Error::GuestAgent {
-            machine: self.name.clone(),
-            message: format!("guest-file-open returned {handle}"),
+        handle.as_i64().ok_or_else(|| {
+            Error::new(
+                self.name.clone(),
+                ErrorKind::GuestAgent {
+                    message: format!("guest-file-open returned {handle}"),
+                },
+            )
         })
     }
 
@@ -344,8 +366,5 @@ impl GuestAgent {
 }
 
 fn qmp_error(name: &str, error: qmp::Error) -> Error {
-    Error::Qmp {
-        machine: name.to_string(),
-        source: Box::new(error),
-    }
+    Error::qmp(name.to_string(), error)
 }

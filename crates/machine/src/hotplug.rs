@@ -15,6 +15,11 @@ use crate::machine::Machine;
 /// and its backend): duplicates already queued are dropped, so a later wait does not find
 /// a stale one. The machine's event subscription exists from launch, so the event cannot
 /// slip past between the command and the wait.
+///
+/// # Errors
+///
+/// As [`Machine::cmd`] for `device_del`; [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when no `DEVICE_DELETED`
+/// for `id` arrives within `timeout` (the guest ignored the unplug).
 pub async fn device_del(vm: &mut Machine, id: &str, timeout: Duration) -> Result<Event> {
     vm.cmd("device_del", json!({"id": id})).await?;
     let event = vm

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::machine::Machine;
 
 /// How [`run_job`] treats a job.
@@ -33,7 +33,12 @@ impl Default for JobOptions {
 
 /// Follows job `id` through its `JOB_STATUS_CHANGE` events until it is gone (`null`),
 /// doing what each state needs. Returns the statuses seen; a job that ends with an error
-/// (from `BLOCK_JOB_COMPLETED`, `BLOCK_JOB_ERROR` or `query-jobs`) is an [`Error::Job`].
+/// (from `BLOCK_JOB_COMPLETED`, `BLOCK_JOB_ERROR` or `query-jobs`) is an [`ErrorKind::Job`].
+///
+/// # Errors
+///
+/// [`ErrorKind::Job`] when the job ends with an error; [`ErrorKind::Timeout`] when it is not
+/// gone within `timeout`; otherwise as [`Machine::cmd`] and [`Machine::events_wait`].
 pub async fn run_job(
     vm: &mut Machine,
     id: &str,
@@ -57,14 +62,16 @@ pub async fn run_job(
                 left,
             )
             .await
-            .map_err(|e| match e {
-                Error::Timeout { machine, after, .. } => Error::Timeout {
-                    machine,
-                    awaited: format!("job {id} to finish"),
-                    after: timeout.max(after),
-                    seen: format!("statuses so far: {}", seen.join(" → ")),
-                },
-                other => other,
+            .map_err(|e| match e.kind() {
+                ErrorKind::Timeout { after, .. } => Error::new(
+                    vm.name(),
+                    ErrorKind::Timeout {
+                        awaited: format!("job {id} to finish"),
+                        after: timeout.max(*after),
+                        seen: format!("statuses so far: {}", seen.join(" → ")),
+                    },
+                ),
+                _ => e,
             })?;
         let data = event.data();
         match event.name() {
@@ -103,11 +110,13 @@ pub async fn run_job(
             }
             "null" => {
                 return match error {
-                    Some(message) => Err(Error::Job {
-                        machine: vm.name().to_string(),
-                        job: id.to_string(),
-                        message,
-                    }),
+                    Some(message) => Err(Error::new(
+                        vm.name().to_string(),
+                        ErrorKind::Job {
+                            job: id.to_string(),
+                            message,
+                        },
+                    )),
                     None => Ok(seen),
                 }
             }

@@ -34,18 +34,22 @@ pub mod blocking;
 mod config;
 pub mod console;
 mod error;
+mod event_cache;
 mod event_match;
 pub mod fleet;
 pub mod guest;
 pub mod guest_agent;
 pub mod hotplug;
 pub mod job;
+mod launch;
 mod machine;
 pub mod migration;
 pub mod probe;
 pub mod qmp_log;
 pub mod qtest;
 mod run_dir;
+mod shutdown;
+mod sock;
 mod spawn;
 pub mod usernet;
 
@@ -56,7 +60,8 @@ pub use config::{
 };
 pub use console::{Console, Match, Pattern};
 pub use error::{
-    redact_argv, shell_words, AbnormalShutdown, Error, LaunchFailure, QemuExited, Result,
+    redact_argv, shell_words, AbnormalShutdown, Error, ErrorKind, LaunchFailure, LaunchReason,
+    QemuExited, Result, ShutdownCause,
 };
 pub use event_match::{conv_keys, event_match};
 pub use guest_agent::{ExecOutput, GuestAgent};
@@ -64,3 +69,4 @@ pub use machine::Machine;
 pub use probe::Probe;
 pub use qmp;
 pub use qtest::{IrqEvent, Qtest};
+pub use shutdown::Stop;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::machine::Machine;
 
 /// How often [`migrate`] asks `query-migrate` for progress between events.
@@ -18,6 +18,12 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// `migrate`, and waits for `MIGRATION` to say `completed` or `failed`, calling `progress`
 /// with each `query-migrate` answer on the way. Afterwards the destination must run
 /// (unless the source was paused): that is checked too.
+///
+/// # Errors
+///
+/// [`ErrorKind::Migration`] when the migration fails or the destination does not run
+/// afterwards; [`ErrorKind::Timeout`] when it does not finish within `timeout`; otherwise as
+/// [`Machine::cmd`] on either machine.
 pub async fn migrate(
     source: &mut Machine,
     destination: &mut Machine,
@@ -37,20 +43,21 @@ pub async fn migrate(
         )
         .await?;
     source.cmd("migrate", json!({"uri": uri})).await?;
-    let fail = |machine: &Machine, message: String| Error::Migration {
-        machine: machine.name().to_string(),
-        message,
+    let fail = |machine: &Machine, message: String| {
+        Error::new(machine.name().to_string(), ErrorKind::Migration { message })
     };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             let info = source.cmd("query-migrate", Value::Null).await?;
-            return Err(Error::Timeout {
-                machine: source.name().to_string(),
-                awaited: format!("migration to {uri}"),
-                after: timeout,
-                seen: format!("last query-migrate: {info}"),
-            });
+            return Err(Error::new(
+                source.name().to_string(),
+                ErrorKind::Timeout {
+                    awaited: format!("migration to {uri}"),
+                    after: timeout,
+                    seen: format!("last query-migrate: {info}"),
+                },
+            ));
         }
         let status = match source
             .event_wait("MIGRATION", None, left.min(PROGRESS_INTERVAL))
@@ -60,7 +67,7 @@ pub async fn migrate(
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
-            Err(Error::Timeout { .. }) => String::new(),
+            Err(e) if matches!(e.kind(), ErrorKind::Timeout { .. }) => String::new(),
             Err(e) => return Err(e),
         };
         let info = source.cmd("query-migrate", Value::Null).await?;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::accel::kvm_really_usable;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// Deadline for one `qemu -X help` run.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,6 +31,11 @@ pub struct Probe {
 
 impl Probe {
     /// Asks `binary` (once per process; later calls return the cached answer).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when `binary` does not answer in time, [`ErrorKind::Io`] when it
+    /// cannot be run, [`ErrorKind::Probe`] when a query fails or its answer makes no sense.
     pub async fn of(binary: &str) -> Result<Arc<Probe>> {
         static CACHE: OnceLock<Mutex<HashMap<String, Arc<Probe>>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
@@ -47,7 +52,10 @@ impl Probe {
         let probe = Arc::new(Probe {
             binary: binary.to_string(),
             version: parse_version(&version_text).ok_or_else(|| {
-                Error::Config(format!("{binary} --version said {version_text:?}"))
+                Error::from(ErrorKind::Probe {
+                    binary: binary.to_string(),
+                    message: format!("--version said {version_text:?}"),
+                })
             })?,
             version_text,
             accelerators: parse_accelerators(&accelerators),
@@ -100,19 +108,26 @@ async fn ask(binary: &str, args: &[&str]) -> Result<String> {
     let what = format!("{binary} {}", args.join(" "));
     let output = tokio::time::timeout(PROBE_TIMEOUT, run)
         .await
-        .map_err(|_| Error::Timeout {
-            machine: binary.to_string(),
-            awaited: format!("`{what}` to answer"),
-            after: PROBE_TIMEOUT,
-            seen: "no answer".into(),
+        .map_err(|_| {
+            Error::new(
+                binary.to_string(),
+                ErrorKind::Timeout {
+                    awaited: format!("`{what}` to answer"),
+                    after: PROBE_TIMEOUT,
+                    seen: "no answer".into(),
+                },
+            )
         })?
         .map_err(|e| Error::io(format!("running `{what}`"), e))?;
     if !output.status.success() {
-        return Err(Error::Config(format!(
-            "`{what}` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
+        return Err(Error::from(ErrorKind::Probe {
+            binary: binary.to_string(),
+            message: format!(
+                "`{what}` failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        }));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

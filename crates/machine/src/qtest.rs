@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::io::AsyncBufReadExt;
-use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sock::{write_all_before, WriteFailed};
 
 /// Default deadline for one qtest command.
 pub const DEFAULT_QTEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,16 +51,25 @@ impl Shared {
 
 #[derive(Debug)]
 struct Session {
+    writer: OwnedWriteHalf,
     replies: mpsc::UnboundedReceiver<String>,
     /// Replies still owed to commands that timed out.
     stale: usize,
 }
 
 /// A qtest session (cheap to clone; clones share it).
+///
+/// # Errors
+///
+/// Every command fails with [`ErrorKind::Timeout`] when it gets no reply within its deadline
+/// (or another command holds the session that long, or QEMU does not take the line),
+/// [`ErrorKind::Io`] when writing to the socket fails, and [`ErrorKind::Qtest`] when the
+/// connection closed; the typed commands also fail with [`ErrorKind::Qtest`] on a `FAIL`
+/// reply or a reply that makes no sense (and the `clock_*` ones without the qtest
+/// accelerator).
 #[derive(Debug, Clone)]
 pub struct Qtest {
     name: String,
-    stream: Arc<UnixStream>,
     session: Arc<tokio::sync::Mutex<Session>>,
     shared: Arc<Shared>,
     reader: Arc<JoinHandle<()>>,
@@ -69,22 +79,29 @@ pub struct Qtest {
 impl Qtest {
     /// Starts a session over our end of the qtest socketpair. `clock_available` says
     /// whether QEMU runs the qtest accelerator (without it `clock_*` are refused).
+    ///
+    /// Not part of the API (a [`Machine`](crate::Machine) starts its qtest session);
+    /// public only for this crate's tests.
+    #[doc(hidden)]
     pub fn start(
         name: impl Into<String>,
         stream: std::os::unix::net::UnixStream,
         clock_available: bool,
     ) -> Result<Qtest> {
-        let stream = Arc::new(crate::console::into_tokio(stream, "qtest")?);
+        let (reader, writer) = crate::sock::split(stream, "qtest")?;
         let shared = Arc::new(Shared {
             irqs: Mutex::new(Irqs::default()),
             irq_arrived: Notify::new(),
         });
         let (replies_tx, replies) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_lines(stream.clone(), shared.clone(), replies_tx));
+        let reader = tokio::spawn(read_lines(reader, shared.clone(), replies_tx));
         Ok(Qtest {
             name: name.into(),
-            stream,
-            session: Arc::new(tokio::sync::Mutex::new(Session { replies, stale: 0 })),
+            session: Arc::new(tokio::sync::Mutex::new(Session {
+                writer,
+                replies,
+                stale: 0,
+            })),
             shared,
             reader: Arc::new(reader),
             clock_available,
@@ -96,11 +113,19 @@ impl Qtest {
     }
 
     /// Sends one command line and returns QEMU's reply line (`OK ...` or `FAIL ...`), as is.
+    ///
+    /// # Errors
+    ///
+    /// As [the session](Qtest#errors); a `FAIL` reply is returned, not an error.
     pub async fn cmd(&self, command: &str) -> Result<String> {
         self.cmd_timeout(command, DEFAULT_QTEST_TIMEOUT).await
     }
 
     /// [`cmd`](Self::cmd) with a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [the session](Qtest#errors); a `FAIL` reply is returned, not an error.
     pub async fn cmd_timeout(&self, command: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         let mut session = tokio::time::timeout_at(deadline, self.session.lock())
@@ -110,31 +135,25 @@ impl Qtest {
             })?;
         let mut line = command.as_bytes().to_vec();
         line.push(b'\n');
-        let mut written = 0;
-        while written < line.len() {
-            match self.stream.try_write(&line[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    tokio::time::timeout_at(deadline, self.stream.writable())
-                        .await
-                        .map_err(|_| {
-                            self.timeout(command, timeout, "QEMU did not take the command")
-                        })?
-                        .map_err(|e| Error::io("writing to qtest", e))?;
-                }
-                Err(e) => return Err(Error::io("writing to qtest", e)),
+        match write_all_before(&session.writer, &line, deadline).await {
+            Ok(()) => {}
+            Err(WriteFailed::Deadline { .. }) => {
+                return Err(self.timeout(command, timeout, "QEMU did not take the command"))
             }
+            Err(WriteFailed::Io(e)) => return Err(Error::io("writing to qtest", e)),
         }
         loop {
             match tokio::time::timeout_at(deadline, session.replies.recv()).await {
                 Ok(Some(_)) if session.stale > 0 => session.stale -= 1,
                 Ok(Some(reply)) => return Ok(reply),
                 Ok(None) => {
-                    return Err(Error::Qtest {
-                        machine: self.name.clone(),
-                        command: command.into(),
-                        message: "the qtest connection closed".into(),
-                    })
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::Qtest {
+                            command: command.into(),
+                            message: "the qtest connection closed".into(),
+                        },
+                    ))
                 }
                 Err(_) => {
                     session.stale += 1;
@@ -145,12 +164,14 @@ impl Qtest {
     }
 
     fn timeout(&self, command: &str, after: Duration, seen: &str) -> Error {
-        Error::Timeout {
-            machine: self.name.clone(),
-            awaited: format!("the qtest reply to `{command}`"),
-            after,
-            seen: seen.into(),
-        }
+        Error::new(
+            self.name.clone(),
+            ErrorKind::Timeout {
+                awaited: format!("the qtest reply to `{command}`"),
+                after,
+                seen: seen.into(),
+            },
+        )
     }
 
     /// Sends a command; `OK` gives what follows it, `FAIL` an error.
@@ -158,48 +179,74 @@ impl Qtest {
         let reply = self.cmd(command).await?;
         match reply.strip_prefix("OK") {
             Some(rest) => Ok(rest.trim().to_string()),
-            None => Err(Error::Qtest {
-                machine: self.name.clone(),
-                command: command.into(),
-                message: reply
-                    .strip_prefix("FAIL")
-                    .unwrap_or(&reply)
-                    .trim()
-                    .to_string(),
-            }),
+            None => Err(Error::new(
+                self.name.clone(),
+                ErrorKind::Qtest {
+                    command: command.into(),
+                    message: reply
+                        .strip_prefix("FAIL")
+                        .unwrap_or(&reply)
+                        .trim()
+                        .to_string(),
+                },
+            )),
         }
     }
 
     async fn ok_number(&self, command: &str) -> Result<u64> {
         let text = self.ok(command).await?;
-        parse_number(&text).ok_or_else(|| Error::Qtest {
-            machine: self.name.clone(),
-            command: command.into(),
-            message: format!("expected a number, got {text:?}"),
+        parse_number(&text).ok_or_else(|| {
+            Error::new(
+                self.name.clone(),
+                ErrorKind::Qtest {
+                    command: command.into(),
+                    message: format!("expected a number, got {text:?}"),
+                },
+            )
         })
     }
 
     /// Reads a byte of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn readb(&self, addr: u64) -> Result<u8> {
         Ok(self.ok_number(&format!("readb {addr:#x}")).await? as u8)
     }
 
     /// Reads 16 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn readw(&self, addr: u64) -> Result<u16> {
         Ok(self.ok_number(&format!("readw {addr:#x}")).await? as u16)
     }
 
     /// Reads 32 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn readl(&self, addr: u64) -> Result<u32> {
         Ok(self.ok_number(&format!("readl {addr:#x}")).await? as u32)
     }
 
     /// Reads 64 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn readq(&self, addr: u64) -> Result<u64> {
         self.ok_number(&format!("readq {addr:#x}")).await
     }
 
     /// Writes a byte of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn writeb(&self, addr: u64, value: u8) -> Result<()> {
         self.ok(&format!("writeb {addr:#x} {value:#x}"))
             .await
@@ -207,6 +254,10 @@ impl Qtest {
     }
 
     /// Writes 16 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn writew(&self, addr: u64, value: u16) -> Result<()> {
         self.ok(&format!("writew {addr:#x} {value:#x}"))
             .await
@@ -214,6 +265,10 @@ impl Qtest {
     }
 
     /// Writes 32 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn writel(&self, addr: u64, value: u32) -> Result<()> {
         self.ok(&format!("writel {addr:#x} {value:#x}"))
             .await
@@ -221,6 +276,10 @@ impl Qtest {
     }
 
     /// Writes 64 bits of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn writeq(&self, addr: u64, value: u64) -> Result<()> {
         self.ok(&format!("writeq {addr:#x} {value:#x}"))
             .await
@@ -228,25 +287,39 @@ impl Qtest {
     }
 
     /// Reads `len` bytes of guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
         let command = format!("read {addr:#x} {len:#x}");
         let text = self.ok(&command).await?;
-        let bytes = parse_hex_bytes(&text).ok_or_else(|| Error::Qtest {
-            machine: self.name.clone(),
-            command: command.clone(),
-            message: format!("expected 0x and hex digits, got {text:?}"),
+        let bytes = parse_hex_bytes(&text).ok_or_else(|| {
+            Error::new(
+                self.name.clone(),
+                ErrorKind::Qtest {
+                    command: command.clone(),
+                    message: format!("expected 0x and hex digits, got {text:?}"),
+                },
+            )
         })?;
         if bytes.len() != len {
-            return Err(Error::Qtest {
-                machine: self.name.clone(),
-                command,
-                message: format!("asked for {len} bytes, got {}", bytes.len()),
-            });
+            return Err(Error::new(
+                self.name.clone(),
+                ErrorKind::Qtest {
+                    command,
+                    message: format!("asked for {len} bytes, got {}", bytes.len()),
+                },
+            ));
         }
         Ok(bytes)
     }
 
     /// Writes `data` to guest memory.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
         let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
         self.ok(&format!("write {addr:#x} {:#x} 0x{hex}", data.len()))
@@ -255,21 +328,37 @@ impl Qtest {
     }
 
     /// Reads an 8-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn inb(&self, port: u16) -> Result<u8> {
         Ok(self.ok_number(&format!("inb {port:#x}")).await? as u8)
     }
 
     /// Reads a 16-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn inw(&self, port: u16) -> Result<u16> {
         Ok(self.ok_number(&format!("inw {port:#x}")).await? as u16)
     }
 
     /// Reads a 32-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn inl(&self, port: u16) -> Result<u32> {
         Ok(self.ok_number(&format!("inl {port:#x}")).await? as u32)
     }
 
     /// Writes an 8-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn outb(&self, port: u16, value: u8) -> Result<()> {
         self.ok(&format!("outb {port:#x} {value:#x}"))
             .await
@@ -277,6 +366,10 @@ impl Qtest {
     }
 
     /// Writes a 16-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn outw(&self, port: u16, value: u16) -> Result<()> {
         self.ok(&format!("outw {port:#x} {value:#x}"))
             .await
@@ -284,6 +377,10 @@ impl Qtest {
     }
 
     /// Writes a 32-bit I/O port.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn outl(&self, port: u16, value: u32) -> Result<()> {
         self.ok(&format!("outl {port:#x} {value:#x}"))
             .await
@@ -294,17 +391,23 @@ impl Qtest {
         if self.clock_available {
             return Ok(());
         }
-        Err(Error::Qtest {
-            machine: self.name.clone(),
-            command: command.into(),
-            message: "the virtual clock can only be driven under the qtest accelerator, \
+        Err(Error::new(
+            self.name.clone(),
+            ErrorKind::Qtest {
+                command: command.into(),
+                message: "the virtual clock can only be driven under the qtest accelerator, \
                       which this QEMU binary does not have (see Probe::qtest_accel)"
-                .into(),
-        })
+                    .into(),
+            },
+        ))
     }
 
     /// Advances the virtual clock by `ns` (or to the next timer deadline when `None`);
     /// returns the new clock in ns.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn clock_step(&self, ns: Option<u64>) -> Result<u64> {
         let command = match ns {
             Some(ns) => format!("clock_step {ns}"),
@@ -315,6 +418,10 @@ impl Qtest {
     }
 
     /// Sets the virtual clock to `ns`; returns the new clock in ns.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn clock_set(&self, ns: u64) -> Result<u64> {
         let command = format!("clock_set {ns}");
         self.need_clock(&command)?;
@@ -323,6 +430,10 @@ impl Qtest {
 
     /// Reports the GPIO inputs of the device at `qom_path` as IRQ events instead of
     /// delivering them.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn irq_intercept_in(&self, qom_path: &str) -> Result<()> {
         self.ok(&format!("irq_intercept_in {qom_path}"))
             .await
@@ -330,6 +441,10 @@ impl Qtest {
     }
 
     /// Reports the GPIO outputs of the device at `qom_path` as IRQ events.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn irq_intercept_out(&self, qom_path: &str) -> Result<()> {
         self.ok(&format!("irq_intercept_out {qom_path}"))
             .await
@@ -338,6 +453,10 @@ impl Qtest {
 
     /// Sets GPIO input `num` of `name` (`None`: the unnamed inputs) of the device at
     /// `qom_path` to `level`.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn set_irq_in(
         &self,
         qom_path: &str,
@@ -352,6 +471,10 @@ impl Qtest {
     }
 
     /// The next IRQ event, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// See [the session](Qtest#errors).
     pub async fn next_irq(&self, timeout: Duration) -> Result<IrqEvent> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -364,20 +487,24 @@ impl Qtest {
                     return Ok(event);
                 }
                 if irqs.closed {
-                    return Err(Error::Qtest {
-                        machine: self.name.clone(),
-                        command: "(waiting for an IRQ)".into(),
-                        message: "the qtest connection closed".into(),
-                    });
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::Qtest {
+                            command: "(waiting for an IRQ)".into(),
+                            message: "the qtest connection closed".into(),
+                        },
+                    ));
                 }
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Err(Error::Timeout {
-                    machine: self.name.clone(),
-                    awaited: "an IRQ event from qtest".into(),
-                    after: timeout,
-                    seen: "none".into(),
-                });
+                return Err(Error::new(
+                    self.name.clone(),
+                    ErrorKind::Timeout {
+                        awaited: "an IRQ event from qtest".into(),
+                        after: timeout,
+                        seen: "none".into(),
+                    },
+                ));
             }
         }
     }
@@ -389,11 +516,11 @@ impl Qtest {
 }
 
 async fn read_lines(
-    stream: Arc<UnixStream>,
+    stream: OwnedReadHalf,
     shared: Arc<Shared>,
     replies: mpsc::UnboundedSender<String>,
 ) {
-    let mut reader = tokio::io::BufReader::new(ArcRead(stream));
+    let mut reader = tokio::io::BufReader::new(stream);
     let mut line = String::new();
     loop {
         line.clear();
@@ -411,33 +538,6 @@ async fn read_lines(
     }
     shared.irqs().closed = true;
     shared.irq_arrived.notify_waiters();
-}
-
-/// Reads through a shared stream (qtest reads and writes from different tasks).
-struct ArcRead(Arc<UnixStream>);
-
-impl tokio::io::AsyncRead for ArcRead {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        loop {
-            match self.0.poll_read_ready(cx) {
-                std::task::Poll::Ready(Ok(())) => {}
-                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
-                std::task::Poll::Pending => return std::task::Poll::Pending,
-            }
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return std::task::Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return std::task::Poll::Ready(Err(e)),
-            }
-        }
-    }
 }
 
 /// An `IRQ raise N` / `IRQ lower N` line.

@@ -41,7 +41,10 @@ fn spawner() -> io::Result<mpsc::Sender<SpawnRequest>> {
             for request in requests {
                 let _runtime = request.runtime.enter();
                 let child = tokio::process::Command::from(request.command).spawn();
-                let _ = request.reply.send(child);
+                if let Err(Ok(child)) = request.reply.send(child) {
+                    // The launch was cancelled while we spawned: nobody owns this QEMU.
+                    reap_unclaimed(child);
+                }
             }
         })?;
     *slot = Some(sender.clone());
@@ -62,14 +65,18 @@ pub(crate) async fn spawn(argv: &[String], inherit: Vec<RawFd>, log: &File) -> i
         .stderr(log.try_clone()?)
         .process_group(0);
     let parent = nix::unistd::getpid();
-    // SAFETY: between fork and exec only async-signal-safe system calls are made (prctl,
-    // getppid, fcntl), and nothing is allocated.
+    // SAFETY: between fork and exec the closure makes only async-signal-safe system calls
+    // (prctl, getppid, fcntl) and allocates nothing, on its error paths too: every error
+    // is a raw errno (`io::Error::from(Errno)` and `from_raw_os_error` store the number
+    // inline), and `inherit` was built before the fork.
     unsafe {
         command.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             if nix::unistd::getppid() != parent {
-                // The parent died before the death signal was armed.
-                return Err(io::Error::other("the parent exited during spawn"));
+                // The parent died before the death signal was armed; ESRCH: it is gone.
+                return Err(io::Error::from_raw_os_error(
+                    nix::errno::Errno::ESRCH as i32,
+                ));
             }
             for fd in &inherit {
                 nix::fcntl::fcntl(
@@ -94,9 +101,26 @@ pub(crate) async fn spawn(argv: &[String], inherit: Vec<RawFd>, log: &File) -> i
         .map_err(|_| io::Error::other("the spawner thread dropped the request"))?
 }
 
+/// Kills and reaps (bounded) a child whose launch future was dropped during the spawn.
+fn reap_unclaimed(mut child: Child) {
+    let Some(pid) = child.id() else {
+        return;
+    };
+    tracing::debug!(pid, "launch cancelled during spawn: killing QEMU");
+    signal_group(pid, Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    }
+}
+
 /// Sends `signal` to QEMU's whole process group (QEMU, or its wrapper and all it started).
 pub(crate) fn signal_group(pid: u32, signal: Signal) {
-    if let Ok(pid) = i32::try_from(pid) {
+    // 0 would mean our own group.
+    if let Ok(pid @ 1..) = i32::try_from(pid) {
         // ESRCH (already gone) is what we want anyway.
         let _ = killpg(Pid::from_raw(pid), signal);
     }
@@ -104,5 +128,5 @@ pub(crate) fn signal_group(pid: u32, signal: Signal) {
 
 /// True while any process of the group is alive (zombies included until reaped).
 pub(crate) fn group_alive(pid: u32) -> bool {
-    i32::try_from(pid).is_ok_and(|pid| killpg(Pid::from_raw(pid), None).is_ok())
+    i32::try_from(pid).is_ok_and(|pid| pid > 0 && killpg(Pid::from_raw(pid), None).is_ok())
 }

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::machine::Machine;
 
 /// The host port of the first TCP forward on 127.0.0.1 in HMP `info usernet` output.
@@ -36,9 +36,11 @@ pub async fn machine_hostfwd_port(vm: &mut Machine) -> Result<u16> {
         .await?;
     let text = text.as_str().unwrap_or_default();
     hostfwd_port(text).ok_or_else(|| {
-        Error::Config(format!(
-            "{}: no TCP host forward on 127.0.0.1 in `info usernet`: {text:?}",
-            vm.name()
-        ))
+        Error::new(
+            vm.name().to_string(),
+            ErrorKind::Unexpected {
+                message: format!("no TCP host forward on 127.0.0.1 in `info usernet`: {text:?}"),
+            },
+        )
     })
 }

@@ -1,7 +1,7 @@
 //! Fault injection against real QEMU: each fault ends in a clear error, and nothing is left
 //! behind (the scratch dir checks run dirs; `assert_gone` checks processes).
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{assert_gone, Scratch, T};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use qemu_machine::{guest, Error, Machine};
+use qemu_machine::{guest, ErrorKind, LaunchReason, Machine};
 use qmp::Request;
 
 fn signal_later(pid: u32, signal: Signal, after: Duration) -> std::thread::JoinHandle<()> {
@@ -33,7 +33,7 @@ async fn sigkill_in_the_middle_of_an_event_wait() {
         "{:?}",
         start.elapsed()
     );
-    let Error::Exited(exit) = &err else {
+    let ErrorKind::Exited(exit) = err.kind() else {
         panic!("{err}")
     };
     assert!(exit.during.contains("NEVER"), "{err}");
@@ -53,11 +53,11 @@ async fn sigkill_in_the_middle_of_a_console_expect() {
     let pid = vm.pid().unwrap();
     let killer = signal_later(pid, Signal::SIGKILL, Duration::from_millis(300));
     let err = console.expect("never printed", T).await.unwrap_err();
-    let Error::Console {
+    let ErrorKind::Console {
         problem,
         last_output,
         ..
-    } = &err
+    } = err.kind()
     else {
         panic!("{err}")
     };
@@ -81,10 +81,13 @@ async fn sigstop_during_launch_hits_the_deadline_and_nothing_survives() {
             .launch_timeout(Duration::from_millis(500)),
     );
     let err = vm.launch().await.unwrap_err();
-    let Error::Launch(failure) = &err else {
+    let ErrorKind::Launch(failure) = err.kind() else {
         panic!("{err}")
     };
-    assert!(failure.reason.contains("500ms"), "{err}");
+    assert!(
+        matches!(failure.reason, LaunchReason::QmpTimeout(after) if after == Duration::from_millis(500)),
+        "{err}"
+    );
     assert_gone(failure.pid.unwrap(), T);
 }
 
@@ -108,7 +111,10 @@ async fn sigstop_during_a_command_is_a_deadline_then_an_abnormal_shutdown() {
         .shutdown_timeout(Duration::from_millis(500))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::AbnormalShutdown(_)), "{err}");
+    assert!(
+        matches!(err.kind(), ErrorKind::AbnormalShutdown(_)),
+        "{err}"
+    );
     assert_gone(pid, T);
 }
 
@@ -223,7 +229,7 @@ async fn qemu_exiting_before_the_greeting() {
     let scratch = Scratch::new();
     let mut vm = Machine::new(scratch.builder().args(["-machine", "no-such-machine"]));
     let err = vm.launch().await.unwrap_err();
-    let Error::Launch(failure) = &err else {
+    let ErrorKind::Launch(failure) = err.kind() else {
         panic!("{err}")
     };
     assert_eq!(failure.status.and_then(|s| s.code()), Some(1));

@@ -1,7 +1,7 @@
 //! The helpers QEMU's test suites wrote by hand, against real QEMU: block jobs, migration,
 //! hot-unplug, golden QMP logs, usernet port forwards, capability probes.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::path::Path;
 use std::process::Command;
@@ -11,7 +11,7 @@ use common::{linux_guest, wait_for_shell, Scratch, T};
 use qemu_machine::guest::BANNER;
 use qemu_machine::job::{run_job, JobOptions};
 use qemu_machine::qmp_log::{filter_generated_node_names, filter_timestamps, QmpLog};
-use qemu_machine::{hotplug, migration, usernet, Error, Machine, Probe};
+use qemu_machine::{hotplug, migration, usernet, ErrorKind, Machine, Probe};
 use serde_json::json;
 
 fn qemu_img(args: &[&str]) {
@@ -106,7 +106,7 @@ async fn run_job_surfaces_a_job_error() {
         cancel: false,
     };
     let err = run_job(&mut vm, "bad", options, T).await.unwrap_err();
-    let Error::Job { job, message, .. } = &err else {
+    let ErrorKind::Job { job, message, .. } = err.kind() else {
         panic!("{err}")
     };
     assert_eq!(job, "bad");
@@ -172,7 +172,7 @@ async fn a_failed_migration_is_an_error() {
     let err = migration::migrate(&mut source, &mut destination, &uri, T, |_| {})
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Migration { .. }), "{err}");
+    assert!(matches!(err.kind(), ErrorKind::Migration { .. }), "{err}");
     source.shutdown().await.unwrap();
     let _ = destination.shutdown().await;
 }

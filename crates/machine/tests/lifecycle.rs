@@ -2,7 +2,7 @@
 //! diagnostics, the shutdown ladder, events, fds. Every test checks that its run dirs and
 //! processes are gone.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use common::{assert_gone, Scratch, T};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use qemu_machine::{Error, KeepRunDir, Machine, Monitor};
+use qemu_machine::{
+    Error, ErrorKind, KeepRunDir, LaunchReason, Machine, Monitor, ShutdownCause, Stop,
+};
 use serde_json::json;
 
 fn signal(pid: u32, signal: Signal) {
@@ -58,7 +60,10 @@ async fn one_object_relaunches() {
     let mut vm = Machine::new(scratch.builder().machine_type("none"));
     vm.launch().await.unwrap();
     let first = vm.pid().unwrap();
-    assert!(matches!(vm.launch().await, Err(Error::AlreadyRunning(_))));
+    assert!(matches!(
+        vm.launch().await.map_err(Error::into_kind),
+        Err(ErrorKind::AlreadyRunning)
+    ));
     vm.shutdown().await.unwrap();
     vm.shutdown().await.unwrap(); // idempotent
     vm.launch().await.unwrap();
@@ -95,10 +100,13 @@ async fn a_wrapper_that_never_execs_qemu_ends_in_a_deadline_error() {
     let start = Instant::now();
     let err = vm.launch().await.unwrap_err();
     assert!(start.elapsed() < T);
-    let Error::Launch(failure) = &err else {
+    let ErrorKind::Launch(failure) = err.kind() else {
         panic!("{err}")
     };
-    assert!(failure.reason.contains("500ms"), "{err}");
+    assert!(
+        matches!(failure.reason, LaunchReason::QmpTimeout(after) if after == Duration::from_millis(500)),
+        "{err}"
+    );
     // The wrapper and its background child are gone: the whole group was killed.
     assert_gone(failure.pid.unwrap(), T);
     assert!(!vm.is_running());
@@ -111,7 +119,7 @@ async fn a_bad_argument_fails_at_once_with_status_command_and_message() {
     let start = Instant::now();
     let err = vm.launch().await.unwrap_err();
     let elapsed = start.elapsed();
-    let Error::Launch(failure) = &err else {
+    let ErrorKind::Launch(failure) = err.kind() else {
         panic!("{err}")
     };
     assert_eq!(failure.status.and_then(|s| s.code()), Some(1), "{err}");
@@ -126,6 +134,14 @@ async fn a_bad_argument_fails_at_once_with_status_command_and_message() {
     );
     // The launch deadline is 30 s; the failure must not wait for it.
     assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    // The failed run's command line and output stay readable; QEMU is reaped.
+    assert!(vm
+        .command_line()
+        .is_some_and(|argv| argv.iter().any(|a| a == "-no-such-option")));
+    assert!(vm
+        .get_log()
+        .is_some_and(|log| log.contains("invalid option")));
+    assert_eq!(vm.pid(), None);
 }
 
 #[tokio::test]
@@ -135,6 +151,14 @@ async fn a_missing_binary_is_a_launch_error() {
         Machine::builder("/nonexistent/qemu-system-x86_64").base_temp_dir(scratch.path()),
     );
     let err = vm.launch().await.unwrap_err();
+    let ErrorKind::Launch(failure) = err.kind() else {
+        panic!("{err}")
+    };
+    let LaunchReason::Spawn { program, source } = &failure.reason else {
+        panic!("{err}")
+    };
+    assert_eq!(program, "/nonexistent/qemu-system-x86_64");
+    assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{err}");
     let text = err.to_string();
     assert!(
         text.contains("cannot start /nonexistent/qemu-system-x86_64"),
@@ -160,10 +184,20 @@ async fn a_stopped_qemu_is_killed_within_the_shutdown_timeout() {
         "{:?}",
         start.elapsed()
     );
-    let Error::AbnormalShutdown(report) = &err else {
+    let ErrorKind::AbnormalShutdown(report) = err.kind() else {
         panic!("{err}")
     };
-    assert!(report.cause.contains("quit"), "{err}");
+    assert!(
+        matches!(
+            report.cause,
+            ShutdownCause::QuitFailed(_)
+                | ShutdownCause::NoExit {
+                    stop: Stop::Quit,
+                    ..
+                }
+        ),
+        "{err}"
+    );
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&report.status.unwrap()),
         Some(9)
@@ -185,20 +219,23 @@ async fn qemu_killed_from_outside_fails_commands_waits_and_shutdown_clearly() {
     };
     let (_, pending) = tokio::join!(killer, vm.cmd("query-status", json!({})));
     let err = pending.unwrap_err();
-    let Error::Exited(exit) = &err else {
+    let ErrorKind::Exited(exit) = err.kind() else {
         panic!("{err}")
     };
     assert_eq!(exit.during, "query-status");
     assert!(err.to_string().contains("signal: 9"), "{err}");
 
     let err = vm.event_wait("NEVER", None, T).await.unwrap_err();
-    assert!(matches!(err, Error::Exited(_)), "{err}");
+    assert!(matches!(err.kind(), ErrorKind::Exited(_)), "{err}");
 
     let err = vm.shutdown().await.unwrap_err();
-    let Error::AbnormalShutdown(report) = &err else {
+    let ErrorKind::AbnormalShutdown(report) = err.kind() else {
         panic!("{err}")
     };
-    assert!(report.cause.contains("signal 9"), "{err}");
+    assert!(
+        matches!(report.cause, ShutdownCause::UnsentSignal { signal: 9 }),
+        "{err}"
+    );
     assert_gone(pid, T);
 }
 
@@ -301,7 +338,7 @@ async fn events_wait_keeps_its_deadline_while_other_events_keep_coming() {
         elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(4),
         "{elapsed:?}"
     );
-    let Error::Timeout { seen, .. } = &err else {
+    let ErrorKind::Timeout { seen, .. } = err.kind() else {
         panic!("{err}")
     };
     assert!(seen.contains("STOP") && seen.contains("RESUME"), "{seen}");
@@ -388,7 +425,7 @@ async fn names_cannot_escape_the_run_dir() {
     for name in ["../evil", "a/b", "..", ""] {
         let mut vm = Machine::new(Machine::builder("qemu-system-x86_64").name(name));
         let err = vm.launch().await.unwrap_err();
-        assert!(matches!(err, Error::Config(_)), "{name}: {err}");
+        assert!(matches!(err.kind(), ErrorKind::Config(_)), "{name}: {err}");
     }
 }
 
@@ -398,8 +435,10 @@ async fn qmp_disabled_shuts_down_with_sigterm() {
     let mut vm = Machine::new(scratch.builder().machine_type("none").qmp_monitor(false));
     vm.launch().await.unwrap();
     assert!(matches!(
-        vm.cmd("query-status", json!({})).await,
-        Err(Error::NoQmp(_))
+        vm.cmd("query-status", json!({}))
+            .await
+            .map_err(Error::into_kind),
+        Err(ErrorKind::NoQmp)
     ));
     vm.shutdown().await.unwrap();
     // QEMU quits on SIGTERM and re-raises it; we sent it, so that is no abnormal shutdown.

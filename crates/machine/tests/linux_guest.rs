@@ -2,7 +2,7 @@
 //! `guests/build-linux-guest.sh`): boot to a shell on ttyS0, run a command, power off
 //! through ACPI. Not skipped when the guest is missing: it fails and says how to build it.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::time::Duration;
 

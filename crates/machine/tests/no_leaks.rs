@@ -1,7 +1,7 @@
 //! Every path through a machine's life, failures included, leaves no fd, QEMU child or run
 //! dir behind. One test in its own binary, so nothing else blurs the count.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! that launches 10 VMs, SIGKILLs that manager, and checks every QEMU is gone within a
 //! second.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

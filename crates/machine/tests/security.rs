@@ -1,12 +1,12 @@
 //! The security basics: private run dirs and logs, loopback-only TCP monitors, names that
 //! cannot escape, no shell anywhere, secrets kept out of logs, transcripts and errors.
 
-mod common;
+use qemu_test_support::machine as common;
 
 use std::os::unix::fs::PermissionsExt;
 
 use common::Scratch;
-use qemu_machine::{Error, KeepRunDir, Machine, Monitor};
+use qemu_machine::{ErrorKind, KeepRunDir, Machine, Monitor};
 use serde_json::json;
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -45,7 +45,7 @@ async fn a_tcp_monitor_binds_loopback_unless_told_otherwise() {
         let mut vm = Machine::new(scratch.builder().monitor(Monitor::Tcp(host.into(), 0)));
         let err = vm.launch().await.unwrap_err();
         assert!(
-            matches!(err, Error::Config(ref m) if m.contains("not loopback")),
+            matches!(err.kind(), ErrorKind::Config(m) if m.contains("not loopback")),
             "{host}: {err}"
         );
     }

@@ -1,10 +1,13 @@
 //! What the workspace's tests, examples and benchmarks share: which QEMU build to run
-//! ([`binaries`]), and checks that nothing is left behind ([`processes`]).
+//! ([`binaries`]), and checks that nothing is left behind ([`processes`]); with the
+//! feature `machine`, the machine crate's test helpers ([`machine`]).
 //!
 //! Dev-only: no library of the workspace depends on it.
 
 pub mod binaries;
 pub mod cli;
+#[cfg(feature = "machine")]
+pub mod machine;
 pub mod processes;
 
 pub use binaries::{qemu, qemu_img, qemu_io, qemu_version, QemuVersion};

@@ -1,16 +1,15 @@
-//! Test support: machines in a private base dir that is checked empty at the end, and
-//! process checks.
-
-#![allow(dead_code, unused_imports)]
+//! For the machine crate's tests (feature `machine`): machines in a private base dir that
+//! is checked empty at the end, the Linux test guest, and the process checks under the
+//! names those tests use.
 
 use std::path::Path;
 use std::time::Duration;
 
 use qemu_machine::{Machine, MachineBuilder};
 
-pub use qemu_test_support::{
-    assert_group_gone as assert_gone, group_alive, open_fds, qemu, qemu_children,
-};
+pub use crate::{assert_group_gone as assert_gone, group_alive, open_fds, qemu, qemu_children};
+
+/// The default deadline of a test's waits.
 pub const T: Duration = Duration::from_secs(10);
 
 /// The Linux test guest built by `guests/build-linux-guest.sh`: a builder that boots it
@@ -73,17 +72,26 @@ pub async fn wait_for_shell(vm: &Machine) {
 }
 
 /// A base dir for run dirs; dropping it asserts that every run dir is gone.
+#[derive(Debug)]
 pub struct Scratch {
     dir: tempfile::TempDir,
 }
 
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch::new()
+    }
+}
+
 impl Scratch {
+    /// A new, empty scratch dir.
     pub fn new() -> Scratch {
         Scratch {
             dir: tempfile::tempdir().expect("scratch dir"),
         }
     }
 
+    /// Its path.
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -95,6 +103,7 @@ impl Scratch {
             .args(["-nodefaults"])
     }
 
+    /// The names of what is in it now.
     pub fn entries(&self) -> Vec<String> {
         std::fs::read_dir(self.path())
             .expect("read scratch")

@@ -1,0 +1,363 @@
+//! Launching: run dir, sockets, command line, spawn, then QMP while watching the child.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use nix::sys::signal::Signal;
+use qmp::{EventFilter, Listener};
+
+use crate::argv::{command_line, Attachments, MonitorChardev};
+use crate::config::{Config, KeepRunDir, Monitor};
+use crate::console::Console;
+use crate::error::{
+    redact_argv, shell_words, Error, ErrorKind, LaunchFailure, LaunchReason, Result,
+};
+use crate::machine::{Finished, Machine, Phase, Running, EXIT_GRACE};
+use crate::probe::Probe;
+use crate::qtest::Qtest;
+use crate::run_dir::RunDir;
+use crate::shutdown::{read_tail, wait_exit, REAP_TIMEOUT};
+use crate::spawn::{signal_group, spawn};
+
+/// The child's ends of its socketpairs, kept open until QEMU is spawned.
+#[derive(Default)]
+struct ChildEnds(Vec<UnixStream>);
+
+impl ChildEnds {
+    /// A new socketpair: our end, and the number of the child's end (kept here).
+    fn socketpair(&mut self, what: &str) -> Result<(UnixStream, RawFd)> {
+        let (ours, theirs) = UnixStream::pair()
+            .map_err(|e| Error::io(format!("creating the {what} socketpair"), e))?;
+        let fd = theirs.as_raw_fd();
+        self.0.push(theirs);
+        Ok((ours, fd))
+    }
+
+    fn fds(&self) -> Vec<RawFd> {
+        self.0.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+}
+
+enum PendingQmp {
+    Socketpair(UnixStream),
+    Listener(Listener),
+}
+
+impl Machine {
+    /// Spawns QEMU and waits (bounded) until QMP is ready, watching the child meanwhile: if
+    /// QEMU exits first, the error carries its exit status, the command line and its output.
+    /// Works again after shutdown (same configuration, new run dir).
+    ///
+    /// Cancel-safe: QEMU belongs to the machine from the moment it is spawned. If this
+    /// future is dropped, QEMU is left running without QMP: [`kill`](Self::kill),
+    /// [`shutdown`](Self::shutdown) or dropping the machine ends it.
+    ///
+    /// # Errors
+    ///
+    /// - [`ErrorKind::AlreadyRunning`] when QEMU runs (or a dropped launch left it running);
+    /// - [`ErrorKind::Config`] when the configuration cannot work;
+    /// - [`ErrorKind::Io`] / [`ErrorKind::Qmp`] / a probe error when the run dir, log, sockets or
+    ///   monitor cannot be set up (nothing was spawned);
+    /// - [`ErrorKind::Launch`] when QEMU cannot be started, exits before QMP is ready, fails
+    ///   the QMP handshake or is not ready within the launch timeout; the
+    ///   [`LaunchFailure`] says which ([`LaunchReason`]), with status, command line and
+    ///   output. QEMU is reaped by then, and the phase is finished.
+    pub async fn launch(&mut self) -> Result<()> {
+        if self.phase.process().is_some() {
+            return Err(Error::new(
+                self.config.name.clone(),
+                ErrorKind::AlreadyRunning,
+            ));
+        }
+        self.config = self.config().resolve()?;
+        self.events.clear();
+        if !matches!(self.phase, Phase::Configured) {
+            self.enter(|_| (Phase::Configured, ()));
+        }
+        let name = self.config.name.clone();
+        let qtest_accel = match self.config.qtest {
+            true => Probe::of(&self.config.binary).await?.qtest_accel(),
+            false => false,
+        };
+        let run_dir = RunDir::create(&self.config.base_temp_dir, &name)?;
+        let log_dir = self
+            .config
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| run_dir.path().to_path_buf());
+        let log_path = log_dir.join(format!("{name}.log"));
+        let log = create_private(&log_path)?;
+
+        // QEMU's ends of its sockets, inherited under their own numbers.
+        let mut child_ends = ChildEnds::default();
+        let (monitor, pending) = if self.config.qmp_enabled {
+            let (chardev, pending) =
+                prepare_monitor(&self.config, run_dir.path(), &mut child_ends)?;
+            (Some(chardev), Some(pending))
+        } else {
+            (None, None)
+        };
+        let console = self
+            .config
+            .console
+            .is_some()
+            .then(|| child_ends.socketpair("console"))
+            .transpose()?;
+        let qtest = self
+            .config
+            .qtest
+            .then(|| child_ends.socketpair("qtest"))
+            .transpose()?;
+        let guest_agent = self
+            .config
+            .guest_agent
+            .then(|| child_ends.socketpair("guest agent"))
+            .transpose()?;
+        let guest_image = if self.config.builtin_guest {
+            let path = run_dir.path().join("builtin-guest.img");
+            crate::guest::write_image(&path)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            Some(path)
+        } else {
+            None
+        };
+        let console_log = match &self.config.console_log {
+            Some(path) if console.is_some() => Some(create_private(path)?),
+            _ => None,
+        };
+        let argv = command_line(
+            &self.config,
+            &Attachments {
+                monitor,
+                console_fd: console.as_ref().map(|c| c.1),
+                guest_image: guest_image.as_deref(),
+                qtest_fd: qtest.as_ref().map(|c| c.1),
+                qtest_accel,
+                guest_agent_fd: guest_agent.as_ref().map(|c| c.1),
+            },
+        );
+        tracing::debug!(machine = %name, "launching: {}", shell_words(&redact_argv(&argv)));
+
+        let mut inherit = child_ends.fds();
+        inherit.extend(self.config.add_fds.iter().map(|a| a.fd));
+        // Cancel-safe: if this future is dropped here, the spawner kills and reaps the
+        // child nobody will receive, and the run dir goes with `run_dir`.
+        let child = match spawn(&argv, inherit, &log).await {
+            Ok(child) => child,
+            Err(e) => {
+                let kept = run_dir.finish(self.config.keep_run_dir != KeepRunDir::Never);
+                let failure = LaunchFailure {
+                    reason: LaunchReason::Spawn {
+                        program: argv[0].clone(),
+                        source: e,
+                    },
+                    command: redact_argv(&argv),
+                    status: None,
+                    pid: None,
+                    output: String::new(),
+                    run_dir: kept.clone(),
+                };
+                self.enter(|_| {
+                    let finished = Finished {
+                        status: None,
+                        argv,
+                        log: String::new(),
+                        kept_run_dir: kept,
+                        console: None,
+                    };
+                    (Phase::Finished(finished), ())
+                });
+                return Err(Error::new(name, ErrorKind::Launch(Box::new(failure))));
+            }
+        };
+        // QEMU has its ends now; ours must not keep them open.
+        drop(child_ends);
+        let pid = child.id().unwrap_or(0);
+        let mut running = Running {
+            child,
+            pid,
+            argv,
+            qmp: None,
+            subscription: None,
+            console: None,
+            qtest: None,
+            guest_agent: guest_agent.map(|g| g.0),
+            agent: None,
+            run_dir,
+            log_path,
+            quit_issued: false,
+            signals_sent: Vec::new(),
+            exit: None,
+        };
+        // Drained from the first byte: QEMU never blocks on it, and nothing is missed.
+        let sessions = (|| {
+            if let Some((ours, _)) = console {
+                running.console = Some(Console::start(
+                    name.clone(),
+                    ours,
+                    self.config.console_buffer,
+                    console_log,
+                )?);
+            }
+            if let Some((ours, _)) = qtest {
+                running.qtest = Some(Qtest::start(name.clone(), ours, qtest_accel)?);
+            }
+            Ok::<_, Error>(())
+        })();
+        // From here on the phase owns QEMU: a dropped future cannot orphan it.
+        self.enter(|_| (Phase::Launching(running), ()));
+        if let Err(e) = sessions {
+            return Err(self.fail_launch(LaunchReason::Setup(Box::new(e))).await);
+        }
+        if let Some(pending) = pending {
+            let Phase::Launching(running) = &mut self.phase else {
+                unreachable!("the phase was set just above")
+            };
+            if let Err(reason) = connect_qmp(&self.config, running, pending).await {
+                return Err(self.fail_launch(reason).await);
+            }
+        }
+        self.enter(|phase| match phase {
+            Phase::Launching(running) => (Phase::Running(running), ()),
+            other => (other, ()),
+        });
+        Ok(())
+    }
+
+    /// Ends a launch that failed after spawning: waits briefly for QEMU to exit by itself,
+    /// else kills it; reaps it; finishes the run. The process stays in the phase until it
+    /// is reaped (or given up on), so this is cancel-safe too.
+    async fn fail_launch(&mut self, reason: LaunchReason) -> Error {
+        let Some(running) = self.phase.process_mut() else {
+            unreachable!("fail_launch runs while launching")
+        };
+        if running.exit.is_none() {
+            // It may be exiting right now (a bad argument closes the monitor first).
+            running.exit = wait_exit(&mut running.child, EXIT_GRACE).await;
+        }
+        if running.exit.is_none() {
+            running.signals_sent.push(Signal::SIGKILL);
+            signal_group(running.pid, Signal::SIGKILL);
+            running.exit = wait_exit(&mut running.child, REAP_TIMEOUT).await;
+        }
+        running.close_sessions();
+        let output = read_tail(&running.log_path, u64::MAX);
+        let keep = self.config.keep_run_dir != KeepRunDir::Never;
+        let name = self.config.name.clone();
+        self.enter(|phase| {
+            let (Phase::Launching(mut running) | Phase::Running(mut running)) = phase else {
+                unreachable!("fail_launch runs while launching")
+            };
+            if let Some(console) = &running.console {
+                console.stop();
+            }
+            let kept = running.run_dir.finish(keep);
+            let failure = LaunchFailure {
+                reason,
+                command: redact_argv(&running.argv),
+                status: running.exit,
+                pid: Some(running.pid),
+                output: output.clone(),
+                run_dir: kept.clone(),
+            };
+            let finished = Finished {
+                status: running.exit,
+                argv: std::mem::take(&mut running.argv),
+                log: output,
+                kept_run_dir: kept,
+                console: running.console.take(),
+            };
+            (
+                Phase::Finished(finished),
+                Error::new(name, ErrorKind::Launch(Box::new(failure))),
+            )
+        })
+    }
+}
+
+/// Binds or creates the monitor socket; returns the chardev for the command line and our
+/// side.
+fn prepare_monitor(
+    config: &Config,
+    run_dir: &Path,
+    child_ends: &mut ChildEnds,
+) -> Result<(MonitorChardev, PendingQmp)> {
+    let wrap = |e: qmp::Error| Error::qmp(config.name.clone(), e);
+    Ok(match &config.monitor {
+        Monitor::Socketpair => {
+            let (ours, fd) = child_ends.socketpair("QMP")?;
+            (MonitorChardev::Fd(fd), PendingQmp::Socketpair(ours))
+        }
+        Monitor::Unix(path) => {
+            let path = run_dir.join(path);
+            let listener = Listener::bind_unix(&path).map_err(wrap)?;
+            (
+                MonitorChardev::Unix(path.display().to_string()),
+                PendingQmp::Listener(listener),
+            )
+        }
+        Monitor::Tcp(host, port) => {
+            let listener = Listener::bind_tcp(host, *port).map_err(wrap)?;
+            let qmp::Address::Tcp(host, port) = listener.address().clone() else {
+                unreachable!("a TCP listener has a TCP address")
+            };
+            (
+                MonitorChardev::Tcp(host, port),
+                PendingQmp::Listener(listener),
+            )
+        }
+    })
+}
+
+/// Waits for the greeting and negotiation while watching the child; on failure returns
+/// why, with the child still to be cleaned up.
+async fn connect_qmp(
+    config: &Config,
+    running: &mut Running,
+    pending: PendingQmp,
+) -> std::result::Result<(), LaunchReason> {
+    let timeout = config.launch_timeout;
+    let mut builder = qmp::Client::builder()
+        .name(config.name.clone())
+        .greeting_timeout(timeout)
+        .subscribe_from_start(EventFilter::all());
+    if config.qmp_transcript {
+        builder = builder.transcript(running.run_dir.path().join("qmp.log"));
+    }
+    let connect = async move {
+        match pending {
+            PendingQmp::Socketpair(stream) => builder.adopt_unix(stream).await,
+            PendingQmp::Listener(listener) => listener.accept(builder, timeout).await,
+        }
+    };
+    tokio::select! {
+        client = connect => match client {
+            Ok(client) => {
+                running.subscription = client.take_initial_subscription();
+                running.qmp = Some(client);
+                Ok(())
+            }
+            // The greeting deadline is the launch deadline: one kind, whichever fires first.
+            Err(e) if e.is_timeout() => Err(LaunchReason::QmpTimeout(timeout)),
+            Err(e) => Err(LaunchReason::Qmp(Box::new(e))),
+        },
+        status = running.child.wait() => {
+            running.exit = status.ok();
+            Err(LaunchReason::ExitedBeforeQmp)
+        }
+        _ = tokio::time::sleep(timeout) => Err(LaunchReason::QmpTimeout(timeout)),
+    }
+}
+
+pub(crate) fn create_private(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
+}
