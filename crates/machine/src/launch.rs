@@ -1,7 +1,7 @@
 //! Launching: run dir, sockets, command line, spawn, then QMP while watching the child.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -36,8 +36,8 @@ impl ChildEnds {
         Ok((ours, fd))
     }
 
-    fn fds(&self) -> Vec<RawFd> {
-        self.0.iter().map(AsRawFd::as_raw_fd).collect()
+    fn into_fds(self) -> Vec<OwnedFd> {
+        self.0.into_iter().map(OwnedFd::from).collect()
     }
 }
 
@@ -141,11 +141,10 @@ impl Machine {
         );
         tracing::debug!(machine = %name, "launching: {}", shell_words(&redact_argv(&argv)));
 
-        let mut inherit = child_ends.fds();
-        inherit.extend(self.config.add_fds.iter().map(|a| a.fd));
+        let add_fds: Vec<RawFd> = self.config.add_fds.iter().map(|a| a.fd).collect();
         // Cancel-safe: if this future is dropped here, the spawner kills and reaps the
         // child nobody will receive, and the run dir goes with `run_dir`.
-        let child = match spawn(&argv, inherit, &log).await {
+        let child = match spawn(&argv, child_ends.into_fds(), &add_fds, &log).await {
             Ok(child) => child,
             Err(e) => {
                 let kept = run_dir.finish(self.config.keep_run_dir != KeepRunDir::Never);
@@ -173,8 +172,6 @@ impl Machine {
                 return Err(Error::new(name, ErrorKind::Launch(Box::new(failure))));
             }
         };
-        // QEMU has its ends now; ours must not keep them open.
-        drop(child_ends);
         let pid = child.id().unwrap_or(0);
         let mut running = Running {
             child,

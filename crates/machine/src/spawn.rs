@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -23,6 +23,10 @@ use tokio::sync::oneshot;
 
 struct SpawnRequest {
     command: std::process::Command,
+    /// The child's ends of its sockets: open until the fork is done, so that their numbers,
+    /// named on the command line and in `pre_exec`, cannot be reused meanwhile (a launch
+    /// future dropped during the spawn would otherwise close them under the fork).
+    child_fds: Vec<OwnedFd>,
     runtime: Handle,
     reply: oneshot::Sender<io::Result<Child>>,
 }
@@ -40,7 +44,14 @@ fn spawner() -> io::Result<mpsc::Sender<SpawnRequest>> {
         .spawn(move || {
             for request in requests {
                 let _runtime = request.runtime.enter();
-                let child = tokio::process::Command::from(request.command).spawn();
+                // This thread must never end: every QEMU it forked dies with it (the death
+                // signal is tied to the forking thread), so a panic in `spawn` is an error.
+                let mut command = tokio::process::Command::from(request.command);
+                let child =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| command.spawn()))
+                        .unwrap_or_else(|_| Err(io::Error::other("spawning QEMU panicked")));
+                // The child has its copies now (or never will): ours must not stay open.
+                drop(request.child_fds);
                 if let Err(Ok(child)) = request.reply.send(child) {
                     // The launch was cancelled while we spawned: nobody owns this QEMU.
                     reap_unclaimed(child);
@@ -51,9 +62,20 @@ fn spawner() -> io::Result<mpsc::Sender<SpawnRequest>> {
     Ok(sender)
 }
 
-/// Spawns `argv` with stdin from /dev/null, stdout and stderr into `log`, and `inherit`
-/// kept open under their numbers.
-pub(crate) async fn spawn(argv: &[String], inherit: Vec<RawFd>, log: &File) -> io::Result<Child> {
+/// Spawns `argv` with stdin from /dev/null, stdout and stderr into `log`, and `child_fds`
+/// and `also_inherit` kept open under their numbers. `child_fds` are closed here once the
+/// child has them.
+pub(crate) async fn spawn(
+    argv: &[String],
+    child_fds: Vec<OwnedFd>,
+    also_inherit: &[RawFd],
+    log: &File,
+) -> io::Result<Child> {
+    let inherit: Vec<RawFd> = child_fds
+        .iter()
+        .map(AsRawFd::as_raw_fd)
+        .chain(also_inherit.iter().copied())
+        .collect();
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command line"))?;
@@ -92,6 +114,7 @@ pub(crate) async fn spawn(argv: &[String], inherit: Vec<RawFd>, log: &File) -> i
     spawner()?
         .send(SpawnRequest {
             command,
+            child_fds,
             runtime: Handle::current(),
             reply,
         })
