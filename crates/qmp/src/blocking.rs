@@ -37,6 +37,10 @@ use crate::events::EventFilter;
 use crate::message::{Event, Greeting, Response};
 use crate::server::Listener;
 
+/// How long no blocking call may be in progress before the background thread takes the
+/// runtime back (see [`IoDriver`]).
+const TAKEOVER_GRACE: Duration = Duration::from_millis(2);
+
 /// The runtime behind every blocking client, and who drives it.
 ///
 /// A current-thread runtime is driven by whichever thread is inside its `block_on`. A
@@ -44,8 +48,6 @@ use crate::server::Listener;
 /// events are read between calls; a blocking call takes the runtime over for its own
 /// duration, so its reply is read on the caller's thread with no second thread to wake (the
 /// hand-over happens while QEMU is still working on the command).
-const TAKEOVER_GRACE: Duration = Duration::from_millis(2);
-
 struct IoDriver {
     runtime: Runtime,
     calls: Mutex<Calls>,
