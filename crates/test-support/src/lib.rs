@@ -1,6 +1,6 @@
 //! What the workspace's tests, examples and benchmarks share: which QEMU build to run
 //! ([`binaries`]), and checks that nothing is left behind ([`processes`]); with the
-//! feature `machine`, the machine crate's test helpers ([`machine`]).
+//! feature `machine`, the machine crate's test helpers (the `machine` module).
 //!
 //! Dev-only: no library of the workspace depends on it.
 
