@@ -285,3 +285,34 @@ fn a_signal_during_launch_aborts_it() {
         "{output}"
     );
 }
+
+#[test]
+fn the_escape_key_works_when_the_guest_stops_reading() {
+    // -S: the guest never runs, so its UART is never read and the console socket fills up.
+    let scratch = Scratch::new();
+    let mut vm = OnPty::spawn(&mut scratch.run(&["--", "-S"]));
+    let output = vm.expect("(pid ", 1);
+    let qemu = pid_in(&output);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vm.termios().local_flags.contains(LocalFlags::ICANON) {
+        assert!(Instant::now() < deadline, "never went raw");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let chunk = [b'a'; 4096];
+    for _ in 0..256 {
+        vm.send(&chunk);
+    }
+    let start = Instant::now();
+    vm.send(b"\x1dq");
+    let status = vm.wait_timeout(Duration::from_secs(5));
+    eprintln!("detached after {:?}", start.elapsed());
+    let output = vm.output();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {output}");
+    assert!(
+        output.contains("guest is not reading its console;")
+            && output.contains("bytes of input dropped"),
+        "{output}"
+    );
+    assert_gone(qemu);
+    assert_eq!(dir_entries(&scratch.base()), Vec::<String>::new());
+}
