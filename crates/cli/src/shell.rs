@@ -13,9 +13,10 @@ use rustyline::{Editor, ExternalPrinter, Helper, Highlighter, Hinter, Validator}
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 
-use crate::args::ShellArgs;
+use crate::args::{optional_seconds, ShellArgs};
 use crate::failure::{qmp_error_text, Failure, Outcome};
 use crate::output::print_json;
+use crate::tools::client_builder;
 
 /// What one shell line turned into.
 enum Reply {
@@ -128,7 +129,8 @@ impl Session {
 /// per input line for scripts.
 pub(crate) async fn shell(args: ShellArgs) -> Outcome {
     let address = args.address.parse()?;
-    let mut builder = Client::builder().name("shell");
+    let timeout = optional_seconds(args.timeout, "--timeout")?;
+    let mut builder = client_builder("shell", timeout);
     if args.no_negotiate {
         builder = builder.await_greeting(false).negotiate(false);
     }

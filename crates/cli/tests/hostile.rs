@@ -316,3 +316,133 @@ fn the_escape_key_works_when_the_guest_stops_reading() {
     assert_gone(qemu);
     assert_eq!(dir_entries(&scratch.base()), Vec::<String>::new());
 }
+
+/// How a test QMP peer behaves once it accepted a connection.
+#[derive(Clone, Copy)]
+enum Peer {
+    /// Never sends a byte.
+    Silent,
+    /// Greets, answers `qmp_capabilities`, then never answers again.
+    GreetsThenMute,
+    /// Closes the connection at once.
+    Closes,
+}
+
+/// A UNIX socket in `dir` served by `peer` on a thread, to any number of connections (held
+/// open until the test ends).
+fn peer(dir: &Path, name: &str, peer: Peer) -> PathBuf {
+    use std::io::{BufRead, BufReader, Write};
+    let path = dir.join(name);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            match peer {
+                Peer::Silent => held.push(stream),
+                Peer::Closes => drop(stream),
+                Peer::GreetsThenMute => {
+                    let greeting = r#"{"QMP": {"version": {"qemu": {"major": 10, "minor": 0, "micro": 2}, "package": ""}, "capabilities": []}}"#;
+                    let _ = write!(stream, "{greeting}\r\n");
+                    let mut line = String::new();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    if reader.read_line(&mut line).is_ok() {
+                        let request: serde_json::Value =
+                            serde_json::from_str(&line).unwrap_or_default();
+                        let reply = serde_json::json!({"return": {}, "id": request["id"]});
+                        let _ = write!(stream, "{reply}\r\n");
+                    }
+                    held.push(stream);
+                }
+            }
+        }
+    });
+    path
+}
+
+/// Runs `qemu-machine ARGS` with stdin from `input`; returns its status, stderr and how
+/// long it took.
+fn timed(args: &[&str], input: &str) -> (ExitStatus, String, Duration) {
+    let start = Instant::now();
+    let output = qemu_test_support::cli::output_with_input(bin().args(args), input.as_bytes());
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        start.elapsed(),
+    )
+}
+
+#[test]
+fn exec_times_out_against_a_silent_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = peer(dir.path(), "silent.sock", Peer::Silent);
+    let mute = peer(dir.path(), "mute.sock", Peer::GreetsThenMute);
+    let (silent, mute) = (silent.to_str().unwrap(), mute.to_str().unwrap());
+    let bound = Duration::from_secs(2); // --timeout 1, plus 1 s
+    let cases: [(&[&str], &str, &str); 6] = [
+        (&["exec", "--timeout", "1", silent, "query-status"], "", "the QMP greeting"),
+        (&["exec", "--timeout", "1", mute, "query-status"], "", "the reply to `query-status`"),
+        (&["qom", "--timeout", "1", silent, "list"], "", "the QMP greeting"),
+        (&["qom", "--timeout", "1", mute, "tree"], "", "`qom-list`|walking the QOM tree under /"),
+        (&["shell", "--timeout", "1", silent], "query-status\n", "the QMP greeting"),
+        (&["shell", "--timeout", "1", mute], "query-status\n", "the reply to `query-status`"),
+    ];
+    for (args, input, awaited) in cases {
+        let (status, stderr, took) = timed(args, input);
+        eprintln!("{args:?}: {status} after {took:?}");
+        assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(took < bound, "{args:?} took {took:?}");
+        // The per-command deadline and `qom tree`'s overall one are the same: either says.
+        assert!(
+            stderr.contains("timed out") && awaited.split('|').any(|a| stderr.contains(a)),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn huge_timeouts_do_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let closes = peer(dir.path(), "closes.sock", Peer::Closes);
+    let closes = closes.to_str().unwrap();
+    let qemu = fake_qemu(dir.path(), "qemu-fails", "exit 1");
+    let qemu = qemu.to_str().unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    for huge in ["1e19", "1e300", "inf"] {
+        let cases: [&[&str]; 5] = [
+            &["events", "--timeout", huge, closes],
+            &["exec", "--timeout", huge, closes, "query-status"],
+            &["qom", "--timeout", huge, closes, "tree"],
+            &["shell", "--timeout", huge, closes],
+            &["run", "--timeout", huge, "--binary", qemu],
+        ];
+        for args in cases {
+            let start = Instant::now();
+            let output = qemu_test_support::cli::output_with_input(
+                bin().env("XDG_RUNTIME_DIR", &base).args(args),
+                b"query-status\n",
+            );
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            eprintln!("{args:?}: {} after {:?}", output.status, start.elapsed());
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+            assert!(!stderr.contains("internal error"), "{args:?}: {stderr}");
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        }
+        // `ga` keeps retrying an agent that hangs up until its deadline (here: for ever):
+        // it must be waiting, not dead of an overflow.
+        let mut ga = Piped::spawn(bin().args(["ga", "--timeout", huge, closes, "ping"]));
+        assert!(ga.wait_timeout(Duration::from_secs(1)).is_none(), "{}", ga.output());
+        assert!(!ga.output().contains("panicked"), "{}", ga.output());
+    }
+    for bad in ["-1", "NaN", "-inf"] {
+        let output = qemu_test_support::cli::output_with_input(
+            bin().args(["exec", &format!("--timeout={bad}"), closes, "query-status"]),
+            b"",
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("must be a positive number of seconds"), "{stderr}");
+    }
+    assert_eq!(dir_entries(&base), Vec::<String>::new());
+}
