@@ -92,7 +92,10 @@ pub(crate) fn seconds(value: f64, what: &str) -> Result<Duration, Failure> {
 }
 
 /// An optional `--timeout`: see [`seconds`].
-pub(crate) fn optional_seconds(value: Option<f64>, what: &str) -> Result<Option<Duration>, Failure> {
+pub(crate) fn optional_seconds(
+    value: Option<f64>,
+    what: &str,
+) -> Result<Option<Duration>, Failure> {
     value.map(|value| seconds(value, what)).transpose()
 }
 

@@ -16,6 +16,7 @@ use tokio::io::AsyncBufReadExt;
 use crate::args::{optional_seconds, ShellArgs};
 use crate::failure::{qmp_error_text, Failure, Outcome};
 use crate::output::print_json;
+use crate::term::sanitize;
 use crate::tools::client_builder;
 
 /// What one shell line turned into.
@@ -273,7 +274,7 @@ async fn interactive(mut session: Session, pretty: bool) -> Outcome {
             match runtime.block_on(session.line(&line)) {
                 Ok(reply) => reply.print(pretty),
                 Err(failure) if !session.client.is_connected() => return Err(failure),
-                Err(failure) => eprintln!("error: {}", failure.message_text()),
+                Err(failure) => eprintln!("error: {}", sanitize(failure.message_text())),
             }
         }
         if let Some(path) = &history {

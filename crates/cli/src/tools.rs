@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::args::{
-    optional_seconds, seconds, AccelArgs, Address, EventsArgs, ExecArgs, FsfreezeAction, GaAction, GaArgs,
-    VersionArgs,
+    optional_seconds, seconds, AccelArgs, Address, EventsArgs, ExecArgs, FsfreezeAction, GaAction,
+    GaArgs, VersionArgs,
 };
 use crate::failure::{exit_status_code, Failure, Outcome};
 use crate::output::print_json;

@@ -380,12 +380,36 @@ fn exec_times_out_against_a_silent_peer() {
     let (silent, mute) = (silent.to_str().unwrap(), mute.to_str().unwrap());
     let bound = Duration::from_secs(2); // --timeout 1, plus 1 s
     let cases: [(&[&str], &str, &str); 6] = [
-        (&["exec", "--timeout", "1", silent, "query-status"], "", "the QMP greeting"),
-        (&["exec", "--timeout", "1", mute, "query-status"], "", "the reply to `query-status`"),
-        (&["qom", "--timeout", "1", silent, "list"], "", "the QMP greeting"),
-        (&["qom", "--timeout", "1", mute, "tree"], "", "`qom-list`|walking the QOM tree under /"),
-        (&["shell", "--timeout", "1", silent], "query-status\n", "the QMP greeting"),
-        (&["shell", "--timeout", "1", mute], "query-status\n", "the reply to `query-status`"),
+        (
+            &["exec", "--timeout", "1", silent, "query-status"],
+            "",
+            "the QMP greeting",
+        ),
+        (
+            &["exec", "--timeout", "1", mute, "query-status"],
+            "",
+            "the reply to `query-status`",
+        ),
+        (
+            &["qom", "--timeout", "1", silent, "list"],
+            "",
+            "the QMP greeting",
+        ),
+        (
+            &["qom", "--timeout", "1", mute, "tree"],
+            "",
+            "`qom-list`|walking the QOM tree under /",
+        ),
+        (
+            &["shell", "--timeout", "1", silent],
+            "query-status\n",
+            "the QMP greeting",
+        ),
+        (
+            &["shell", "--timeout", "1", mute],
+            "query-status\n",
+            "the reply to `query-status`",
+        ),
     ];
     for (args, input, awaited) in cases {
         let (status, stderr, took) = timed(args, input);
@@ -432,7 +456,11 @@ fn huge_timeouts_do_not_panic() {
         // `ga` keeps retrying an agent that hangs up until its deadline (here: for ever):
         // it must be waiting, not dead of an overflow.
         let mut ga = Piped::spawn(bin().args(["ga", "--timeout", huge, closes, "ping"]));
-        assert!(ga.wait_timeout(Duration::from_secs(1)).is_none(), "{}", ga.output());
+        assert!(
+            ga.wait_timeout(Duration::from_secs(1)).is_none(),
+            "{}",
+            ga.output()
+        );
         assert!(!ga.output().contains("panicked"), "{}", ga.output());
     }
     for bad in ["-1", "NaN", "-inf"] {
@@ -442,7 +470,82 @@ fn huge_timeouts_do_not_panic() {
         );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{bad}: {stderr}");
-        assert!(stderr.contains("must be a positive number of seconds"), "{stderr}");
+        assert!(
+            stderr.contains("must be a positive number of seconds"),
+            "{stderr}"
+        );
     }
+    assert_eq!(dir_entries(&base), Vec::<String>::new());
+}
+
+#[test]
+fn keep_run_dir_prints_where() {
+    let scratch = Scratch::new();
+    let mut vm = Piped::spawn(&mut scratch.run(&["--keep-run-dir"]));
+    vm.expect("READY");
+    vm.close_stdin();
+    let status = vm.wait_timeout(Duration::from_secs(SHUTDOWN_TIMEOUT + 2));
+    let output = vm.output();
+    assert!(status.is_some_and(|s| s.success()), "{output}");
+    let kept = output
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("qemu-machine: run dir kept at "))
+        .unwrap_or_else(|| panic!("no kept path in {output}"));
+    let kept = PathBuf::from(kept);
+    assert!(kept.is_dir(), "{output}");
+    assert_eq!(kept.parent(), Some(scratch.base().as_path()));
+    assert!(dir_entries(&kept).iter().any(|name| name.ends_with(".log")));
+    std::fs::remove_dir_all(&kept).unwrap();
+}
+
+#[test]
+fn commas_in_image_paths() {
+    // Unescaped, QEMU would read `x/disk.img` as another -drive option and refuse it.
+    let scratch = Scratch::new();
+    let dir = scratch.path().join("dir,x");
+    std::fs::create_dir(&dir).unwrap();
+    let image = dir.join("disk.img");
+    qemu_machine::guest::write_image(&image).unwrap();
+    let mut vm = Piped::spawn(&mut scratch.run(&["--image", image.to_str().unwrap()]));
+    let output = vm.expect("READY");
+    let qemu = pid_in(&output);
+    vm.close_stdin();
+    let status = vm.wait_timeout(Duration::from_secs(SHUTDOWN_TIMEOUT + 2));
+    assert!(status.is_some_and(|s| s.success()), "{}", vm.output());
+    assert_gone(qemu);
+    assert_eq!(dir_entries(&scratch.base()), Vec::<String>::new());
+}
+
+#[test]
+fn qemu_output_escapes_are_neutralised() {
+    // A "QEMU" that tries to retitle the terminal, clear it, and start a C1 CSI.
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = fake_qemu(
+        dir.path(),
+        "qemu-hostile",
+        r"printf '\033]0;pwned\007\033[2J\302\23331mred\n' >&2; exit 1",
+    );
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    let output = qemu_test_support::cli::output_with_input(
+        bin()
+            .env("XDG_RUNTIME_DIR", &base)
+            .args(["run", "--binary"])
+            .arg(&qemu),
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        !output.stderr.iter().any(|b| matches!(b, 0x07 | 0x1b)),
+        "{:?}",
+        output.stderr
+    );
+    assert!(!stderr.contains('\u{9b}'), "{stderr}");
+    // Shown, not obeyed.
+    assert!(
+        stderr.contains(r"\x1b]0;pwned\x07\x1b[2J\u{9b}31mred"),
+        "{stderr}"
+    );
     assert_eq!(dir_entries(&base), Vec::<String>::new());
 }
