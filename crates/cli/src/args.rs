@@ -159,10 +159,11 @@ pub(crate) struct ShellArgs {
     /// Pretty-print replies.
     #[arg(short, long)]
     pub(crate) pretty: bool,
-    /// Echo the JSON sent.
+    /// Echo the JSON sent (secrets redacted).
     #[arg(short, long)]
     pub(crate) verbose: bool,
-    /// Append each command and its reply to this file, as JSON lines.
+    /// Append each command and its reply to this file, as JSON lines with secrets redacted
+    /// (created 0600; a symlink is not followed).
     #[arg(short, long, value_name = "LOG")]
     pub(crate) log: Option<PathBuf>,
     /// No greeting or negotiation (for qemu-ga).

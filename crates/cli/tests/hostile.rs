@@ -549,3 +549,49 @@ fn qemu_output_escapes_are_neutralised() {
     );
     assert_eq!(dir_entries(&base), Vec::<String>::new());
 }
+
+#[test]
+fn shell_log_is_private_and_redacted() {
+    use std::os::unix::fs::PermissionsExt;
+    let qemu = qemu_test_support::cli::Qemu::start(&["-machine", "none"]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("shell.log");
+    // umask is per process: 000 in the child, which would make a plain create 0666.
+    let shell = |log: &Path| {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_qemu-machine"))
+            .args(["shell", "--verbose", "--log"])
+            .arg(log)
+            .arg(qemu.address())
+            .env_remove("QMP_SOCKET");
+        command
+    };
+    let input = "object-add qom-type=secret id=s0 data=hunter2\nquery-status\n";
+    let output = qemu_test_support::cli::output_with_input(&mut shell(&log), input.as_bytes());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(logged.lines().count(), 2, "{logged}");
+    assert!(!logged.contains("hunter2"), "{logged}");
+    assert!(logged.contains(r#""data":"<redacted>""#), "{logged}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(stderr.contains("<redacted>"), "{stderr}");
+
+    // A symlink at the log path is not followed: the file it points at stays as it was.
+    let target = dir.path().join("target");
+    std::fs::write(&target, "untouched").unwrap();
+    let link = dir.path().join("link.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let output = qemu_test_support::cli::output_with_input(&mut shell(&link), input.as_bytes());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is a symlink; not following it"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+}
