@@ -155,6 +155,22 @@ pub(crate) fn claim_socket_path(path: &std::path::Path) -> Result<(), Failure> {
     }
 }
 
+/// What `run` needs of a launched VM: its QMP client, the `--qmp` multiplexer, the console.
+fn attach(
+    vm: &Machine,
+    args: &RunArgs,
+) -> Result<(qmp::Client, Option<Multiplexer>, qemu_machine::Console), Failure> {
+    let client = vm
+        .qmp_client()
+        .ok_or_else(|| Failure::new("the VM has no QMP monitor"))?;
+    let mux = match &args.qmp {
+        Some(path) => Some(Multiplexer::serve(client.clone(), path)?),
+        None => None,
+    };
+    let console = vm.console()?;
+    Ok((client, mux, console))
+}
+
 /// `qemu-machine run`: boots the VM, connects this terminal to its serial console until the
 /// user detaches or QEMU exits, and exits with QEMU's status.
 ///
@@ -194,14 +210,14 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         return Ok(caught.exit_status());
     }
     launched?;
-    let client = vm
-        .qmp_client()
-        .ok_or_else(|| Failure::new("the VM has no QMP monitor"))?;
-    let mux = match &args.qmp {
-        Some(path) => Some(Multiplexer::serve(client.clone(), path)?),
-        None => None,
+    let (client, mux, console) = match attach(&vm, &args) {
+        Ok(attached) => attached,
+        Err(failure) => {
+            // Nothing half-done stays: QEMU goes, and with it the run dir.
+            let _ = vm.kill().await;
+            return Err(failure);
+        }
     };
-    let console = vm.console()?;
     let pid = vm.pid();
     status_line(&format!(
         "qemu-machine: VM running (pid {}){}; Ctrl-] then q detaches and shuts it down",

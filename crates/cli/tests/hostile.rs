@@ -595,3 +595,37 @@ fn shell_log_is_private_and_redacted() {
     );
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
 }
+
+#[test]
+fn run_cleans_up_on_sigquit() {
+    let scratch = Scratch::new();
+    let mut vm = Piped::spawn(&mut scratch.run(&[]));
+    let qemu = pid_in(&vm.expect("READY"));
+    send(vm.id(), Signal::SIGQUIT);
+    let status = vm.wait_timeout(Duration::from_secs(SHUTDOWN_TIMEOUT + 2));
+    assert_cleaned_up(&scratch, status, Signal::SIGQUIT, qemu, &vm.output());
+}
+
+#[test]
+fn a_second_signal_kills_a_vm_that_does_not_quit() {
+    // QEMU stopped: `quit` is not answered, so the graceful shutdown would take the whole
+    // --timeout; the second SIGTERM cuts it short.
+    let scratch = Scratch::new();
+    let mut vm = Piped::spawn(&mut scratch.run(&[]));
+    let qemu = pid_in(&vm.expect("READY"));
+    send(qemu, Signal::SIGSTOP);
+    send(vm.id(), Signal::SIGTERM);
+    vm.expect("SIGTERM: shutting the VM down");
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    send(vm.id(), Signal::SIGTERM);
+    let status = vm.wait_timeout(Duration::from_secs(SHUTDOWN_TIMEOUT + 2));
+    eprintln!("second signal: exited after {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(2), "{}", vm.output());
+    assert!(
+        vm.output().contains("SIGTERM: killing QEMU"),
+        "{}",
+        vm.output()
+    );
+    assert_cleaned_up(&scratch, status, Signal::SIGTERM, qemu, &vm.output());
+}
