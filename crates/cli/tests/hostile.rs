@@ -298,12 +298,25 @@ fn the_escape_key_works_when_the_guest_stops_reading() {
         assert!(Instant::now() < deadline, "never went raw");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let chunk = [b'a'; 4096];
-    for _ in 0..256 {
-        vm.send(&chunk);
-    }
-    let start = Instant::now();
-    vm.send(b"\x1dq");
+    // Typed from a thread: if the escape key were stuck behind the flood, the typing would
+    // block and the test fail on its deadline instead of hanging.
+    let mut keyboard = vm.keyboard();
+    let (typed, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let chunk = [b'a'; 4096];
+        for _ in 0..256 {
+            if keyboard.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        if keyboard.write_all(b"\x1dq").is_ok() {
+            let _ = typed.send(Instant::now());
+        }
+    });
+    let start = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("1 MiB of typing did not go through within 10 s");
     let status = vm.wait_timeout(Duration::from_secs(5));
     eprintln!("detached after {:?}", start.elapsed());
     let output = vm.output();

@@ -149,6 +149,12 @@ impl OnPty {
         }
     }
 
+    /// Another handle on the terminal's input side, for typing from another thread (e.g.
+    /// when the typing may block because the child stops reading).
+    pub fn keyboard(&self) -> File {
+        self.master.try_clone().unwrap()
+    }
+
     /// Types `bytes` on the terminal.
     pub fn send(&mut self, bytes: &[u8]) {
         self.master.write_all(bytes).unwrap();
