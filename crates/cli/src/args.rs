@@ -25,7 +25,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Boot a VM (the built-in guest unless a kernel or image is given) with this terminal
     /// as its serial console. Ctrl-] then q detaches and shuts it down; Ctrl-C goes to the
-    /// guest; QMP events are printed on stderr.
+    /// guest; QMP events are printed on stderr. SIGTERM, SIGHUP, SIGINT or SIGQUIT shut it
+    /// down too (a second one kills it), and the exit status is then 128 + the signal.
     Run(RunArgs),
     /// An interactive QMP shell (qmp-shell syntax: `command key=value ...`); reads lines
     /// and prints one JSON reply per line when stdin is not a terminal.
