@@ -25,7 +25,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Boot a VM (the built-in guest unless a kernel or image is given) with this terminal
     /// as its serial console. Ctrl-] then q detaches and shuts it down; Ctrl-C goes to the
-    /// guest; QMP events are printed on stderr.
+    /// guest; QMP events are printed on stderr. SIGTERM, SIGHUP, SIGINT or SIGQUIT shut it
+    /// down too (a second one kills it), and the exit status is then 128 + the signal.
     Run(RunArgs),
     /// An interactive QMP shell (qmp-shell syntax: `command key=value ...`); reads lines
     /// and prints one JSON reply per line when stdin is not a terminal.
@@ -74,12 +75,29 @@ pub(crate) struct QemuBinary {
     pub(crate) binary: String,
 }
 
-/// A `--timeout`-like number of seconds as a duration, or a usage failure (exit status 2)
-/// naming `what` when it is negative, not a number or too large.
+/// The longest any deadline here is: 100 years, "no deadline" in effect. Longer ones (up to
+/// `inf`) are cut to it, so that no `Instant + Duration`, here or in the libraries, can
+/// overflow and panic.
+pub(crate) const LONGEST_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A `--timeout`-like number of seconds as a duration (at most [`LONGEST_TIMEOUT`]), or a
+/// usage failure (exit status 2) naming `what` when it is negative or not a number.
 pub(crate) fn seconds(value: f64, what: &str) -> Result<Duration, Failure> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        Failure::with_status(format!("{what} must be a positive number of seconds"), 2)
-    })
+    if value.is_nan() || value < 0.0 {
+        return Err(Failure::with_status(
+            format!("{what} must be a positive number of seconds"),
+            2,
+        ));
+    }
+    Ok(Duration::try_from_secs_f64(value).map_or(LONGEST_TIMEOUT, |d| d.min(LONGEST_TIMEOUT)))
+}
+
+/// An optional `--timeout`: see [`seconds`].
+pub(crate) fn optional_seconds(
+    value: Option<f64>,
+    what: &str,
+) -> Result<Option<Duration>, Failure> {
+    value.map(|value| seconds(value, what)).transpose()
 }
 
 /// The accelerator choice of `run`.
@@ -142,15 +160,19 @@ pub(crate) struct ShellArgs {
     /// Pretty-print replies.
     #[arg(short, long)]
     pub(crate) pretty: bool,
-    /// Echo the JSON sent.
+    /// Echo the JSON sent (secrets redacted).
     #[arg(short, long)]
     pub(crate) verbose: bool,
-    /// Append each command and its reply to this file, as JSON lines.
+    /// Append each command and its reply to this file, as JSON lines with secrets redacted
+    /// (created 0600; a symlink is not followed).
     #[arg(short, long, value_name = "LOG")]
     pub(crate) log: Option<PathBuf>,
     /// No greeting or negotiation (for qemu-ga).
     #[arg(short = 'N', long)]
     pub(crate) no_negotiate: bool,
+    /// Deadline in seconds for the connection, the greeting, and each command.
+    #[arg(long, value_name = "S")]
+    pub(crate) timeout: Option<f64>,
     #[command(flatten)]
     pub(crate) address: Address,
 }
@@ -167,6 +189,9 @@ pub(crate) struct ExecArgs {
     /// Pretty-print the result.
     #[arg(short, long)]
     pub(crate) pretty: bool,
+    /// Deadline in seconds for the connection, the greeting, and the command.
+    #[arg(long, value_name = "S")]
+    pub(crate) timeout: Option<f64>,
 }
 
 /// The arguments of `events`.
@@ -195,6 +220,10 @@ pub(crate) struct QomArgs {
     /// Output JSON.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// Deadline in seconds for the connection, the greeting, and each command (`tree`:
+    /// for the whole walk).
+    #[arg(long, value_name = "S", global = true)]
+    pub(crate) timeout: Option<f64>,
 }
 
 // What `qom` does; each variant's doc comment is its help.
@@ -331,11 +360,26 @@ pub(crate) struct VersionArgs {
 mod tests {
     use clap::{CommandFactory, ValueEnum};
 
-    use super::{Cli, ShutdownMode};
+    use super::{seconds, Cli, ShutdownMode, LONGEST_TIMEOUT};
 
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeouts_saturate_and_reject_nonsense() {
+        assert_eq!(seconds(1.5, "t").unwrap().as_millis(), 1500);
+        for huge in [1e19, 1e300, f64::INFINITY] {
+            assert_eq!(seconds(huge, "t").unwrap(), LONGEST_TIMEOUT);
+        }
+        for bad in [-1.0, f64::NAN, f64::NEG_INFINITY] {
+            assert!(seconds(bad, "t").is_err());
+        }
+        let far = std::time::Instant::now().checked_add(LONGEST_TIMEOUT);
+        assert!(far.is_some());
+        let far = tokio::time::Instant::now().checked_add(LONGEST_TIMEOUT);
+        assert!(far.is_some());
     }
 
     #[test]

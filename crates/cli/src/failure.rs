@@ -1,6 +1,7 @@
 //! How a command fails: the one type every subcommand returns its error as, and how it is
 //! shown (one line on stderr, any detail indented below it) with its exit status.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 /// A failure to report: one line on stderr and an exit status.
@@ -37,12 +38,15 @@ impl Failure {
     }
 
     /// Prints the failure on stderr: `qemu-machine: ` and its first line, then the rest
-    /// (command lines, output) indented; returns its exit status.
+    /// (command lines, output) indented, with control characters from QEMU or a peer
+    /// rendered harmless; returns its exit status. A stderr that is gone is ignored.
     pub(crate) fn report(&self) -> ExitCode {
-        let mut lines = self.message.lines();
-        eprintln!("qemu-machine: {}", lines.next().unwrap_or("failed"));
+        let message = crate::term::sanitize(&self.message);
+        let mut lines = message.lines();
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "qemu-machine: {}", lines.next().unwrap_or("failed"));
         for line in lines {
-            eprintln!("  {}", line.trim_start());
+            let _ = writeln!(stderr, "  {}", line.trim_start());
         }
         ExitCode::from(self.status)
     }

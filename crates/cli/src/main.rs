@@ -10,9 +10,11 @@ mod output;
 mod qom;
 mod run;
 mod shell;
+mod signals;
 mod term;
 mod tools;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -29,9 +31,14 @@ fn main() -> ExitCode {
             nix::sys::signal::SigHandler::SigDfl,
         );
     }
-    // Never a backtrace in a user's face: one line, and where to report it.
+    // Never a backtrace in a user's face: one line, and where to report it; and never a
+    // terminal left raw.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("qemu-machine: internal error: {info} (please report this)");
+        term::restore_terminal();
+        let _ = writeln!(
+            std::io::stderr(),
+            "qemu-machine: internal error: {info} (please report this)"
+        );
     }));
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -5,14 +5,15 @@ use qemu_machine_cli::shell_syntax::parse_value;
 use qmp::Client;
 use serde_json::{json, Map, Value};
 
-use crate::args::{QomAction, QomArgs};
+use crate::args::{optional_seconds, QomAction, QomArgs};
 use crate::failure::{qmp_error_text, Failure, Outcome};
 use crate::output::print_json;
 use crate::tools::connect;
 
 /// `qemu-machine qom`: one action on the server at the given address.
 pub(crate) async fn qom(args: QomArgs) -> Outcome {
-    let client = connect(&args.address).await?;
+    let timeout = optional_seconds(args.timeout, "--timeout")?;
+    let client = connect(&args.address, timeout).await?;
     match args.action {
         QomAction::List { path } => {
             let list = qom_list(&client, &path).await?;
@@ -56,7 +57,17 @@ pub(crate) async fn qom(args: QomArgs) -> Outcome {
                 .map_err(Failure::command)?;
         }
         QomAction::Tree { path } => {
-            let tree = qom_tree(&client, &path).await?;
+            let tree = match timeout {
+                // One deadline for the whole walk, however many objects it visits.
+                Some(timeout) => tokio::time::timeout(timeout, qom_tree(&client, &path))
+                    .await
+                    .map_err(|_| {
+                        Failure::new(format!(
+                            "timed out after {timeout:?} walking the QOM tree under {path}"
+                        ))
+                    })??,
+                None => qom_tree(&client, &path).await?,
+            };
             if args.json {
                 print_json(&tree, true);
             } else {

@@ -1,8 +1,8 @@
 //! `qemu-machine shell`: qmp-shell, interactive or scripted.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use qemu_machine_cli::shell_syntax::ShellParser;
 use qmp::{Client, EventFilter, Request};
@@ -13,9 +13,11 @@ use rustyline::{Editor, ExternalPrinter, Helper, Highlighter, Hinter, Validator}
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 
-use crate::args::ShellArgs;
+use crate::args::{optional_seconds, ShellArgs};
 use crate::failure::{qmp_error_text, Failure, Outcome};
 use crate::output::print_json;
+use crate::term::sanitize;
+use crate::tools::client_builder;
 
 /// What one shell line turned into.
 enum Reply {
@@ -50,8 +52,8 @@ struct Session {
     cpu: i64,
     /// Echo the JSON sent (`-v`).
     verbose: bool,
-    /// Where commands and replies are appended (`-l`).
-    log: Option<std::fs::File>,
+    /// Where commands and replies are appended (`-l`), redacted.
+    log: Option<File>,
 }
 
 impl Session {
@@ -69,8 +71,11 @@ impl Session {
                 ))
             }
         };
+        // Secrets (a `secret` object's data, passwords) never reach the screen or the log.
+        let mut shown = command.clone();
+        qmp::redact::redact_json(&mut shown);
         if self.verbose {
-            eprintln!("{command}");
+            eprintln!("{shown}");
         }
         let name = command["execute"].as_str().unwrap_or_default().to_string();
         let arguments = command.get("arguments").cloned().unwrap_or(Value::Null);
@@ -80,9 +85,11 @@ impl Session {
             .await?;
         let reply = response.to_json_without_id();
         if let Some(log) = &mut self.log {
-            let mut merged = command.as_object().cloned().unwrap_or_default();
+            let mut merged = shown.as_object().cloned().unwrap_or_default();
             merged.extend(reply.as_object().cloned().unwrap_or_default());
-            writeln!(log, "{}", Value::Object(merged))?;
+            let mut merged = Value::Object(merged);
+            qmp::redact::redact_json(&mut merged);
+            writeln!(log, "{merged}")?;
         }
         Ok(Reply::Json(reply))
     }
@@ -128,21 +135,13 @@ impl Session {
 /// per input line for scripts.
 pub(crate) async fn shell(args: ShellArgs) -> Outcome {
     let address = args.address.parse()?;
-    let mut builder = Client::builder().name("shell");
+    let timeout = optional_seconds(args.timeout, "--timeout")?;
+    let mut builder = client_builder("shell", timeout);
     if args.no_negotiate {
         builder = builder.await_greeting(false).negotiate(false);
     }
     let client = builder.connect(&address).await?;
-    let log = match &args.log {
-        Some(path) => Some(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| Failure::new(format!("cannot open {}: {e}", path.display())))?,
-        ),
-        None => None,
-    };
+    let log = args.log.as_deref().map(open_log).transpose()?;
     let session = Session {
         client,
         parser: ShellParser::new(),
@@ -156,6 +155,55 @@ pub(crate) async fn shell(args: ShellArgs) -> Outcome {
     } else {
         scripted(session, args.pretty).await
     }
+}
+
+/// Opens the `--log` file for appending: created 0600 whatever the umask; an existing one
+/// is appended to; a symlink is never followed and anything but a regular file (a FIFO
+/// would block the open) is refused.
+fn open_log(path: &Path) -> Result<File, Failure> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let flags = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
+    let refuse = |e: std::io::Error| {
+        if e.raw_os_error() == Some(nix::libc::ELOOP) {
+            Failure::new(format!(
+                "--log {}: is a symlink; not following it",
+                path.display()
+            ))
+        } else {
+            Failure::new(format!("cannot open {}: {e}", path.display()))
+        }
+    };
+    let created = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(flags)
+        .open(path);
+    let (file, new) = match created {
+        Ok(file) => (file, true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (
+            OpenOptions::new()
+                .append(true)
+                .custom_flags(flags)
+                .open(path)
+                .map_err(refuse)?,
+            false,
+        ),
+        Err(e) => return Err(refuse(e)),
+    };
+    let metadata = file.metadata().map_err(refuse)?;
+    if !metadata.is_file() {
+        return Err(Failure::new(format!(
+            "--log {}: is not a regular file",
+            path.display()
+        )));
+    }
+    if new {
+        // The umask may have taken more than group and other bits.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(refuse)?;
+    }
+    Ok(file)
 }
 
 /// One reply per input line on stdout, for scripts.
@@ -271,7 +319,7 @@ async fn interactive(mut session: Session, pretty: bool) -> Outcome {
             match runtime.block_on(session.line(&line)) {
                 Ok(reply) => reply.print(pretty),
                 Err(failure) if !session.client.is_connected() => return Err(failure),
-                Err(failure) => eprintln!("error: {}", failure.message_text()),
+                Err(failure) => eprintln!("error: {}", sanitize(failure.message_text())),
             }
         }
         if let Some(path) = &history {

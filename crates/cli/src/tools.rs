@@ -2,34 +2,51 @@
 //! module): each connects, does one thing, prints it and exits.
 
 use std::io::{Read, Write};
+use std::time::Duration;
 
 use qemu_machine::{GuestAgent, Probe};
 use qemu_machine_cli::shell_syntax::build_command;
-use qmp::{Client, EventFilter, Request};
+use qmp::{Client, ClientBuilder, EventFilter, Request};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::args::{
-    seconds, AccelArgs, Address, EventsArgs, ExecArgs, FsfreezeAction, GaAction, GaArgs,
-    VersionArgs,
+    optional_seconds, seconds, AccelArgs, Address, EventsArgs, ExecArgs, FsfreezeAction, GaAction,
+    GaArgs, VersionArgs,
 };
 use crate::failure::{exit_status_code, Failure, Outcome};
 use crate::output::print_json;
 use crate::term::with_spinner;
 
-/// A QMP client of the server at `address`, named `qemu-machine`.
-pub(crate) async fn connect(address: &Address) -> Result<Client, Failure> {
-    Ok(Client::builder()
-        .name("qemu-machine")
+/// A QMP client of the server at `address`, named `qemu-machine`; `timeout` bounds the
+/// connection, the greeting, the negotiation and (by default) each command.
+pub(crate) async fn connect(
+    address: &Address,
+    timeout: Option<Duration>,
+) -> Result<Client, Failure> {
+    Ok(client_builder("qemu-machine", timeout)
         .connect(&address.parse()?)
         .await?)
+}
+
+/// A client builder named `name` with every deadline set to `timeout` when given.
+pub(crate) fn client_builder(name: &str, timeout: Option<Duration>) -> ClientBuilder {
+    let builder = Client::builder().name(name);
+    match timeout {
+        Some(timeout) => builder
+            .connect_timeout(timeout)
+            .greeting_timeout(timeout)
+            .command_timeout(timeout),
+        None => builder,
+    }
 }
 
 /// `qemu-machine exec`: one command, its result as JSON; a QMP error as `Class: desc`.
 pub(crate) async fn exec(args: ExecArgs) -> Outcome {
     let command = build_command(&args.command, &args.arguments)
         .map_err(|e| Failure::with_status(format!("{e} (arguments are key=value)"), 2))?;
-    let client = connect(&args.address).await?;
+    let timeout = optional_seconds(args.timeout, "--timeout")?;
+    let client = connect(&args.address, timeout).await?;
     let arguments = command.get("arguments").cloned().unwrap_or(Value::Null);
     let value = client
         .execute_request(Request::new(args.command).arguments(arguments))
@@ -42,7 +59,8 @@ pub(crate) async fn exec(args: ExecArgs) -> Outcome {
 /// `qemu-machine events`: events as JSON lines, until `--count`, `--timeout` or the end of
 /// the connection.
 pub(crate) async fn events(args: EventsArgs) -> Outcome {
-    let client = connect(&args.address).await?;
+    let timeout = optional_seconds(args.timeout, "--timeout")?;
+    let client = connect(&args.address, timeout).await?;
     let filter = if args.names.is_empty() {
         EventFilter::all()
     } else {
@@ -53,11 +71,8 @@ pub(crate) async fn events(args: EventsArgs) -> Outcome {
         "qemu-machine: listening for events from {}",
         args.address.address
     );
-    let deadline = args
-        .timeout
-        .map(|t| seconds(t, "--timeout"))
-        .transpose()?
-        .map(|t| Instant::now() + t);
+    // A deadline too far to represent is no deadline.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut seen = 0;
     let mut stdout = std::io::stdout();
     while args.count.is_none_or(|count| seen < count) {

@@ -106,6 +106,27 @@ impl OnPty {
         self.child.id()
     }
 
+    /// The terminal's current settings (the child's side: a pty master reports its
+    /// slave's), e.g. to check that raw mode was undone.
+    pub fn termios(&self) -> nix::sys::termios::Termios {
+        nix::sys::termios::tcgetattr(self.master.as_fd()).unwrap()
+    }
+
+    /// Waits (up to `timeout`) for the child to exit; `None` if it is still running then.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.drain(Instant::now() + TIMEOUT);
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Everything the child printed so far.
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
@@ -126,6 +147,12 @@ impl OnPty {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Another handle on the terminal's input side, for typing from another thread (e.g.
+    /// when the typing may block because the child stops reading).
+    pub fn keyboard(&self) -> File {
+        self.master.try_clone().unwrap()
     }
 
     /// Types `bytes` on the terminal.
@@ -161,6 +188,139 @@ impl OnPty {
             let _ = self.reader.take().map(|r| r.join());
         }
     }
+}
+
+/// A child process with its stdin a pipe that stays open (until [`Piped::close_stdin`]) and
+/// its stdout and stderr collected as they come, each on its own and both together in
+/// order of arrival. Dropping it kills and reaps the child.
+pub struct Piped {
+    child: KillOnDrop,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    both: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Piped {
+    /// Spawns `command` with piped stdin, stdout and stderr.
+    pub fn spawn(command: &mut Command) -> Piped {
+        let mut child = KillOnDrop(
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let stdin = child.stdin.take();
+        let both = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
+        let pipes: [(Box<dyn Read + Send>, _); 2] = [
+            (Box::new(child.stdout.take().unwrap()), stdout.clone()),
+            (Box::new(child.stderr.take().unwrap()), stderr.clone()),
+        ];
+        for (mut pipe, own) in pipes {
+            let both = both.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    own.lock().unwrap().extend_from_slice(&buf[..n]);
+                    both.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            }));
+        }
+        Piped {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            both,
+            readers,
+        }
+    }
+
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the child printed so far, stdout and stderr together.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.both.lock().unwrap()).into_owned()
+    }
+
+    /// Its stdout so far.
+    pub fn stdout(&self) -> Vec<u8> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Its stderr so far.
+    pub fn stderr(&self) -> Vec<u8> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until the child has printed `pattern` (on stdout or stderr) and returns all it
+    /// printed; fails the test after [`TIMEOUT`].
+    pub fn expect(&self, pattern: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let output = self.output();
+            if output.contains(pattern) {
+                return output;
+            }
+            assert!(Instant::now() < deadline, "no {pattern:?} in {output:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Writes `bytes` to its stdin.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stdin.as_mut().unwrap().write_all(bytes).unwrap();
+    }
+
+    /// Closes its stdin.
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+
+    /// Waits (up to `timeout`) for the child to exit, then for the ends of its pipes;
+    /// `None` if it is still running then.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let drained = Instant::now() + TIMEOUT;
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < drained {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The names in directory `dir` (empty if it is gone), to check that nothing was left.
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// The process id in the first `(pid N)` of `output`, as `qemu-machine run` prints it.
