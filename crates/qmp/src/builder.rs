@@ -181,7 +181,8 @@ impl ClientBuilder {
                     .map(Stream::tcp),
             }
         };
-        let stream = tokio::time::timeout(self.connect_timeout, attempt)
+        let stream = crate::deadline::Deadline::after(self.connect_timeout)
+            .timeout(attempt)
             .await
             .map_err(|_| {
                 connect_error(io::Error::new(
@@ -315,11 +316,9 @@ impl ClientBuilder {
         session: &mut watch::Receiver<SessionState>,
     ) -> Result<()> {
         let connection = client.connection();
-        let waited = tokio::time::timeout(
-            self.greeting_timeout,
-            session.wait_for(|state| !matches!(state, SessionState::AwaitingGreeting)),
-        )
-        .await;
+        let waited = crate::deadline::Deadline::after(self.greeting_timeout)
+            .timeout(session.wait_for(|state| !matches!(state, SessionState::AwaitingGreeting)))
+            .await;
         let reason = match waited {
             Ok(Ok(state)) => state.closed_reason().cloned(),
             // The sender lives in the connection, which `client` holds.

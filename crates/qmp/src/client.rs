@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
-use tokio::time::Instant;
 
 use crate::command::Command;
 use crate::connection::{Connection, PendingCommand};
+use crate::deadline::Deadline;
 use crate::error::{CommandError, DisconnectReason, Error, Result};
 use crate::events::{EventFilter, Subscription};
 use crate::message::{Event, Greeting, Response};
@@ -252,10 +252,10 @@ impl Client {
         filter: EventFilter,
         timeout: Duration,
     ) -> Result<(Value, Event)> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
         let mut subscription = self.subscribe(filter);
         let value = self.execute_request(request.timeout(timeout)).await?;
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.remaining_or_max();
         let event = subscription.recv_timeout(left).await.map_err(|e| match e {
             Error::Timeout { awaited, seen, .. } => Error::Timeout {
                 awaited,
@@ -385,7 +385,7 @@ impl Client {
             &bytes,
         );
         self.submit(bytes, fds)?;
-        match tokio::time::timeout(timeout, rx).await {
+        match Deadline::after(timeout).timeout(rx).await {
             Ok(Ok(result)) => Ok((result?, arguments)),
             Ok(Err(_)) => Err(Error::Disconnected(self.connection.disconnect_reason())),
             Err(_) => Err(Error::Timeout {

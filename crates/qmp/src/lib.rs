@@ -36,6 +36,7 @@ mod builder;
 mod client;
 mod command;
 mod connection;
+mod deadline;
 mod error;
 mod events;
 pub mod fake;
@@ -63,6 +64,7 @@ pub use builder::{
 };
 pub use client::{Client, Request};
 pub use command::Command;
+pub use deadline::{Deadline, Elapsed};
 pub use error::{CommandError, DisconnectReason, Error, ProtocolError, Result};
 pub use events::{EventFilter, Subscription, DEFAULT_QUEUE_CAPACITY};
 pub use message::{

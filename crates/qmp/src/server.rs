@@ -107,13 +107,15 @@ impl Listener {
             after: timeout,
             seen: "no connection".into(),
         };
+        let deadline = crate::deadline::Deadline::after(timeout);
         let unlink = UnlinkOnDrop(self.unlink.take());
         let (listener, stream) = match &self.socket {
             ListenSocket::Unix(socket) => {
                 let socket = socket.try_clone().map_err(wrap)?;
                 socket.set_nonblocking(true).map_err(wrap)?;
                 let listener = tokio::net::UnixListener::from_std(socket).map_err(wrap)?;
-                let (stream, _) = tokio::time::timeout(timeout, listener.accept())
+                let (stream, _) = deadline
+                    .timeout(listener.accept())
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(wrap)?;
@@ -123,7 +125,8 @@ impl Listener {
                 let socket = socket.try_clone().map_err(wrap)?;
                 socket.set_nonblocking(true).map_err(wrap)?;
                 let listener = tokio::net::TcpListener::from_std(socket).map_err(wrap)?;
-                let (stream, _) = tokio::time::timeout(timeout, listener.accept())
+                let (stream, _) = deadline
+                    .timeout(listener.accept())
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(wrap)?;
