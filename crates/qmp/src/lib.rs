@@ -70,7 +70,10 @@ pub use events::{EventFilter, Subscription, DEFAULT_QUEUE_CAPACITY};
 pub use message::{
     ErrorInfo, Event, Greeting, Message, Response, Timestamp, VersionInfo, VersionTriple,
 };
-pub use mux::Multiplexer;
+pub use mux::{
+    Multiplexer, MultiplexerOptions, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_INPUT_MESSAGE,
+    DEFAULT_OUTBOX_BUDGET,
+};
 pub use server::Listener;
 pub use typed_event::{
     BlockJobData, BlockJobErrorData, DeviceDeletedData, JobStatusChangeData, MigrationData,

@@ -135,3 +135,179 @@ fn no_duration_reaches_a_panic_in_the_blocking_facade() {
     assert!(err.is_disconnected(), "{err}");
     peer.join().unwrap().unwrap();
 }
+
+// ---- The multiplexer -------------------------------------------------------------------
+
+/// An upstream session to a fake that answers every command with a running status.
+async fn fake_upstream() -> Client {
+    let (ours, mut fake) = FakePeer::pair().unwrap();
+    tokio::spawn(async move {
+        fake.handshake().await?;
+        fake.serve(|_| qmp::fake::Reply::Return(json!({"status": "running", "running": true})))
+            .await
+    });
+    Client::builder().adopt_unix(ours).await.expect("handshake")
+}
+
+/// A raw QMP client of the multiplexer (the fake peer speaks both sides).
+fn mux_client(path: &std::path::Path) -> FakePeer {
+    FakePeer::adopt(std::os::unix::net::UnixStream::connect(path).unwrap()).unwrap()
+}
+
+async fn negotiate(client: &mut FakePeer) {
+    let greeting = client.recv(T).await.unwrap();
+    assert_eq!(greeting["QMP"]["capabilities"], json!([]), "{greeting}");
+    client
+        .send(&json!({"execute": "qmp_capabilities"}))
+        .await
+        .unwrap();
+    assert_eq!(client.recv(T).await.unwrap(), json!({"return": {}}));
+}
+
+#[tokio::test]
+async fn dropping_the_multiplexer_disconnects_every_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mux.sock");
+    let mux = qmp::Multiplexer::serve(fake_upstream().await, &path).unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = mux_client(&path);
+        negotiate(&mut client).await;
+        clients.push(client);
+    }
+    drop(mux);
+    for client in &mut clients {
+        // EOF, not a timeout: the client's task and socket are gone.
+        client.wait_closed(T).await.unwrap();
+    }
+    assert!(!path.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn the_33rd_client_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mux.sock");
+    let _mux = qmp::Multiplexer::serve(fake_upstream().await, &path).unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..qmp::DEFAULT_MAX_CLIENTS {
+        let mut client = mux_client(&path);
+        client.recv(T).await.unwrap(); // the greeting: it is being served
+        clients.push(client);
+    }
+    let mut extra = mux_client(&path);
+    let refusal = extra.recv(T).await.unwrap();
+    assert_eq!(refusal["error"]["class"], "GenericError", "{refusal}");
+    assert!(
+        refusal["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("too many QMP clients"),
+        "{refusal}"
+    );
+    assert!(refusal.get("QMP").is_none());
+    extra.wait_closed(T).await.unwrap();
+
+    // A place frees up when a client leaves.
+    drop(clients.pop());
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let mut again = mux_client(&path);
+        let first = again.recv(T).await.unwrap();
+        if first.get("QMP").is_some() {
+            negotiate_after_greeting(&mut again).await;
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn negotiate_after_greeting(client: &mut FakePeer) {
+    client
+        .send(&json!({"execute": "qmp_capabilities", "id": 1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.recv(T).await.unwrap(),
+        json!({"return": {}, "id": 1})
+    );
+}
+
+#[tokio::test]
+async fn oob_is_refused_as_qemu_refuses_it() {
+    // The wording is QEMU 10.0.2's, for a monitor without oob (checked against
+    // `qemu-system-x86_64 -machine none -chardev stdio,id=m -mon chardev=m,mode=control`).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mux.sock");
+    let _mux = qmp::Multiplexer::serve(fake_upstream().await, &path).unwrap();
+    let mut client = mux_client(&path);
+    client.recv(T).await.unwrap();
+    client
+        .send(&json!({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}, "id": "c"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.recv(T).await.unwrap(),
+        json!({"id": "c", "error": {"class": "GenericError", "desc": "Capability 'oob' not available"}})
+    );
+    negotiate_after_greeting(&mut client).await;
+    client
+        .send(&json!({"exec-oob": "query-status", "id": 2}))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.recv(T).await.unwrap(),
+        json!({"id": 2, "error": {"class": "GenericError", "desc": "QMP input member 'exec-oob' is unexpected"}})
+    );
+    client
+        .send(&json!({"execute": "query-status", "id": 3}))
+        .await
+        .unwrap();
+    assert_eq!(client.recv(T).await.unwrap()["id"], 3);
+}
+
+#[tokio::test]
+async fn garbage_from_a_client_gets_an_error_and_the_session_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mux.sock");
+    let _mux = qmp::Multiplexer::serve(fake_upstream().await, &path).unwrap();
+    let mut client = mux_client(&path);
+    client.recv(T).await.unwrap();
+    negotiate_after_greeting(&mut client).await;
+    for garbage in [
+        &b"\x01\n"[..],
+        b"xyz\n",
+        b"[1]\n",
+        b"{\"execute\": }\n",
+        b"\"s\"\n",
+    ] {
+        client.send_raw(garbage).await.unwrap();
+        let error = client.recv(T).await.unwrap();
+        assert!(error.get("id").is_none(), "{error}");
+        assert_eq!(error["error"]["class"], "GenericError", "{error}");
+        let desc = error["error"]["desc"].as_str().unwrap();
+        assert!(desc.starts_with("JSON parse error"), "{desc}");
+        client
+            .send(&json!({"execute": "query-status", "id": 9}))
+            .await
+            .unwrap();
+        let reply = client.recv(T).await.unwrap();
+        assert_eq!(
+            reply,
+            json!({"return": {"status": "running", "running": true}, "id": 9})
+        );
+    }
+    // An oversized message ends only that client, with an error first.
+    let mut big = b"{\"execute\": \"x\", \"arguments\": {\"a\": \"".to_vec();
+    big.resize(qmp::DEFAULT_MAX_INPUT_MESSAGE + 10, b'a');
+    let _ = client.send_raw(&big).await;
+    let error = client.recv(T).await.unwrap();
+    assert!(
+        error["error"]["desc"].as_str().unwrap().contains("limit"),
+        "{error}"
+    );
+    client.wait_closed(T).await.unwrap();
+    let mut other = mux_client(&path);
+    negotiate(&mut other).await;
+}
