@@ -376,6 +376,7 @@ impl Client {
             PendingCommand {
                 reply: tx,
                 is_quit: name == "quit",
+                oob,
             },
         )?;
         record(

@@ -48,6 +48,8 @@ pub(crate) struct PendingCommand {
     pub(crate) reply: oneshot::Sender<Result<Response>>,
     /// `quit` succeeds when the peer closes the connection instead of answering.
     pub(crate) is_quit: bool,
+    /// Sent out of band: its reply may overtake in-band ones.
+    pub(crate) oob: bool,
 }
 
 /// What is guarded by `Connection::state`.
@@ -272,6 +274,9 @@ impl Connection {
     pub(crate) fn dispatch(&self, message: Message) -> Result<(), DisconnectReason> {
         match message {
             Message::Event(event) => {
+                if event.name() == "COMMAND_DROPPED" {
+                    self.command_dropped(&event);
+                }
                 // Also before the greeting: seen in the wild (govmm#90), so tolerated.
                 self.subscribers.deliver(&event);
             }
@@ -279,7 +284,29 @@ impl Connection {
                 let mut state = self.lock();
                 let waiter = match &response.id {
                     Some(id) => id.as_u64().and_then(|id| state.pending.remove(&id)),
-                    None => state.unnumbered.pop_front(),
+                    None => match state.unnumbered.pop_front() {
+                        Some(waiter) => Some(waiter),
+                        // QEMU answers input it cannot parse with an error without an id.
+                        // In-band replies come in order, so it belongs to the oldest
+                        // in-band command still waiting (ids are given in sending order).
+                        // A scan, but only on this rare path.
+                        None if response.result.is_err() => {
+                            let oldest = state
+                                .pending
+                                .iter()
+                                .filter(|(_, command)| !command.oob)
+                                .map(|(id, _)| *id)
+                                .min();
+                            if let Some(id) = oldest {
+                                tracing::warn!(
+                                    peer = %self.peer,
+                                    "a QMP error without an id fails the oldest waiting command (id {id})"
+                                );
+                            }
+                            oldest.and_then(|id| state.pending.remove(&id))
+                        }
+                        None => None,
+                    },
                 };
                 drop(state);
                 match waiter {
@@ -296,6 +323,29 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// `COMMAND_DROPPED` (QEMU's out-of-band queue was full): the command with that id
+    /// fails with class `CommandDropped`.
+    fn command_dropped(&self, event: &crate::message::Event) {
+        let data = event.data();
+        let Some(id) = data.get("id").and_then(serde_json::Value::as_u64) else {
+            return;
+        };
+        let reason = data
+            .get("reason")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("unknown");
+        let waiter = self.lock().pending.remove(&id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.reply.send(Ok(Response {
+                id: Some(id.into()),
+                result: Err(crate::message::ErrorInfo {
+                    class: "CommandDropped".into(),
+                    desc: format!("QEMU dropped the command ({reason})"),
+                }),
+            }));
+        }
     }
 
     /// A reply nobody waits for: before the greeting a protocol error, later logged and

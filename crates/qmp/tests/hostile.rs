@@ -311,3 +311,66 @@ async fn garbage_from_a_client_gets_an_error_and_the_session_goes_on() {
     let mut other = mux_client(&path);
     negotiate(&mut other).await;
 }
+
+// ---- Replies QEMU sends without an id ----------------------------------------------------
+
+#[tokio::test]
+async fn an_error_without_id_fails_the_oldest_command_at_once() {
+    let (client, fake) = client_with(|mut fake| async move {
+        let first = fake.expect_command("query-status", T).await?;
+        let second = fake.expect_command("query-name", T).await?;
+        fake.send(&json!({"error": {"class": "GenericError", "desc": "JSON parse error, invalid keyword 'xyz'"}}))
+            .await?;
+        fake.reply(&second, json!({})).await?;
+        let _ = first;
+        fake.wait_closed(T).await
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let first =
+        client.execute_request(Request::new("query-status").timeout(Duration::from_secs(60)));
+    let second = async {
+        tokio::task::yield_now().await;
+        client
+            .execute_request(Request::new("query-name").timeout(Duration::from_secs(60)))
+            .await
+    };
+    let (first, second) = tokio::join!(first, second);
+    let elapsed = started.elapsed();
+    let err = first.unwrap_err();
+    assert!(matches!(err, Error::Command(_)), "{err}");
+    assert_eq!(err.class(), Some("GenericError"));
+    assert!(err.to_string().contains("JSON parse error"), "{err}");
+    assert_eq!(second.unwrap(), json!({}));
+    assert!(elapsed < Duration::from_millis(100), "took {elapsed:?}");
+    drop(client);
+    fake.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn command_dropped_fails_that_command() {
+    let (client, fake) = client_with(|mut fake| async move {
+        let request = fake.expect_command("migrate-pause", T).await?;
+        fake.event(
+            "COMMAND_DROPPED",
+            json!({"id": request["id"], "reason": "queue-full"}),
+        )
+        .await?;
+        fake.wait_closed(T).await
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let err = client
+        .execute_request(
+            Request::new("migrate-pause")
+                .oob()
+                .timeout(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), Some("CommandDropped"), "{err}");
+    assert!(err.to_string().contains("queue-full"), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(100));
+    drop(client);
+    fake.await.unwrap().unwrap();
+}
