@@ -20,6 +20,7 @@ use crate::connection::{Connection, Settings};
 use crate::error::{DisconnectReason, Error, ProtocolError, Result};
 use crate::events::{EventFilter, DEFAULT_QUEUE_CAPACITY};
 use crate::framing::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::outgoing::DEFAULT_MAX_WRITE_BACKLOG;
 use crate::session::SessionState;
 use crate::tasks::read_loop;
 use crate::transcript::Transcript;
@@ -57,6 +58,7 @@ pub struct ClientBuilder {
     send_ids: bool,
     max_message_size: usize,
     event_queue_capacity: usize,
+    max_write_backlog: usize,
     transcript: Option<PathBuf>,
     initial_subscription: Option<EventFilter>,
 }
@@ -73,6 +75,7 @@ impl Default for ClientBuilder {
             send_ids: true,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             event_queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_write_backlog: DEFAULT_MAX_WRITE_BACKLOG,
             transcript: None,
             initial_subscription: None,
         }
@@ -133,6 +136,13 @@ impl ClientBuilder {
     /// Capacity of each subscriber's queue (default 4096 events).
     pub fn event_queue_capacity(mut self, events: usize) -> Self {
         self.event_queue_capacity = events;
+        self
+    }
+
+    /// Most bytes queued for a peer that is not reading (default 16 MiB); past it,
+    /// commands fail with [`Error::Backpressure`] and the session goes on.
+    pub fn max_write_backlog(mut self, bytes: usize) -> Self {
+        self.max_write_backlog = bytes;
         self
     }
 
@@ -281,6 +291,7 @@ impl ClientBuilder {
             send_ids: self.send_ids,
             negotiate: self.negotiate,
             event_queue_capacity: self.event_queue_capacity,
+            max_write_backlog: self.max_write_backlog,
             transcript,
             initial: if greets {
                 SessionState::AwaitingGreeting

@@ -371,7 +371,7 @@ impl Client {
         let bytes = encode_command(&name, &arguments, id, oob)?;
         let (tx, rx) = oneshot::channel();
         // Forgets the pending entry if we give up, so a late reply is dropped as unknown.
-        let _forget = self.connection.expect_reply(
+        let forget = self.connection.expect_reply(
             id,
             PendingCommand {
                 reply: tx,
@@ -385,7 +385,10 @@ impl Client {
             Direction::Out,
             &bytes,
         );
-        self.submit(bytes, fds)?;
+        if let Err(e) = self.submit(bytes, fds) {
+            forget.unsent();
+            return Err(e);
+        }
         match Deadline::after(timeout).timeout(rx).await {
             Ok(Ok(result)) => Ok((result?, arguments)),
             Ok(Err(_)) => Err(Error::Disconnected(self.connection.disconnect_reason())),

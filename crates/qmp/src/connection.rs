@@ -39,6 +39,7 @@ pub(crate) struct Settings {
     pub(crate) send_ids: bool,
     pub(crate) negotiate: bool,
     pub(crate) event_queue_capacity: usize,
+    pub(crate) max_write_backlog: usize,
     pub(crate) transcript: Option<Transcript>,
     pub(crate) initial: SessionState,
 }
@@ -57,8 +58,9 @@ pub(crate) struct PendingCommand {
 struct State {
     /// Commands sent with an id, by id.
     pending: HashMap<u64, PendingCommand>,
-    /// Commands sent without an id, answered in order.
-    unnumbered: VecDeque<PendingCommand>,
+    /// Commands sent without an id, answered in order, with a token each (to withdraw one
+    /// that could not be sent).
+    unnumbered: VecDeque<(u64, PendingCommand)>,
     seen: Seen,
 }
 
@@ -100,7 +102,7 @@ impl Connection {
             runtime: Handle::current(),
             command_timeout: settings.command_timeout,
             transcript: settings.transcript,
-            writes: WriteQueue::default(),
+            writes: WriteQueue::new(settings.max_write_backlog),
             state: Mutex::new(State::default()),
             session: watch::Sender::new(settings.initial),
             next_id: AtomicU64::new(0),
@@ -193,7 +195,10 @@ impl Connection {
         }
         self.writes.clear();
         let eof = matches!(reason, DisconnectReason::Eof);
-        for command in pending.into_values().chain(unnumbered) {
+        for command in pending
+            .into_values()
+            .chain(unnumbered.into_iter().map(|(_, c)| c))
+        {
             let result = if command.is_quit && eof {
                 // QEMU may close the socket before answering `quit`: that is success.
                 Ok(Response {
@@ -238,15 +243,20 @@ impl Connection {
         if let SessionState::Closed(reason) = &*self.session.borrow() {
             return Err(Error::Disconnected(reason.clone()));
         }
+        let mut token = 0;
         match id {
             Some(id) => {
                 state.pending.insert(id, command);
             }
-            None => state.unnumbered.push_back(command),
+            None => {
+                token = self.next_id.fetch_add(1, Ordering::Relaxed);
+                state.unnumbered.push_back((token, command));
+            }
         }
         Ok(ForgetOnDrop {
             connection: self,
             id,
+            token,
         })
     }
 
@@ -258,6 +268,7 @@ impl Connection {
         {
             Ok(submitted) => Ok(submitted),
             Err(Refused::Closed(reason)) => Err(Error::Disconnected(reason)),
+            Err(Refused::Backpressure(queued)) => Err(Error::Backpressure { queued }),
             Err(Refused::Io(e)) => {
                 let reason = DisconnectReason::Io(Arc::new(e));
                 self.disconnect(reason.clone());
@@ -284,7 +295,7 @@ impl Connection {
                 let mut state = self.lock();
                 let waiter = match &response.id {
                     Some(id) => id.as_u64().and_then(|id| state.pending.remove(&id)),
-                    None => match state.unnumbered.pop_front() {
+                    None => match state.unnumbered.pop_front().map(|(_, c)| c) {
                         Some(waiter) => Some(waiter),
                         // QEMU answers input it cannot parse with an error without an id.
                         // In-band replies come in order, so it belongs to the oldest
@@ -433,6 +444,20 @@ impl Drop for Connection {
 pub(crate) struct ForgetOnDrop<'a> {
     connection: &'a Connection,
     id: Option<u64>,
+    token: u64,
+}
+
+impl ForgetOnDrop<'_> {
+    /// The command was never written: take it out of line, with or without an id.
+    pub(crate) fn unsent(self) {
+        if self.id.is_none() {
+            let token = self.token;
+            self.connection
+                .lock()
+                .unnumbered
+                .retain(|(t, _)| *t != token);
+        }
+    }
 }
 
 impl Drop for ForgetOnDrop<'_> {

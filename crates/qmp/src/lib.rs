@@ -74,6 +74,7 @@ pub use mux::{
     Multiplexer, MultiplexerOptions, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_INPUT_MESSAGE,
     DEFAULT_OUTBOX_BUDGET,
 };
+pub use outgoing::DEFAULT_MAX_WRITE_BACKLOG;
 pub use server::Listener;
 pub use typed_event::{
     BlockJobData, BlockJobErrorData, DeviceDeletedData, JobStatusChangeData, MigrationData,

@@ -374,3 +374,74 @@ async fn command_dropped_fails_that_command() {
     drop(client);
     fake.await.unwrap().unwrap();
 }
+
+// ---- A peer that stops reading -----------------------------------------------------------
+
+#[tokio::test]
+async fn a_peer_that_never_reads_gets_backpressure_not_unbounded_memory() {
+    let (go_on, resume) = tokio::sync::oneshot::channel::<()>();
+    let (client, fake) = client_with(|mut fake| async move {
+        let _ = resume.await;
+        // Whitespace is skipped; then the command that waited.
+        let request = fake
+            .expect_command("query-status", Duration::from_secs(20))
+            .await?;
+        fake.reply(&request, json!({"status": "running", "running": true}))
+            .await?;
+        fake.wait_closed(T).await
+    })
+    .await;
+    let chunk = vec![b' '; 1024 * 1024];
+    let mut accepted = 0usize;
+    let err = loop {
+        match client.send_raw(&chunk) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 64, "never refused");
+    };
+    let Error::Backpressure { queued } = err else {
+        panic!("{err}")
+    };
+    assert!(queued <= qmp::DEFAULT_MAX_WRITE_BACKLOG, "{queued}");
+    assert!(
+        queued + chunk.len() > qmp::DEFAULT_MAX_WRITE_BACKLOG,
+        "{queued}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("QEMU is not reading its monitor ({queued} bytes queued)")
+    );
+    println!("accepted {accepted} MiB, refused with {queued} bytes queued");
+    // A command is refused the same way, at once, and the session goes on.
+    let started = std::time::Instant::now();
+    let big = "a".repeat(1024 * 1024);
+    let err = client
+        .execute_request(
+            Request::new("query-status")
+                .arguments(json!({ "x": big }))
+                .timeout(T),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backpressure { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(client.is_connected());
+    // Once the peer reads again, commands go through.
+    go_on.send(()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        match client
+            .execute_request(Request::new("query-status").timeout(T))
+            .await
+        {
+            Err(Error::Backpressure { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(status["status"], "running");
+    drop(client);
+    fake.await.unwrap().unwrap();
+}
