@@ -169,7 +169,12 @@ impl Client {
             }),
             Err(info) => Err(Error::Command(CommandError {
                 command: name,
-                arguments,
+                // Errors get logged and printed: no secret in them.
+                arguments: {
+                    let mut arguments = arguments;
+                    crate::redact::redact_json(&mut arguments);
+                    arguments
+                },
                 class: info.class,
                 desc: info.desc,
             })),

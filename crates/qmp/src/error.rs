@@ -134,7 +134,7 @@ impl Error {
 pub struct CommandError {
     /// The command name that was sent.
     pub command: String,
-    /// The arguments that were sent.
+    /// The arguments that were sent, with secrets redacted (see [`crate::redact`]).
     pub arguments: Value,
     /// QMP's error class, e.g. `GenericError`, `CommandNotFound`, `DeviceNotFound`.
     pub class: String,
