@@ -40,6 +40,7 @@ mod deadline;
 mod error;
 mod events;
 pub mod fake;
+pub mod fsutil;
 // Public only for the fuzz targets and property tests, which drive the decoder directly.
 #[doc(hidden)]
 pub mod framing;

@@ -556,3 +556,178 @@ proptest::proptest! {
         }
     }
 }
+
+// ---- Files and sockets ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn transcript_does_not_follow_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("victim");
+    std::fs::write(&target, "untouched").unwrap();
+    let link = dir.path().join("qmp.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (ours, _fake) = FakePeer::pair().unwrap();
+    let err = Client::builder()
+        .transcript(&link)
+        .adopt_unix(ours)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+
+    // The public helpers refuse it too, and create_private_file never writes through it.
+    let err = qmp::fsutil::open_private_append(&link).unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    let err = qmp::fsutil::create_private_file(&link).unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+    // A regular file is replaced by a fresh 0600 one; nothing else is left in the directory.
+    use std::os::unix::fs::PermissionsExt;
+    let state = dir.path().join("state");
+    std::fs::write(&state, "old").unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let file = qmp::fsutil::create_private_file(&state).unwrap();
+    assert_eq!(file.metadata().unwrap().len(), 0);
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+}
+
+#[tokio::test]
+async fn a_fifo_transcript_is_an_error_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("qmp.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (ours, _fake) = FakePeer::pair().unwrap();
+    let started = std::time::Instant::now();
+    let err = Client::builder()
+        .transcript(&fifo)
+        .adopt_unix(ours)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(err.to_string().contains("a FIFO"), "{err}");
+    // Also with a reader holding the FIFO open (open would then succeed): fstat refuses it.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_nonblock()
+        .open(&fifo)
+        .unwrap();
+    let err = qmp::fsutil::open_private_append(&fifo).unwrap_err();
+    assert!(err.to_string().contains("a FIFO"), "{err}");
+    drop(reader);
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(nix::libc::O_NONBLOCK)
+    }
+}
+
+#[tokio::test]
+async fn bind_failure_says_cannot_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = dir.path().join("taken.sock");
+    std::fs::write(&taken, "").unwrap();
+    let err = Listener::bind_unix(&taken).unwrap_err();
+    assert!(matches!(err, Error::Listen { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot listen on {}: ", taken.display())),
+        "{err}"
+    );
+    let err = qmp::Multiplexer::serve(fake_upstream().await, &taken).unwrap_err();
+    assert!(matches!(err, Error::Listen { .. }), "{err}");
+    let err = Listener::bind_unix(dir.path().join("absent/dir.sock")).unwrap_err();
+    assert!(err.to_string().starts_with("cannot listen on"), "{err}");
+    // Nothing left behind by the failed attempts: only the file that was there.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+const FOREIGN_PEER: &str = "QMP_HOSTILE_FOREIGN_PEER";
+
+/// Run as uid 65534 by `a_foreign_uid_peer_is_refused`: connects and reads until EOF.
+#[test]
+fn foreign_peer_helper() {
+    let Ok(path) = std::env::var(FOREIGN_PEER) else {
+        return;
+    };
+    use std::io::Read;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).expect("connect");
+    stream.set_read_timeout(Some(T)).unwrap();
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).expect("EOF");
+    assert!(buf.is_empty());
+}
+
+#[tokio::test]
+async fn a_foreign_uid_peer_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: needs root to run a peer as another uid");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for mux in [false, true] {
+        let path = dir.path().join(if mux { "mux.sock" } else { "qmp.sock" });
+        let listener = if mux {
+            None
+        } else {
+            Some(Listener::bind_unix(&path).unwrap())
+        };
+        let _mux = if mux {
+            Some(qmp::Multiplexer::serve(fake_upstream().await, &path).unwrap())
+        } else {
+            None
+        };
+        // Open it up on purpose, so only the uid check stands in the way.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command
+            .args(["--exact", "foreign_peer_helper", "--nocapture"])
+            .env(FOREIGN_PEER, &path)
+            .stdout(std::process::Stdio::null());
+        // SAFETY: only setgid/setuid (async-signal-safe) between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
+                Ok(())
+            });
+        }
+        let helper = tokio::process::Command::from(command).status();
+        if let Some(listener) = listener {
+            // The foreign peer is closed and skipped; a peer of ours is then accepted.
+            let accepting = tokio::spawn(listener.accept(Client::builder(), T));
+            let status = helper.await.unwrap();
+            assert!(
+                status.success(),
+                "the foreign peer was not closed: {status}"
+            );
+            let ours_ok = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            let mut peer = FakePeer::adopt(ours_ok).unwrap();
+            peer.handshake().await.unwrap();
+            let client = accepting.await.unwrap().unwrap();
+            assert!(client.is_connected());
+        } else {
+            let status = helper.await.unwrap();
+            assert!(
+                status.success(),
+                "the foreign peer was not closed: {status}"
+            );
+            let mut ours = mux_client(&path);
+            negotiate(&mut ours).await;
+        }
+    }
+}
