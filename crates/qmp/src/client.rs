@@ -36,13 +36,27 @@ use crate::wire::{command_arguments, encode_command};
 ///     .timeout(Duration::from_secs(5));
 /// assert_eq!(request.name(), "device_del");
 /// ```
-#[derive(Debug)]
 pub struct Request {
     name: String,
     arguments: Value,
     timeout: Option<Duration>,
     oob: bool,
     fds: Vec<OwnedFd>,
+}
+
+/// Secrets in the arguments are shown redacted (see [`crate::redact`]).
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut arguments = self.arguments.clone();
+        crate::redact::redact_json(&mut arguments);
+        f.debug_struct("Request")
+            .field("name", &self.name)
+            .field("arguments", &arguments)
+            .field("timeout", &self.timeout)
+            .field("oob", &self.oob)
+            .field("fds", &self.fds)
+            .finish()
+    }
 }
 
 impl Request {

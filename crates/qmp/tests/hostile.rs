@@ -518,6 +518,10 @@ fn no_secret_reaches_the_transcript_tracing_or_errors() {
             ("blockdev-add", json!({"driver": "x", "server.password": "dotted7"})),
         ];
         for (name, arguments) in commands {
+            let request = format!("{:?}", Request::new(name).arguments(arguments.clone()));
+            for secret in secrets {
+                assert!(!request.contains(secret), "{secret} in {request}");
+            }
             let err = client.execute(name, arguments).await.unwrap_err();
             let Error::Command(e) = &err else { panic!("{err}") };
             let shown = format!("{err} {err:?} {}", e.arguments);
