@@ -20,6 +20,7 @@ use crate::connection::{Connection, Settings};
 use crate::error::{DisconnectReason, Error, ProtocolError, Result};
 use crate::events::{EventFilter, DEFAULT_QUEUE_CAPACITY};
 use crate::framing::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::outgoing::DEFAULT_MAX_WRITE_BACKLOG;
 use crate::session::SessionState;
 use crate::tasks::read_loop;
 use crate::transcript::Transcript;
@@ -57,6 +58,7 @@ pub struct ClientBuilder {
     send_ids: bool,
     max_message_size: usize,
     event_queue_capacity: usize,
+    max_write_backlog: usize,
     transcript: Option<PathBuf>,
     initial_subscription: Option<EventFilter>,
 }
@@ -73,6 +75,7 @@ impl Default for ClientBuilder {
             send_ids: true,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             event_queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_write_backlog: DEFAULT_MAX_WRITE_BACKLOG,
             transcript: None,
             initial_subscription: None,
         }
@@ -136,6 +139,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Most bytes queued for a peer that is not reading (default 16 MiB); past it,
+    /// commands fail with [`Error::Backpressure`] and the session goes on.
+    pub fn max_write_backlog(mut self, bytes: usize) -> Self {
+        self.max_write_backlog = bytes;
+        self
+    }
+
     /// Appends every message in and out to this file (created 0600).
     pub fn transcript(mut self, path: impl Into<PathBuf>) -> Self {
         self.transcript = Some(path.into());
@@ -181,7 +191,8 @@ impl ClientBuilder {
                     .map(Stream::tcp),
             }
         };
-        let stream = tokio::time::timeout(self.connect_timeout, attempt)
+        let stream = crate::deadline::Deadline::after(self.connect_timeout)
+            .timeout(attempt)
             .await
             .map_err(|_| {
                 connect_error(io::Error::new(
@@ -280,6 +291,7 @@ impl ClientBuilder {
             send_ids: self.send_ids,
             negotiate: self.negotiate,
             event_queue_capacity: self.event_queue_capacity,
+            max_write_backlog: self.max_write_backlog,
             transcript,
             initial: if greets {
                 SessionState::AwaitingGreeting
@@ -315,11 +327,9 @@ impl ClientBuilder {
         session: &mut watch::Receiver<SessionState>,
     ) -> Result<()> {
         let connection = client.connection();
-        let waited = tokio::time::timeout(
-            self.greeting_timeout,
-            session.wait_for(|state| !matches!(state, SessionState::AwaitingGreeting)),
-        )
-        .await;
+        let waited = crate::deadline::Deadline::after(self.greeting_timeout)
+            .timeout(session.wait_for(|state| !matches!(state, SessionState::AwaitingGreeting)))
+            .await;
         let reason = match waited {
             Ok(Ok(state)) => state.closed_reason().cloned(),
             // The sender lives in the connection, which `client` holds.

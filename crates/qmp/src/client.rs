@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
-use tokio::time::Instant;
 
 use crate::command::Command;
 use crate::connection::{Connection, PendingCommand};
+use crate::deadline::Deadline;
 use crate::error::{CommandError, DisconnectReason, Error, Result};
 use crate::events::{EventFilter, Subscription};
 use crate::message::{Event, Greeting, Response};
@@ -36,13 +36,27 @@ use crate::wire::{command_arguments, encode_command};
 ///     .timeout(Duration::from_secs(5));
 /// assert_eq!(request.name(), "device_del");
 /// ```
-#[derive(Debug)]
 pub struct Request {
     name: String,
     arguments: Value,
     timeout: Option<Duration>,
     oob: bool,
     fds: Vec<OwnedFd>,
+}
+
+/// Secrets in the arguments are shown redacted (see [`crate::redact`]).
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut arguments = self.arguments.clone();
+        crate::redact::redact_json(&mut arguments);
+        f.debug_struct("Request")
+            .field("name", &self.name)
+            .field("arguments", &arguments)
+            .field("timeout", &self.timeout)
+            .field("oob", &self.oob)
+            .field("fds", &self.fds)
+            .finish()
+    }
 }
 
 impl Request {
@@ -169,7 +183,12 @@ impl Client {
             }),
             Err(info) => Err(Error::Command(CommandError {
                 command: name,
-                arguments,
+                // Errors get logged and printed: no secret in them.
+                arguments: {
+                    let mut arguments = arguments;
+                    crate::redact::redact_json(&mut arguments);
+                    arguments
+                },
                 class: info.class,
                 desc: info.desc,
             })),
@@ -252,10 +271,10 @@ impl Client {
         filter: EventFilter,
         timeout: Duration,
     ) -> Result<(Value, Event)> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
         let mut subscription = self.subscribe(filter);
         let value = self.execute_request(request.timeout(timeout)).await?;
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.remaining_or_max();
         let event = subscription.recv_timeout(left).await.map_err(|e| match e {
             Error::Timeout { awaited, seen, .. } => Error::Timeout {
                 awaited,
@@ -371,11 +390,12 @@ impl Client {
         let bytes = encode_command(&name, &arguments, id, oob)?;
         let (tx, rx) = oneshot::channel();
         // Forgets the pending entry if we give up, so a late reply is dropped as unknown.
-        let _forget = self.connection.expect_reply(
+        let forget = self.connection.expect_reply(
             id,
             PendingCommand {
                 reply: tx,
                 is_quit: name == "quit",
+                oob,
             },
         )?;
         record(
@@ -384,8 +404,11 @@ impl Client {
             Direction::Out,
             &bytes,
         );
-        self.submit(bytes, fds)?;
-        match tokio::time::timeout(timeout, rx).await {
+        if let Err(e) = self.submit(bytes, fds) {
+            forget.unsent();
+            return Err(e);
+        }
+        match Deadline::after(timeout).timeout(rx).await {
             Ok(Ok(result)) => Ok((result?, arguments)),
             Ok(Err(_)) => Err(Error::Disconnected(self.connection.disconnect_reason())),
             Err(_) => Err(Error::Timeout {

@@ -39,6 +39,7 @@ pub(crate) struct Settings {
     pub(crate) send_ids: bool,
     pub(crate) negotiate: bool,
     pub(crate) event_queue_capacity: usize,
+    pub(crate) max_write_backlog: usize,
     pub(crate) transcript: Option<Transcript>,
     pub(crate) initial: SessionState,
 }
@@ -48,6 +49,8 @@ pub(crate) struct PendingCommand {
     pub(crate) reply: oneshot::Sender<Result<Response>>,
     /// `quit` succeeds when the peer closes the connection instead of answering.
     pub(crate) is_quit: bool,
+    /// Sent out of band: its reply may overtake in-band ones.
+    pub(crate) oob: bool,
 }
 
 /// What is guarded by `Connection::state`.
@@ -55,8 +58,9 @@ pub(crate) struct PendingCommand {
 struct State {
     /// Commands sent with an id, by id.
     pending: HashMap<u64, PendingCommand>,
-    /// Commands sent without an id, answered in order.
-    unnumbered: VecDeque<PendingCommand>,
+    /// Commands sent without an id, answered in order, with a token each (to withdraw one
+    /// that could not be sent).
+    unnumbered: VecDeque<(u64, PendingCommand)>,
     seen: Seen,
 }
 
@@ -98,7 +102,7 @@ impl Connection {
             runtime: Handle::current(),
             command_timeout: settings.command_timeout,
             transcript: settings.transcript,
-            writes: WriteQueue::default(),
+            writes: WriteQueue::new(settings.max_write_backlog),
             state: Mutex::new(State::default()),
             session: watch::Sender::new(settings.initial),
             next_id: AtomicU64::new(0),
@@ -191,7 +195,10 @@ impl Connection {
         }
         self.writes.clear();
         let eof = matches!(reason, DisconnectReason::Eof);
-        for command in pending.into_values().chain(unnumbered) {
+        for command in pending
+            .into_values()
+            .chain(unnumbered.into_iter().map(|(_, c)| c))
+        {
             let result = if command.is_quit && eof {
                 // QEMU may close the socket before answering `quit`: that is success.
                 Ok(Response {
@@ -236,15 +243,20 @@ impl Connection {
         if let SessionState::Closed(reason) = &*self.session.borrow() {
             return Err(Error::Disconnected(reason.clone()));
         }
+        let mut token = 0;
         match id {
             Some(id) => {
                 state.pending.insert(id, command);
             }
-            None => state.unnumbered.push_back(command),
+            None => {
+                token = self.next_id.fetch_add(1, Ordering::Relaxed);
+                state.unnumbered.push_back((token, command));
+            }
         }
         Ok(ForgetOnDrop {
             connection: self,
             id,
+            token,
         })
     }
 
@@ -256,6 +268,7 @@ impl Connection {
         {
             Ok(submitted) => Ok(submitted),
             Err(Refused::Closed(reason)) => Err(Error::Disconnected(reason)),
+            Err(Refused::Backpressure(queued)) => Err(Error::Backpressure { queued }),
             Err(Refused::Io(e)) => {
                 let reason = DisconnectReason::Io(Arc::new(e));
                 self.disconnect(reason.clone());
@@ -272,6 +285,9 @@ impl Connection {
     pub(crate) fn dispatch(&self, message: Message) -> Result<(), DisconnectReason> {
         match message {
             Message::Event(event) => {
+                if event.name() == "COMMAND_DROPPED" {
+                    self.command_dropped(&event);
+                }
                 // Also before the greeting: seen in the wild (govmm#90), so tolerated.
                 self.subscribers.deliver(&event);
             }
@@ -279,7 +295,29 @@ impl Connection {
                 let mut state = self.lock();
                 let waiter = match &response.id {
                     Some(id) => id.as_u64().and_then(|id| state.pending.remove(&id)),
-                    None => state.unnumbered.pop_front(),
+                    None => match state.unnumbered.pop_front().map(|(_, c)| c) {
+                        Some(waiter) => Some(waiter),
+                        // QEMU answers input it cannot parse with an error without an id.
+                        // In-band replies come in order, so it belongs to the oldest
+                        // in-band command still waiting (ids are given in sending order).
+                        // A scan, but only on this rare path.
+                        None if response.result.is_err() => {
+                            let oldest = state
+                                .pending
+                                .iter()
+                                .filter(|(_, command)| !command.oob)
+                                .map(|(id, _)| *id)
+                                .min();
+                            if let Some(id) = oldest {
+                                tracing::warn!(
+                                    peer = %self.peer,
+                                    "a QMP error without an id fails the oldest waiting command (id {id})"
+                                );
+                            }
+                            oldest.and_then(|id| state.pending.remove(&id))
+                        }
+                        None => None,
+                    },
                 };
                 drop(state);
                 match waiter {
@@ -296,6 +334,29 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// `COMMAND_DROPPED` (QEMU's out-of-band queue was full): the command with that id
+    /// fails with class `CommandDropped`.
+    fn command_dropped(&self, event: &crate::message::Event) {
+        let data = event.data();
+        let Some(id) = data.get("id").and_then(serde_json::Value::as_u64) else {
+            return;
+        };
+        let reason = data
+            .get("reason")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("unknown");
+        let waiter = self.lock().pending.remove(&id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.reply.send(Ok(Response {
+                id: Some(id.into()),
+                result: Err(crate::message::ErrorInfo {
+                    class: "CommandDropped".into(),
+                    desc: format!("QEMU dropped the command ({reason})"),
+                }),
+            }));
+        }
     }
 
     /// A reply nobody waits for: before the greeting a protocol error, later logged and
@@ -383,6 +444,20 @@ impl Drop for Connection {
 pub(crate) struct ForgetOnDrop<'a> {
     connection: &'a Connection,
     id: Option<u64>,
+    token: u64,
+}
+
+impl ForgetOnDrop<'_> {
+    /// The command was never written: take it out of line, with or without an id.
+    pub(crate) fn unsent(self) {
+        if self.id.is_none() {
+            let token = self.token;
+            self.connection
+                .lock()
+                .unnumbered
+                .retain(|(t, _)| *t != token);
+        }
+    }
 }
 
 impl Drop for ForgetOnDrop<'_> {

@@ -14,11 +14,27 @@ pub enum Error {
     /// The connection could not be made.
     #[error("cannot connect to QMP at {address}: {source}")]
     Connect {
-        /// Where we tried to connect (or listen).
+        /// Where we tried to connect.
         address: String,
         /// Why it failed.
         #[source]
         source: io::Error,
+    },
+    /// A listening socket could not be made (bind, permissions, put in place).
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// Where we tried to listen.
+        address: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// QEMU is not reading its monitor: the bytes not yet written passed the write
+    /// queue's limit, so the message was refused (the session goes on).
+    #[error("QEMU is not reading its monitor ({queued} bytes queued)")]
+    Backpressure {
+        /// Bytes queued but not yet written when the message was refused.
+        queued: usize,
     },
     /// A deadline passed.
     #[error("timed out after {after:?} waiting for {awaited}; {seen}")]
@@ -118,7 +134,7 @@ impl Error {
 pub struct CommandError {
     /// The command name that was sent.
     pub command: String,
-    /// The arguments that were sent.
+    /// The arguments that were sent, with secrets redacted (see [`crate::redact`]).
     pub arguments: Value,
     /// QMP's error class, e.g. `GenericError`, `CommandNotFound`, `DeviceNotFound`.
     pub class: String,

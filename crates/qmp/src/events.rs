@@ -263,7 +263,10 @@ impl Subscription {
     /// As [`recv`](Self::recv), and [`Error::Timeout`] when no matching event arrives
     /// within `timeout`.
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Event, Error> {
-        match tokio::time::timeout(timeout, self.recv()).await {
+        match crate::deadline::Deadline::after(timeout)
+            .timeout(self.recv())
+            .await
+        {
             Ok(item) => item,
             Err(_) => Err(Error::Timeout {
                 awaited: format!("an event matching {:?}", self.queue.filter),

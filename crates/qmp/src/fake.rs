@@ -118,7 +118,8 @@ impl FakePeer {
 
     /// The next message from the client.
     pub async fn recv(&mut self, timeout: Duration) -> io::Result<Value> {
-        tokio::time::timeout(timeout, self.recv_forever())
+        crate::deadline::Deadline::after(timeout)
+            .timeout(self.recv_forever())
             .await
             .map_err(|_| timed_out("message from the client"))?
     }
@@ -201,17 +202,18 @@ impl FakePeer {
     /// Waits until the client closes its end, discarding what it sends.
     pub async fn wait_closed(&mut self, timeout: Duration) -> io::Result<()> {
         let mut buf = [0u8; 4096];
-        tokio::time::timeout(timeout, async {
-            loop {
-                match self.stream.read(&mut buf).await {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
-                    Err(e) => return Err(e),
+        crate::deadline::Deadline::after(timeout)
+            .timeout(async {
+                loop {
+                    match self.stream.read(&mut buf).await {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
                 }
-            }
-        })
-        .await
-        .map_err(|_| timed_out("close from the client"))?
+            })
+            .await
+            .map_err(|_| timed_out("close from the client"))?
     }
 }

@@ -136,6 +136,24 @@ impl FrameDecoder {
         Ok(None)
     }
 
+    /// After a [`ProtocolError::Garbage`] error: throws away the offending input up to and
+    /// including the next newline (all of it if there is none yet), so decoding can go on.
+    /// For a lenient server side (the multiplexer answers garbage with an error, as QEMU
+    /// does, and keeps the session); a client of QEMU stays strict.
+    pub fn skip_garbage(&mut self) {
+        let from = self.scanned.max(self.consumed);
+        let end = match self.buf[from..].iter().position(|&b| b == b'\n') {
+            Some(at) => from + at + 1,
+            None => self.buf.len(),
+        };
+        self.consumed = end;
+        self.scanned = end;
+        self.start = None;
+        self.depth = 0;
+        self.in_string = false;
+        self.escaped = false;
+    }
+
     fn check_size(&self, len: usize) -> Result<(), ProtocolError> {
         if len > self.max_message_size {
             Err(ProtocolError::MessageTooLarge {
@@ -214,6 +232,32 @@ mod tests {
             decoder.next_frame(),
             Err(ProtocolError::Garbage { .. })
         ));
+    }
+
+    #[test]
+    fn garbage_can_be_skipped() {
+        let mut decoder = FrameDecoder::new(1024);
+        decoder.extend(b"xyz {\"a\": 1}\n{\"b\": 2}\n[1]\n{\"c\": 3}");
+        assert!(decoder.next_frame().is_err());
+        decoder.skip_garbage();
+        assert_eq!(frames_until_error(&mut decoder), ["{\"b\": 2}"]);
+        decoder.skip_garbage();
+        assert_eq!(frames(&mut decoder), ["{\"c\": 3}"]);
+        decoder.extend(b"zz");
+        assert!(decoder.next_frame().is_err());
+        decoder.skip_garbage();
+        decoder.extend(b"z\n{}");
+        assert!(decoder.next_frame().is_err());
+        decoder.skip_garbage();
+        assert_eq!(frames(&mut decoder), ["{}"]);
+    }
+
+    fn frames_until_error(decoder: &mut FrameDecoder) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Some(f)) = decoder.next_frame() {
+            out.push(String::from_utf8(f.to_vec()).unwrap());
+        }
+        out
     }
 
     #[test]

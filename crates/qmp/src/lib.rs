@@ -36,9 +36,11 @@ mod builder;
 mod client;
 mod command;
 mod connection;
+mod deadline;
 mod error;
 mod events;
 pub mod fake;
+pub mod fsutil;
 // Public only for the fuzz targets and property tests, which drive the decoder directly.
 #[doc(hidden)]
 pub mod framing;
@@ -63,12 +65,17 @@ pub use builder::{
 };
 pub use client::{Client, Request};
 pub use command::Command;
+pub use deadline::{Deadline, Elapsed};
 pub use error::{CommandError, DisconnectReason, Error, ProtocolError, Result};
 pub use events::{EventFilter, Subscription, DEFAULT_QUEUE_CAPACITY};
 pub use message::{
     ErrorInfo, Event, Greeting, Message, Response, Timestamp, VersionInfo, VersionTriple,
 };
-pub use mux::Multiplexer;
+pub use mux::{
+    Multiplexer, MultiplexerOptions, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_INPUT_MESSAGE,
+    DEFAULT_OUTBOX_BUDGET,
+};
+pub use outgoing::DEFAULT_MAX_WRITE_BACKLOG;
 pub use server::Listener;
 pub use typed_event::{
     BlockJobData, BlockJobErrorData, DeviceDeletedData, JobStatusChangeData, MigrationData,

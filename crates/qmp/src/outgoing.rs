@@ -12,15 +12,20 @@ use std::sync::{Mutex, MutexGuard};
 use crate::error::DisconnectReason;
 use crate::transport::Stream;
 
-/// The messages the socket has not taken yet, oldest first.
-#[derive(Default)]
+/// Default limit on the bytes queued because the peer is not reading: 16 MiB.
+pub const DEFAULT_MAX_WRITE_BACKLOG: usize = 16 * 1024 * 1024;
+
+/// The messages the socket has not taken yet, oldest first, within a byte limit.
 pub(crate) struct WriteQueue {
     inner: Mutex<Backlog>,
+    limit: usize,
 }
 
 #[derive(Default)]
 struct Backlog {
     messages: VecDeque<Outgoing>,
+    /// Bytes queued and not yet written.
+    queued: usize,
     /// A flusher task is running for this queue (at most one is).
     flusher_running: bool,
 }
@@ -47,9 +52,20 @@ pub(crate) enum Refused {
     Closed(DisconnectReason),
     /// Writing failed; the session must end.
     Io(io::Error),
+    /// The peer is not reading: this many bytes are queued already, and the message would
+    /// pass the limit. The session goes on.
+    Backpressure(usize),
 }
 
 impl WriteQueue {
+    /// A queue holding at most `limit` unwritten bytes (a first message is always taken).
+    pub(crate) fn new(limit: usize) -> WriteQueue {
+        WriteQueue {
+            inner: Mutex::new(Backlog::default()),
+            limit,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Backlog> {
         crate::sync::lock_unpoisoned(&self.inner)
     }
@@ -68,6 +84,9 @@ impl WriteQueue {
         if let Some(reason) = closed() {
             return Err(Refused::Closed(reason));
         }
+        if !backlog.messages.is_empty() && backlog.queued.saturating_add(bytes.len()) > self.limit {
+            return Err(Refused::Backpressure(backlog.queued));
+        }
         let mut outgoing = Outgoing {
             bytes,
             sent: 0,
@@ -80,6 +99,7 @@ impl WriteQueue {
                 Err(e) => return Err(Refused::Io(e)),
             }
         }
+        backlog.queued += outgoing.bytes.len() - outgoing.sent;
         backlog.messages.push_back(outgoing);
         if backlog.flusher_running {
             Ok(Submitted::Done)
@@ -94,8 +114,12 @@ impl WriteQueue {
     /// full again. On an error the flusher is marked as stopped too.
     pub(crate) fn flush_ready(&self, stream: &Stream) -> io::Result<bool> {
         let mut backlog = self.lock();
+        let backlog = &mut *backlog;
         while let Some(front) = backlog.messages.front_mut() {
-            match write_some(stream, front) {
+            let before = front.sent;
+            let result = write_some(stream, front);
+            backlog.queued -= front.sent - before;
+            match result {
                 Ok(true) => {
                     backlog.messages.pop_front();
                 }
@@ -112,7 +136,9 @@ impl WriteQueue {
 
     /// Drops everything queued (the session is over).
     pub(crate) fn clear(&self) {
-        self.lock().messages.clear();
+        let mut backlog = self.lock();
+        backlog.messages.clear();
+        backlog.queued = 0;
     }
 }
 

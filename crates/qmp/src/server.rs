@@ -43,18 +43,18 @@ enum ListenSocket {
 }
 
 impl Listener {
-    /// Binds a UNIX socket at `path` (which must not exist yet).
+    /// Binds a UNIX socket at `path` (which must not exist yet), mode 0600 whatever the
+    /// umask, with no moment at which it exists with a looser mode (it is bound in a fresh
+    /// 0700 directory next to `path`, made 0600, then linked into place). Only peers of
+    /// this process's effective uid are accepted.
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] (with the path as `address`) when binding fails, e.g. because
+    /// [`Error::Listen`] (with the path as `address`) when binding fails, e.g. because
     /// `path` exists or its directory does not.
     pub fn bind_unix(path: impl AsRef<Path>) -> Result<Listener> {
         let path = path.as_ref();
-        let socket = StdUnixListener::bind(path).map_err(|source| Error::Connect {
-            address: path.display().to_string(),
-            source,
-        })?;
+        let socket = bind_private_unix(path)?;
         Ok(Listener {
             socket: ListenSocket::Unix(socket),
             address: Address::Unix(path.into()),
@@ -66,9 +66,9 @@ impl Listener {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] when binding fails or the bound port cannot be read.
+    /// [`Error::Listen`] when binding fails or the bound port cannot be read.
     pub fn bind_tcp(host: &str, port: u16) -> Result<Listener> {
-        let wrap = |source| Error::Connect {
+        let wrap = |source| Error::Listen {
             address: Address::Tcp(host.into(), port).to_string(),
             source,
         };
@@ -91,14 +91,15 @@ impl Listener {
     ///
     /// # Errors
     ///
-    /// - [`Error::Timeout`] when no peer connects within `timeout`;
-    /// - [`Error::Connect`] when the listening socket cannot be used or accepting fails;
+    /// - [`Error::Timeout`] when no peer (of our uid, on a UNIX socket) connects within
+    ///   `timeout`; peers of another uid are closed, logged and skipped;
+    /// - [`Error::Listen`] when the listening socket cannot be used or accepting fails;
     /// - after a peer connected, everything the handshake of
     ///   [`ClientBuilder::connect`] returns ([`Error::Timeout`], [`Error::Greeting`],
     ///   [`Error::Negotiation`], [`Error::Disconnected`], [`Error::Io`] for the transcript).
     pub async fn accept(mut self, builder: ClientBuilder, timeout: Duration) -> Result<Client> {
         let address = self.address.to_string();
-        let wrap = |source| Error::Connect {
+        let wrap = |source| Error::Listen {
             address: address.clone(),
             source,
         };
@@ -107,13 +108,15 @@ impl Listener {
             after: timeout,
             seen: "no connection".into(),
         };
+        let deadline = crate::deadline::Deadline::after(timeout);
         let unlink = UnlinkOnDrop(self.unlink.take());
         let (listener, stream) = match &self.socket {
             ListenSocket::Unix(socket) => {
                 let socket = socket.try_clone().map_err(wrap)?;
                 socket.set_nonblocking(true).map_err(wrap)?;
                 let listener = tokio::net::UnixListener::from_std(socket).map_err(wrap)?;
-                let (stream, _) = tokio::time::timeout(timeout, listener.accept())
+                let stream = deadline
+                    .timeout(accept_own_uid(&listener, &address))
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(wrap)?;
@@ -123,7 +126,8 @@ impl Listener {
                 let socket = socket.try_clone().map_err(wrap)?;
                 socket.set_nonblocking(true).map_err(wrap)?;
                 let listener = tokio::net::TcpListener::from_std(socket).map_err(wrap)?;
-                let (stream, _) = tokio::time::timeout(timeout, listener.accept())
+                let (stream, _) = deadline
+                    .timeout(listener.accept())
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(wrap)?;
@@ -205,4 +209,78 @@ async fn refuse_others(
         }
     }
     drop(unlink);
+}
+
+/// Accepts the first peer whose uid (SO_PEERCRED) is our effective uid; others are closed
+/// and logged.
+async fn accept_own_uid(
+    listener: &tokio::net::UnixListener,
+    address: &str,
+) -> std::io::Result<tokio::net::UnixStream> {
+    let euid = nix::unistd::geteuid().as_raw();
+    loop {
+        let (stream, _) = listener.accept().await?;
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == euid => return Ok(stream),
+            Ok(cred) => tracing::warn!(
+                "refused a QMP peer of uid {} on {address}: only uid {euid} may connect",
+                cred.uid()
+            ),
+            Err(e) => {
+                tracing::warn!("refused a QMP peer on {address}: cannot read its credentials: {e}")
+            }
+        }
+    }
+}
+
+/// Binds a UNIX listening socket at `path`, mode 0600 whatever the umask and with no
+/// window: bound inside a fresh 0700 directory next to `path`, chmod 0600, then hard-linked
+/// to `path` (which fails if `path` exists, as binding there would) and the directory
+/// removed.
+pub(crate) fn bind_private_unix(path: &Path) -> Result<StdUnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+    let fail = |source| Error::Listen {
+        address: path.display().to_string(),
+        source,
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if path.file_name().is_none() {
+        return Err(fail(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file path",
+        )));
+    }
+    let mut attempt = 0;
+    let dir = loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = parent.join(format!(".qmp{:x}.{n:x}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => break dir,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
+                attempt += 1;
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    };
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0.join("s"));
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let dir = RemoveDir(dir);
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    let temporary = dir.0.join("s");
+    let socket = StdUnixListener::bind(&temporary).map_err(fail)?;
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    std::fs::hard_link(&temporary, path).map_err(fail)?;
+    drop(dir);
+    Ok(socket)
 }

@@ -1,9 +1,8 @@
 //! A record of every message in and out: `tracing` debug records always, and a file on
 //! request.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,13 +32,10 @@ pub(crate) struct Transcript {
 }
 
 impl Transcript {
-    /// Opens (appending; created 0600) a transcript file.
+    /// Opens (appending; created 0600; never through a symlink; a FIFO or device is an
+    /// error at once) a transcript file.
     pub(crate) fn open(path: &Path) -> Result<Transcript, Error> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
+        let file = crate::fsutil::open_private_append(path)
             .map_err(|e| Error::io(format!("opening QMP transcript {}", path.display()), e))?;
         Ok(Transcript {
             file: Mutex::new(file),

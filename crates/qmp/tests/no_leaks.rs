@@ -18,6 +18,16 @@ async fn quit(client: Client, mut qemu: Qemu) {
     assert!(qemu.wait_exit(T).success());
 }
 
+trait ClosedWithin {
+    async fn closed_within(&self, timeout: Duration) -> bool;
+}
+
+impl ClosedWithin for Client {
+    async fn closed_within(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.closed()).await.is_ok()
+    }
+}
+
 #[test]
 fn nothing_is_left_behind() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -60,6 +70,36 @@ fn nothing_is_left_behind() {
             let _subscription = client.subscribe(EventFilter::all());
             drop(client);
             drop(qemu);
+
+            // The multiplexer: a negotiated client, a client dropped for its budget, a
+            // refused extra client; then the multiplexer is dropped with clients connected.
+            let (qemu, ours) = Qemu::with_socketpair(&["-machine", "none"]);
+            let upstream = Client::builder().adopt_unix(ours).await.unwrap();
+            let path = dir.path().join(format!("mux{round}.sock"));
+            let mux = qmp::Multiplexer::serve_with(
+                upstream.clone(),
+                &path,
+                qmp::MultiplexerOptions::default()
+                    .outbox_budget(64 * 1024)
+                    .max_clients(2),
+            )
+            .unwrap();
+            let a = Client::builder().connect_unix(&path).await.unwrap();
+            a.execute("query-status", json!({})).await.unwrap();
+            let mut greedy = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            std::io::Write::write_all(
+                &mut greedy,
+                b"{\"execute\": \"qmp_capabilities\"}\n{\"execute\": \"query-qmp-schema\"}\n",
+            )
+            .unwrap();
+            greedy.set_read_timeout(Some(T)).unwrap();
+            // Dropped for its budget (the schema is bigger): EOF after what was written.
+            let mut sink = Vec::new();
+            std::io::Read::read_to_end(&mut greedy, &mut sink).unwrap();
+            drop(mux);
+            assert!(a.closed_within(T).await);
+            drop(a);
+            quit(upstream, qemu).await;
         }
     });
 

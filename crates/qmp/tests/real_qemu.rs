@@ -395,3 +395,92 @@ async fn the_multiplexer_serves_two_clients_with_their_own_replies_and_all_event
     drop(mux);
     assert!(!path.exists());
 }
+
+/// This process's resident set size, in KiB.
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
+    use std::io::{Read, Write};
+    let (_qemu, upstream) = socketpair_client(&["-machine", "none"]).await;
+    // Warm up: one schema through the upstream client, so the baseline includes it.
+    let schema = upstream
+        .execute("query-qmp-schema", json!({}))
+        .await
+        .unwrap();
+    let schema_len = schema.to_string().len();
+    drop(schema);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mux.sock");
+    let _mux = qmp::Multiplexer::serve(upstream, &path).unwrap();
+    let baseline = vm_rss_kib();
+
+    let hostile = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let mut writer = hostile.try_clone().unwrap();
+    let sent = std::thread::spawn(move || {
+        let mut sent = 0;
+        if writer
+            .write_all(b"{\"execute\": \"qmp_capabilities\"}\r\n")
+            .is_err()
+        {
+            return sent;
+        }
+        for i in 0..3000 {
+            let line = format!("{{\"execute\": \"query-qmp-schema\", \"id\": {i}}}\r\n");
+            if writer.write_all(line.as_bytes()).is_err() {
+                break; // dropped by the multiplexer: EPIPE / ECONNRESET
+            }
+            sent += 1;
+        }
+        sent
+    });
+    // Sample RSS until the multiplexer has dropped the client (its socket reaches EOF
+    // once drained).
+    let reader = std::thread::spawn(move || {
+        let mut hostile = hostile;
+        // Not reading at all for a while: the multiplexer must cope alone.
+        std::thread::sleep(Duration::from_secs(3));
+        hostile
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match hostile.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => total += n,
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let mut peak = baseline;
+    while !reader.is_finished() {
+        peak = peak.max(vm_rss_kib());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let read = reader.join().unwrap().expect("EOF, not a read error");
+    let sent = sent.join().unwrap();
+    println!(
+        "query-qmp-schema reply: {schema_len} bytes; hostile client sent {sent} commands, \
+         read {read} bytes then EOF; VmRSS baseline {baseline} KiB, peak {peak} KiB, growth {} KiB",
+        peak - baseline
+    );
+    assert!(
+        peak - baseline < 64 * 1024,
+        "RSS grew by {} KiB",
+        peak - baseline
+    );
+    assert!(read < 9 * 1024 * 1024 + 512 * 1024, "read {read} bytes");
+
+    // Another client is still served.
+    let client = Client::builder().connect_unix(&path).await.unwrap();
+    let status = client.call(&QueryStatus {}).await.unwrap();
+    assert!(status.running);
+}
