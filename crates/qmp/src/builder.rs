@@ -290,6 +290,8 @@ impl ClientBuilder {
             command_timeout: self.command_timeout,
             send_ids: self.send_ids,
             negotiate: self.negotiate,
+            // A peer that greets is QEMU's monitor; one that does not, the guest agent.
+            id_less_errors_fail_oldest: greets,
             event_queue_capacity: self.event_queue_capacity,
             max_write_backlog: self.max_write_backlog,
             transcript,

@@ -38,6 +38,11 @@ pub(crate) struct Settings {
     pub(crate) command_timeout: Duration,
     pub(crate) send_ids: bool,
     pub(crate) negotiate: bool,
+    /// Whether an error reply without an id fails the oldest waiting command: true for
+    /// QEMU's monitor, which answers unparsable input that way, in order; false for the
+    /// guest agent, whose resync (`0xFF`) draws such errors for the junk before it, which
+    /// belong to no command.
+    pub(crate) id_less_errors_fail_oldest: bool,
     pub(crate) event_queue_capacity: usize,
     pub(crate) max_write_backlog: usize,
     pub(crate) transcript: Option<Transcript>,
@@ -80,6 +85,7 @@ pub(crate) struct Connection {
     next_id: AtomicU64,
     send_ids: bool,
     negotiate: bool,
+    id_less_errors_fail_oldest: bool,
     subscribers: Arc<Subscribers>,
     greeting: OnceLock<Greeting>,
     reader: Mutex<Option<JoinHandle<()>>>,
@@ -108,6 +114,7 @@ impl Connection {
             next_id: AtomicU64::new(0),
             send_ids: settings.send_ids,
             negotiate: settings.negotiate,
+            id_less_errors_fail_oldest: settings.id_less_errors_fail_oldest,
             subscribers: Subscribers::new(settings.event_queue_capacity),
             greeting: OnceLock::new(),
             reader: Mutex::new(None),
@@ -301,7 +308,7 @@ impl Connection {
                         // In-band replies come in order, so it belongs to the oldest
                         // in-band command still waiting (ids are given in sending order).
                         // A scan, but only on this rare path.
-                        None if response.result.is_err() => {
+                        None if response.result.is_err() && self.id_less_errors_fail_oldest => {
                             let oldest = state
                                 .pending
                                 .iter()

@@ -425,7 +425,7 @@ async fn a_peer_that_never_reads_gets_backpressure_not_unbounded_memory() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Backpressure { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(started.elapsed() < Duration::from_secs(2));
     assert!(client.is_connected());
     // Once the peer reads again, commands go through.
     go_on.send(()).unwrap();
