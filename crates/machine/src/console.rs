@@ -305,7 +305,7 @@ impl Console {
     /// [`ErrorKind::Timeout`] when the socket does not take all of `bytes` within 10 s;
     /// [`ErrorKind::Io`] when it fails.
     pub async fn write(&self, bytes: &[u8]) -> Result<()> {
-        let deadline = Instant::now() + WRITE_TIMEOUT;
+        let deadline = crate::deadline::deadline_after(WRITE_TIMEOUT);
         let timeout = |written| {
             Error::new(
                 self.name.clone(),
@@ -357,7 +357,7 @@ impl Console {
         failures: &[Pattern],
         timeout: Duration,
     ) -> Result<Match> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let mut window: Vec<u8> = Vec::new();
         let mut window_start = *self.shared.cursor();
         let mut searched = 0;
@@ -473,7 +473,7 @@ impl Console {
         timeout: Duration,
     ) -> Result<Match> {
         let pattern = pattern.into();
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         loop {
             self.write(interrupt).await?;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -506,7 +506,7 @@ impl Console {
 
     /// Waits up to `timeout` for the stream to end (after QEMU exits), then stops draining.
     pub(crate) async fn close(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         loop {
             let arrived = self.shared.arrived.notified();
             tokio::pin!(arrived);

@@ -134,7 +134,7 @@ impl Machine {
         if let Some(index) = self.events.iter().position(&matches) {
             return Ok(self.events.remove(index).unwrap_or_else(|| unreachable!()));
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let mut seen: Vec<String> = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -83,7 +83,7 @@ impl GuestAgent {
     /// address), reconnecting until it syncs or `timeout` passes.
     pub async fn connect(address: &Address, timeout: Duration) -> Result<GuestAgent> {
         let name = address.to_string();
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let mut last_error = String::from("no attempt finished");
         while Instant::now() < deadline {
             match Self::builder(&name)
@@ -129,7 +129,7 @@ impl GuestAgent {
 
     /// Resyncs: `0xFF`, then `guest-sync-delimited` with a fresh id until the agent echoes it.
     pub async fn sync(&self, timeout: Duration, mut alive: impl FnMut() -> bool) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -227,7 +227,7 @@ impl GuestAgent {
 
     /// Runs `path args...` in the guest and waits (at most `timeout`) for it to end.
     pub async fn exec(&self, path: &str, args: &[&str], timeout: Duration) -> Result<ExecOutput> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let started = self
             .execute(
                 "guest-exec",
@@ -255,7 +255,7 @@ impl GuestAgent {
                     stderr: self.decode(&status["err-data"])?,
                 });
             }
-            if Instant::now() + pause > deadline {
+            if crate::deadline::deadline_after(pause) > deadline {
                 return Err(Error::new(
                     self.name.clone(),
                     ErrorKind::Timeout {

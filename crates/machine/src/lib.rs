@@ -32,6 +32,7 @@ mod accel;
 mod argv;
 pub mod blocking;
 mod config;
+mod deadline;
 pub mod console;
 mod error;
 mod event_cache;

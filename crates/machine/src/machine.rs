@@ -160,7 +160,7 @@ impl Running {
     fn kill_now(mut self, keep_run_dir: bool) {
         self.signals_sent.push(Signal::SIGKILL);
         signal_group(self.pid, Signal::SIGKILL);
-        let deadline = std::time::Instant::now() + REAP_TIMEOUT;
+        let deadline = crate::deadline::std_deadline_after(REAP_TIMEOUT);
         while std::time::Instant::now() < deadline {
             match self.child.try_wait() {
                 Ok(Some(_)) | Err(_) => break,

@@ -127,7 +127,7 @@ impl Qtest {
     ///
     /// As [the session](Qtest#errors); a `FAIL` reply is returned, not an error.
     pub async fn cmd_timeout(&self, command: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let mut session = tokio::time::timeout_at(deadline, self.session.lock())
             .await
             .map_err(|_| {
@@ -476,7 +476,7 @@ impl Qtest {
     ///
     /// See [the session](Qtest#errors).
     pub async fn next_irq(&self, timeout: Duration) -> Result<IrqEvent> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         loop {
             let arrived = self.shared.irq_arrived.notified();
             tokio::pin!(arrived);

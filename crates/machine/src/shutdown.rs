@@ -119,7 +119,7 @@ impl Machine {
             running.signals_sent.push(Signal::SIGKILL);
             signal_group(running.pid, Signal::SIGKILL);
         } else if running.exit.is_none() {
-            let deadline = Instant::now() + timeout;
+            let deadline = crate::deadline::deadline_after(timeout);
             match stop {
                 Stop::Quit => {
                     if let Some(client) = &running.qmp {

@@ -131,7 +131,7 @@ fn reap_unclaimed(mut child: Child) {
     };
     tracing::debug!(pid, "launch cancelled during spawn: killing QEMU");
     signal_group(pid, Signal::SIGKILL);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = crate::deadline::std_deadline_after(std::time::Duration::from_secs(10));
     while std::time::Instant::now() < deadline {
         match child.try_wait() {
             Ok(Some(_)) | Err(_) => return,
