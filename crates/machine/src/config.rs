@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 pub const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default deadline for a graceful shutdown before SIGKILL.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest console buffer a machine accepts (256 MiB).
+pub const MAX_CONSOLE_BUFFER: usize = 256 * 1024 * 1024;
 
 /// Where the QMP monitor lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,7 +261,8 @@ impl MachineBuilder {
     }
 
     /// Size of the console's ring buffer (default 1 MiB): the newest output kept for
-    /// `expect` and `history`.
+    /// `expect` and `history`. At most [`MAX_CONSOLE_BUFFER`] (256 MiB): more is an
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) at launch.
     pub fn console_buffer(mut self, bytes: usize) -> Self {
         self.config.console_buffer = bytes;
         self
@@ -370,6 +373,14 @@ impl Config {
                      use 127.0.0.1 or ::1, or allow_remote_monitor(true)"
                 )));
             }
+        }
+        if self.console_buffer > MAX_CONSOLE_BUFFER {
+            return Err(Error::config(format!(
+                "console_buffer({}) is more than {} MiB; the console keeps its newest bytes, \
+                 use console_log() to keep everything",
+                self.console_buffer,
+                MAX_CONSOLE_BUFFER >> 20
+            )));
         }
         if !self.qmp_enabled && self.monitor != Monitor::Socketpair {
             return Err(Error::config(

@@ -121,12 +121,16 @@ struct ByteRing {
 }
 
 impl ByteRing {
-    fn new(capacity: usize) -> ByteRing {
-        ByteRing {
-            buf: vec![0; capacity.max(1)].into_boxed_slice(),
+    /// A ring of `capacity` bytes; an allocation failure is an error, not an abort.
+    fn new(capacity: usize) -> std::result::Result<ByteRing, std::collections::TryReserveError> {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(capacity.max(1))?;
+        buf.resize(capacity.max(1), 0);
+        Ok(ByteRing {
+            buf: buf.into_boxed_slice(),
             head: 0,
             len: 0,
-        }
+        })
     }
 
     /// Appends, dropping the oldest bytes as needed; returns how many were dropped.
@@ -222,10 +226,15 @@ impl Console {
         capacity: usize,
         log: Option<File>,
     ) -> Result<Console> {
+        let ring = ByteRing::new(capacity).map_err(|e| {
+            Error::config(format!(
+                "cannot allocate a console buffer of {capacity} bytes: {e}"
+            ))
+        })?;
         let (reader, writer) = crate::sock::split(stream, "console")?;
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
-                ring: ByteRing::new(capacity),
+                ring,
                 total: 0,
                 dropped: 0,
                 end: None,
@@ -565,7 +574,7 @@ mod tests {
 
     #[test]
     fn ring_keeps_the_newest_bytes() {
-        let mut ring = ByteRing::new(8);
+        let mut ring = ByteRing::new(8).unwrap();
         assert_eq!(ring.push(b"abcdef"), 0);
         assert_eq!(ring.push(b"ghij"), 2);
         let mut out = Vec::new();

@@ -27,6 +27,8 @@ const SYNC_ATTEMPT: Duration = Duration::from_millis(500);
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes per `guest-file-read`/`guest-file-write` call.
 const FILE_CHUNK: usize = 256 * 1024;
+/// The largest file [`GuestAgent::read_file`] reads.
+const MAX_READ_FILE: usize = 64 * 1024 * 1024;
 
 /// What a command run with [`GuestAgent::exec`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +303,11 @@ impl GuestAgent {
     }
 
     /// Reads a whole guest file, in chunks.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::GuestAgent`] when the file is larger than 64 MiB (or endless), with
+    /// how much was read.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let handle = self.open(path, "r").await?;
         let mut content = Vec::new();
@@ -312,7 +319,21 @@ impl GuestAgent {
                         json!({"handle": handle, "count": FILE_CHUNK}),
                     )
                     .await?;
-                content.extend(self.decode(&chunk["buf-b64"])?);
+                let bytes = self.decode(&chunk["buf-b64"])?;
+                if content.len() + bytes.len() > MAX_READ_FILE {
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::GuestAgent {
+                            message: format!(
+                                "`{path}` is larger than {} MiB (read {} bytes so far); \
+                                 read it in parts (guest-file-read) instead",
+                                MAX_READ_FILE >> 20,
+                                content.len() + bytes.len()
+                            ),
+                        },
+                    ));
+                }
+                content.extend(bytes);
                 if chunk["eof"].as_bool() != Some(false) {
                     return Ok(());
                 }

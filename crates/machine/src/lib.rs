@@ -43,6 +43,7 @@ pub mod guest_agent;
 pub mod hotplug;
 pub mod job;
 mod launch;
+mod output;
 mod machine;
 pub mod migration;
 pub mod probe;
@@ -57,13 +58,14 @@ pub mod usernet;
 pub use accel::{is_kvm_pvm, kvm_really_usable, Accel};
 pub use config::{
     ConsoleConfig, KeepRunDir, MachineBuilder, Monitor, DEFAULT_LAUNCH_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, MAX_CONSOLE_BUFFER,
 };
 pub use console::{Console, Match, Pattern};
 pub use error::{
     redact_argv, shell_words, AbnormalShutdown, Error, ErrorKind, LaunchFailure, LaunchReason,
     QemuExited, Result, ShutdownCause,
 };
+pub use event_cache::EVENT_CACHE_LIMIT;
 pub use event_match::{conv_keys, event_match};
 pub use guest_agent::{ExecOutput, GuestAgent};
 pub use machine::Machine;

@@ -25,15 +25,14 @@ use tokio::process::Child;
 
 use crate::config::{Config, KeepRunDir, MachineBuilder};
 use crate::console::Console;
-use crate::error::{redact_argv, Error, ErrorKind, QemuExited, Result};
+use crate::error::{redact_argv, secrets_of, Error, ErrorKind, QemuExited, Result};
 use crate::guest_agent::GuestAgent;
 use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
-use crate::shutdown::{read_tail, wait_exit, REAP_TIMEOUT};
+use crate::output::{read_tail, ERROR_TAIL};
+use crate::shutdown::{wait_exit, REAP_TIMEOUT};
 use crate::spawn::signal_group;
 
-/// How much of QEMU's output an error quotes.
-pub(crate) const OUTPUT_TAIL: u64 = 8 * 1024;
 /// How long to wait for QEMU to finish exiting once it has closed its monitor.
 pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -51,6 +50,8 @@ pub struct Machine {
     pub(crate) phase: Phase,
     /// Events pulled while waiting for others, oldest first.
     pub(crate) events: VecDeque<Event>,
+    /// Events dropped from the full cache.
+    pub(crate) events_dropped: u64,
 }
 
 /// Where a machine is in its life.
@@ -188,6 +189,7 @@ impl Machine {
             builder: config,
             phase: Phase::Configured,
             events: VecDeque::new(),
+            events_dropped: 0,
         }
     }
 
@@ -401,7 +403,12 @@ impl Machine {
             during: during.to_string(),
             status: running.exit,
             command: redact_argv(&running.argv),
-            output: read_tail(&running.log_path, OUTPUT_TAIL),
+            output: read_tail(
+                &running.log_path,
+                ERROR_TAIL,
+                &secrets_of(&running.argv),
+                self.config.log_dir.is_some().then_some(running.log_path.as_path()),
+            ),
         }))
     }
 

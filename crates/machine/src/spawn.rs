@@ -84,8 +84,19 @@ pub(crate) async fn spawn(
         .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log.try_clone()?)
-        .process_group(0);
+        .stderr(log.try_clone()?);
+    spawn_command(command, child_fds, inherit).await
+}
+
+/// Spawns `command` (its stdio as set by the caller) on the spawner thread, in a process
+/// group of its own and with the death signal armed; `inherit` (among them `child_fds`,
+/// closed here once the child has them) keep their numbers in the child.
+pub(crate) async fn spawn_command(
+    mut command: std::process::Command,
+    child_fds: Vec<OwnedFd>,
+    inherit: Vec<RawFd>,
+) -> io::Result<Child> {
+    command.process_group(0);
     let parent = nix::unistd::getpid();
     // SAFETY: between fork and exec the closure makes only async-signal-safe system calls
     // (prctl, getppid, fcntl) and allocates nothing, on its error paths too: every error

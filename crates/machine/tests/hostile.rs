@@ -84,3 +84,125 @@ async fn no_duration_reaches_a_panic() {
         assert_gone(pid, T);
     }
 }
+
+// 2. Bounded reads of outside data.
+
+/// A fake QEMU that floods its output with about 20 MB of lines, ends with a known line
+/// and exits 1.
+fn flooding_qemu(dir: &Path) -> PathBuf {
+    script(
+        dir,
+        "flooding-qemu",
+        "yes 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' \
+         | head -c 20000000 >&2\necho 'the very last line' >&2\nexit 1",
+    )
+}
+
+#[tokio::test]
+async fn a_20mb_launch_failure_quotes_only_the_tail() {
+    let scratch = Scratch::new();
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = flooding_qemu(bin.path());
+    let baseline = vm_rss_kib();
+    let mut vm = Machine::new(
+        Machine::builder(qemu.to_str().unwrap()).base_temp_dir(scratch.path()),
+    );
+    let err = vm.launch().await.unwrap_err();
+    let peak = vm_rss_kib();
+    println!("VmRSS baseline {baseline} KiB, after the failed launch {peak} KiB");
+    let ErrorKind::Launch(failure) = err.kind() else {
+        panic!("{err}")
+    };
+    assert!(
+        matches!(failure.reason, LaunchReason::ExitedBeforeQmp),
+        "{err}"
+    );
+    let shown = err.to_string();
+    println!("Display: {} bytes, {} lines", shown.len(), shown.lines().count());
+    assert!(shown.len() < 70 * 1024, "{} bytes", shown.len());
+    assert!(shown.lines().count() <= 210, "{} lines", shown.lines().count());
+    assert!(
+        shown.contains("earlier bytes of QEMU's output left out"),
+        "{}",
+        &shown[..500]
+    );
+    assert!(shown.contains("the whole log was not kept"));
+    assert!(shown.trim_end().ends_with("the very last line"), "{}", &shown[shown.len() - 300..]);
+    assert!(peak.saturating_sub(baseline) < 16 * 1024, "RSS grew by {} KiB", peak - baseline);
+    let pid = failure.pid.unwrap();
+    assert_gone(pid, T);
+}
+
+#[tokio::test]
+async fn get_log_after_a_flood_is_bounded() {
+    let scratch = Scratch::new();
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = flooding_qemu(bin.path());
+    let baseline = vm_rss_kib();
+    let mut vm = Machine::new(
+        Machine::builder(qemu.to_str().unwrap())
+            .base_temp_dir(scratch.path())
+            .keep_run_dir(qemu_machine::KeepRunDir::Always),
+    );
+    vm.launch().await.unwrap_err();
+    let log = vm.get_log().unwrap();
+    let peak = vm_rss_kib();
+    println!("VmRSS baseline {baseline} KiB, after get_log {peak} KiB; log {} bytes", log.len());
+    assert!(log.len() <= 1024 * 1024 + 256, "{} bytes", log.len());
+    let header = log.lines().next().unwrap();
+    let kept = vm.kept_run_dir().unwrap().to_path_buf();
+    let full = kept.join(format!("{}.log", vm.name()));
+    assert!(header.contains("earlier bytes of QEMU's output left out"), "{header}");
+    assert!(header.contains(&format!("the whole log is {}", full.display())), "{header}");
+    assert!(log.ends_with("the very last line\n"));
+    assert!(std::fs::metadata(&full).unwrap().len() > 20_000_000);
+    assert!(peak.saturating_sub(baseline) < 16 * 1024, "RSS grew by {} KiB", peak - baseline);
+    std::fs::remove_dir_all(kept).unwrap();
+}
+
+#[tokio::test]
+async fn probe_of_a_flooding_binary_is_an_error() {
+    let bin = tempfile::tempdir().unwrap();
+    let marker = format!("probe-flood-marker-{}", std::process::id());
+    let qemu = script(bin.path(), "yes-qemu", &format!("exec yes {marker}"));
+    let start = Instant::now();
+    let err = qemu_machine::Probe::of(qemu.to_str().unwrap())
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    println!("probe failed after {took:?}: {err}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let ErrorKind::Probe { message, .. } = err.kind() else {
+        panic!("{err}")
+    };
+    assert!(message.contains("printed more than 4 MiB"), "{message}");
+    assert!(message.contains("a QEMU binary?"), "{message}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !processes_with(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", processes_with(&marker));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test]
+async fn absurd_console_buffer_is_a_config_error() {
+    let scratch = Scratch::new();
+    let bin = tempfile::tempdir().unwrap();
+    let ran = bin.path().join("ran");
+    let qemu = script(bin.path(), "qemu", &format!("touch '{}'", ran.display()));
+    for bytes in [usize::MAX, qemu_machine::MAX_CONSOLE_BUFFER + 1] {
+        let mut vm = Machine::new(
+            Machine::builder(qemu.to_str().unwrap())
+                .base_temp_dir(scratch.path())
+                .console(None, 0)
+                .console_buffer(bytes),
+        );
+        let err = vm.launch().await.unwrap_err();
+        let ErrorKind::Config(message) = err.kind() else {
+            panic!("{err}")
+        };
+        assert!(message.contains("console_buffer"), "{message}");
+        assert!(vm.pid().is_none());
+    }
+    assert!(!ran.exists(), "QEMU was spawned");
+}
