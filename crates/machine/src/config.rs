@@ -23,7 +23,7 @@ pub enum Monitor {
     /// socket file, no race, no path-length limit.
     Socketpair,
     /// We listen on this UNIX path and QEMU connects (`path=`). A relative path is taken
-    /// inside the run dir.
+    /// inside the run dir and must stay there (no `..`).
     Unix(PathBuf),
     /// We listen on this TCP address and QEMU connects (`host=,port=`); port 0 picks one.
     /// Only loopback addresses, unless [`MachineBuilder::allow_remote_monitor`].
@@ -371,6 +371,35 @@ impl Config {
                 return Err(Error::config(format!(
                     "the QMP monitor would listen on {host}, which is not loopback; \
                      use 127.0.0.1 or ::1, or allow_remote_monitor(true)"
+                )));
+            }
+        }
+        let renders_run_dir = self.builtin_guest
+            || matches!(&self.monitor, Monitor::Unix(path) if path.is_relative());
+        if renders_run_dir && self.base_temp_dir.to_str().is_none() {
+            return Err(Error::config(format!(
+                "the base temp dir {} is not UTF-8: QEMU's options cannot name paths under it",
+                self.base_temp_dir.display()
+            )));
+        }
+        if let Monitor::Unix(path) = &self.monitor {
+            if path.to_str().is_none() {
+                return Err(Error::config(format!(
+                    "the monitor path {} is not UTF-8",
+                    path.display()
+                )));
+            }
+            let inside = path.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            if path.as_os_str().is_empty() || (path.is_relative() && !inside) {
+                return Err(Error::config(format!(
+                    "the relative monitor path {} would leave the run dir; \
+                     use plain names (no '..'), or an absolute path",
+                    path.display()
                 )));
             }
         }

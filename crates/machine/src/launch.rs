@@ -1,8 +1,7 @@
 //! Launching: run dir, sockets, command line, spawn, then QMP while watching the child.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -299,7 +298,13 @@ fn prepare_monitor(
             let path = run_dir.join(path);
             let listener = Listener::bind_unix(&path).map_err(wrap)?;
             (
-                MonitorChardev::Unix(path.display().to_string()),
+                MonitorChardev::Unix(
+                    path.to_str()
+                        .ok_or_else(|| {
+                            Error::config(format!("the monitor path {} is not UTF-8", path.display()))
+                        })?
+                        .to_string(),
+                ),
                 PendingQmp::Listener(listener),
             )
         }
@@ -373,12 +378,14 @@ async fn connect_qmp(
     }
 }
 
+/// A new private (0600) file at `path`, replacing (never following or truncating through)
+/// what is there; a FIFO, socket, device or directory there is a configuration error.
 pub(crate) fn create_private(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
+    crate::private_file::create_private_file(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            Error::config(format!("cannot create a log file: {e}"))
+        } else {
+            Error::io(format!("creating {}", path.display()), e)
+        }
+    })
 }

@@ -44,6 +44,7 @@ pub mod hotplug;
 pub mod job;
 mod launch;
 mod output;
+mod private_file;
 mod machine;
 pub mod migration;
 pub mod probe;
@@ -56,6 +57,7 @@ mod spawn;
 pub mod usernet;
 
 pub use accel::{is_kvm_pvm, kvm_really_usable, Accel};
+pub use argv::escape_option_value;
 pub use config::{
     ConsoleConfig, KeepRunDir, MachineBuilder, Monitor, DEFAULT_LAUNCH_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, MAX_CONSOLE_BUFFER,

@@ -206,3 +206,134 @@ async fn absurd_console_buffer_is_a_config_error() {
     }
     assert!(!ran.exists(), "QEMU was spawned");
 }
+
+// 3. Files.
+
+#[tokio::test]
+async fn console_log_symlink_is_replaced_not_followed() {
+    let scratch = Scratch::new();
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let console_log = dir.path().join("console.log");
+    std::os::unix::fs::symlink(&victim, &console_log).unwrap();
+    let qemu_log_dir = dir.path().join("logs");
+    std::fs::create_dir(&qemu_log_dir).unwrap();
+    let mut vm = Machine::new(
+        scratch
+            .builder()
+            .builtin_guest()
+            .console_log(&console_log)
+            .log_dir(&qemu_log_dir),
+    );
+    std::os::unix::fs::symlink(&victim, qemu_log_dir.join(format!("{}.log", vm.name()))).unwrap();
+    vm.launch().await.unwrap();
+    let pid = vm.pid().unwrap();
+    vm.console().unwrap().expect(guest::BANNER, T).await.unwrap();
+    vm.shutdown().await.unwrap();
+    assert_gone(pid, T);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(
+        std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    for path in [console_log, qemu_log_dir.join(format!("{}.log", vm.name()))] {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file(), "{}", path.display());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", path.display());
+    }
+    assert!(std::fs::read_to_string(dir.path().join("console.log"))
+        .unwrap()
+        .contains("READY"));
+}
+
+#[tokio::test]
+async fn an_existing_0644_log_becomes_0600() {
+    let scratch = Scratch::new();
+    let dir = tempfile::tempdir().unwrap();
+    let console_log = dir.path().join("console.log");
+    std::fs::write(&console_log, "old content\n").unwrap();
+    std::fs::set_permissions(&console_log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut vm = Machine::new(
+        scratch
+            .builder()
+            .builtin_guest()
+            .console_log(&console_log)
+            .log_dir(dir.path()),
+    );
+    let qemu_log = dir.path().join(format!("{}.log", vm.name()));
+    std::fs::write(&qemu_log, "old log\n").unwrap();
+    std::fs::set_permissions(&qemu_log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    vm.launch().await.unwrap();
+    let pid = vm.pid().unwrap();
+    vm.console().unwrap().expect(guest::BANNER, T).await.unwrap();
+    vm.shutdown().await.unwrap();
+    assert_gone(pid, T);
+    for path in [&console_log, &qemu_log] {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", path.display());
+        assert!(!std::fs::read_to_string(path).unwrap().contains("old"));
+    }
+    // Nothing else left in the log dir (no temporary files).
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[tokio::test]
+async fn a_fifo_where_a_log_belongs_is_an_error_at_once() {
+    let scratch = Scratch::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let qemu = script(dir.path(), "qemu", &format!("touch '{}'", ran.display()));
+    let fifo = dir.path().join("fifo.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let base = Machine::builder(qemu.to_str().unwrap()).base_temp_dir(scratch.path());
+    // As the console log, and as QEMU's log.
+    let cases = [
+        base.clone().console(None, 0).console_log(&fifo),
+        base.clone().name("fifo").log_dir(&logs),
+    ];
+    nix::unistd::mkfifo(&logs.join("fifo.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for builder in cases {
+        let mut vm = Machine::new(builder);
+        let start = Instant::now();
+        let err = vm.launch().await.unwrap_err();
+        let took = start.elapsed();
+        println!("{took:?}: {err}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        let ErrorKind::Config(message) = err.kind() else {
+            panic!("{err}")
+        };
+        assert!(message.contains("is a FIFO"), "{message}");
+        assert!(vm.pid().is_none());
+    }
+    assert!(!ran.exists(), "QEMU was spawned");
+}
+
+#[tokio::test]
+async fn relative_monitor_path_cannot_escape() {
+    let scratch = Scratch::new();
+    for path in ["../qmp.sock", "a/../../qmp.sock", ""] {
+        let mut vm = Machine::new(
+            scratch
+                .builder()
+                .machine_type("none")
+                .monitor(qemu_machine::Monitor::Unix(path.into())),
+        );
+        let err = vm.launch().await.unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Config(_)), "{path}: {err}");
+        assert!(vm.pid().is_none());
+    }
+    assert!(!scratch.path().join("qmp.sock").exists());
+    // A plain relative name still works, inside the run dir.
+    let mut vm = Machine::new(
+        scratch
+            .builder()
+            .machine_type("none")
+            .monitor(qemu_machine::Monitor::Unix("./sub-less.sock".into())),
+    );
+    vm.launch().await.unwrap();
+    vm.shutdown().await.unwrap();
+}
