@@ -23,6 +23,49 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Per-attempt deadline of `guest-sync-delimited`.
 const SYNC_ATTEMPT: Duration = Duration::from_millis(500);
+/// How long a connection is watched for a QMP greeting.
+const GREETING_WAIT: Duration = Duration::from_millis(500);
+
+/// Connects to `address` and reads what it says by itself within `wait`: true when that
+/// is a QMP greeting (`{"QMP": ...`). Reads at most a few bytes.
+async fn greets_as_qmp(address: &Address, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let attempt = async {
+        let mut first = [0u8; 16];
+        let mut filled = 0;
+        let read_some = |n: std::io::Result<usize>| match n {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        };
+        match address {
+            Address::Unix(path) => {
+                let mut stream = tokio::net::UnixStream::connect(path).await.ok()?;
+                while filled < first.len() {
+                    filled += read_some(stream.read(&mut first[filled..]).await)?;
+                }
+            }
+            Address::Tcp(host, port) => {
+                let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .ok()?;
+                while filled < first.len() {
+                    filled += read_some(stream.read(&mut first[filled..]).await)?;
+                }
+            }
+        }
+        Some(first)
+    };
+    match tokio::time::timeout(wait, attempt).await {
+        Ok(Some(first)) => {
+            let text: String = String::from_utf8_lossy(&first)
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            text.starts_with("{\"QMP\"")
+        }
+        _ => false,
+    }
+}
 /// Default deadline for a guest-agent command.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes per `guest-file-read`/`guest-file-write` call.
@@ -87,6 +130,7 @@ impl GuestAgent {
         let name = address.to_string();
         let deadline = crate::deadline::deadline_after(timeout);
         let mut last_error = String::from("no attempt finished");
+        let mut diagnosed = false;
         while Instant::now() < deadline {
             match Self::builder(&name)
                 .connect_timeout(SYNC_ATTEMPT)
@@ -104,6 +148,23 @@ impl GuestAgent {
                         Err(e) => last_error = e.to_string(),
                     }
                     agent.client.close();
+                    // An agent never speaks first; a QMP monitor greets at once. Asked once,
+                    // after a failed sync, so that a working agent costs nothing.
+                    if !diagnosed {
+                        diagnosed = true;
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if greets_as_qmp(address, GREETING_WAIT.min(left)).await {
+                            return Err(Error::new(
+                                name.clone(),
+                                ErrorKind::GuestAgent {
+                                    message: format!(
+                                        "{address} is a QMP monitor, not a guest agent \
+                                         (it sent a QMP greeting)"
+                                    ),
+                                },
+                            ));
+                        }
+                    }
                 }
                 Err(e) => {
                     last_error = e.to_string();

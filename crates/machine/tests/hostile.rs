@@ -337,3 +337,115 @@ async fn relative_monitor_path_cannot_escape() {
     vm.launch().await.unwrap();
     vm.shutdown().await.unwrap();
 }
+
+// 4. Messages.
+
+#[tokio::test]
+async fn launch_deadline_is_the_deadline() {
+    let scratch = Scratch::new();
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = script(bin.path(), "sleepy-qemu", "exec sleep 60");
+    let mut vm = Machine::new(
+        Machine::builder(qemu.to_str().unwrap())
+            .base_temp_dir(scratch.path())
+            .launch_timeout(Duration::from_secs(2)),
+    );
+    let start = Instant::now();
+    let err = vm.launch().await.unwrap_err();
+    let took = start.elapsed();
+    println!("launch failed after {took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(2600),
+        "{took:?}"
+    );
+    let ErrorKind::Launch(failure) = err.kind() else {
+        panic!("{err}")
+    };
+    assert!(
+        matches!(failure.reason, LaunchReason::QmpTimeout(d) if d == Duration::from_secs(2)),
+        "{err}"
+    );
+    assert_gone(failure.pid.unwrap(), Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn commas_in_paths_work() {
+    let base = tempfile::Builder::new()
+        .prefix("with,comma,,s-")
+        .tempdir()
+        .unwrap();
+    for monitor in [
+        qemu_machine::Monitor::Unix("q,mp.sock".into()),
+        qemu_machine::Monitor::Socketpair,
+    ] {
+        let mut vm = Machine::new(
+            Machine::builder(common::qemu())
+                .base_temp_dir(base.path())
+                .args(["-nodefaults"])
+                .name(format!("comma,vm-{}", matches!(monitor, qemu_machine::Monitor::Socketpair)))
+                .monitor(monitor)
+                .builtin_guest(),
+        );
+        vm.launch().await.unwrap();
+        let pid = vm.pid().unwrap();
+        let argv = vm.command_line().unwrap().join(" ");
+        assert!(argv.contains("file=") && argv.contains("with,,comma,,,,s-"), "{argv}");
+        let console = vm.console().unwrap();
+        console.expect(guest::BANNER, T).await.unwrap();
+        console.write(&[guest::POWEROFF]).await.unwrap();
+        vm.wait(T).await.unwrap();
+        assert!(vm.exit_status().unwrap().success());
+        assert_gone(pid, T);
+    }
+    assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_qmp_monitor_is_not_a_guest_agent() {
+    let scratch = Scratch::new();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("qmp.sock");
+    let mut vm = Machine::new(scratch.builder().machine_type("none").args([
+        "-chardev",
+        &format!("socket,id=extra,path={},server=on,wait=off", socket.display()),
+        "-mon",
+        "chardev=extra,mode=control",
+    ]));
+    vm.launch().await.unwrap();
+    let start = Instant::now();
+    let err = qemu_machine::GuestAgent::connect(&qmp::Address::Unix(socket), T)
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    println!("failed after {took:?}: {err}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let ErrorKind::GuestAgent { message } = err.kind() else {
+        panic!("{err}")
+    };
+    assert!(message.contains("is a QMP monitor, not a guest agent"), "{message}");
+    vm.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn terminal_escapes_in_qemu_output_are_defused() {
+    let scratch = Scratch::new();
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = script(
+        bin.path(),
+        "evil-qemu",
+        "printf '\\033]0;pwned\\007\\033[2J\\302\\233x\\n' >&2\nexit 1",
+    );
+    let mut vm = Machine::new(
+        Machine::builder(qemu.to_str().unwrap()).base_temp_dir(scratch.path()),
+    );
+    let err = vm.launch().await.unwrap_err();
+    let shown = err.to_string();
+    println!("{shown}");
+    assert!(!shown.contains(['\u{7}', '\u{1b}', '\u{9b}']), "{shown:?}");
+    assert!(shown.contains("\\x1b]0;pwned\\x07\\x1b[2J\\u{9b}x"), "{shown}");
+    let ErrorKind::Launch(failure) = err.kind() else {
+        panic!("{err}")
+    };
+    // The raw field keeps the bytes; only the display is defused.
+    assert!(failure.output.contains('\u{1b}'));
+}
