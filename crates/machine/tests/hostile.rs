@@ -449,3 +449,33 @@ async fn terminal_escapes_in_qemu_output_are_defused() {
     // The raw field keeps the bytes; only the display is defused.
     assert!(failure.output.contains('\u{1b}'));
 }
+
+// 5. Secrets.
+
+#[tokio::test]
+async fn qemu_echo_of_a_secret_is_redacted() {
+    let scratch = Scratch::new();
+    let mut vm = Machine::new(scratch.builder().machine_type("none").args([
+        "-object",
+        "secret,id=s0,data=hunter2,,tail5,bogus=1",
+    ]));
+    let err = vm.launch().await.unwrap_err();
+    let ErrorKind::Launch(failure) = err.kind() else {
+        panic!("{err}")
+    };
+    assert!(
+        matches!(failure.reason, LaunchReason::ExitedBeforeQmp),
+        "{err}"
+    );
+    let shown = err.to_string();
+    let debug = format!("{err:?}");
+    let log = vm.get_log().unwrap();
+    println!("{shown}\n{log}");
+    assert!(failure.output.contains("Invalid parameter 'bogus'"), "{shown}");
+    for text in [&shown, &debug, &log.to_string()] {
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("tail5"), "{text}");
+    }
+    assert!(shown.contains("data=<redacted>"), "{shown}");
+    assert_gone(failure.pid.unwrap(), T);
+}
