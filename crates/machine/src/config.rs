@@ -403,6 +403,16 @@ impl Config {
                 )));
             }
         }
+        if let Some(flag) = self
+            .args
+            .iter()
+            .find(|a| *a == "-daemonize" || *a == "--daemonize")
+        {
+            return Err(Error::config(format!(
+                "{flag} is not supported: QEMU would fork away from the process this library \
+                 spawned, supervises and reaps, and outlive the machine (and this process)"
+            )));
+        }
         if self.console_buffer > MAX_CONSOLE_BUFFER {
             return Err(Error::config(format!(
                 "console_buffer({}) is more than {} MiB; the console keeps its newest bytes, \

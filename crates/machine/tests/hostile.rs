@@ -479,3 +479,56 @@ async fn qemu_echo_of_a_secret_is_redacted() {
     assert!(shown.contains("data=<redacted>"), "{shown}");
     assert_gone(failure.pid.unwrap(), T);
 }
+
+// 6. Containment.
+
+#[tokio::test]
+async fn a_wrapper_that_forks_and_exits_before_qmp_leaves_nothing() {
+    let scratch = Scratch::new();
+    let bin = tempfile::tempdir().unwrap();
+    let wrapper = script(bin.path(), "forking-wrapper", "\"$@\" &\nexit 0");
+    let marker = format!(
+        "forked-qemu-marker-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let mut vm = Machine::new(
+        scratch
+            .builder()
+            .machine_type("none")
+            .wrapper([wrapper.to_str().unwrap()])
+            .args(["-name", &marker]),
+    );
+    let err = vm.launch().await.unwrap_err();
+    let ErrorKind::Launch(failure) = err.kind() else {
+        panic!("{err}")
+    };
+    println!("{}", failure.reason);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !processes_with(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU outlived its wrapper: {:?}",
+            processes_with(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_gone(failure.pid.unwrap(), T);
+}
+
+#[tokio::test]
+async fn daemonize_is_refused() {
+    let scratch = Scratch::new();
+    for flag in ["-daemonize", "--daemonize"] {
+        let mut vm = Machine::new(scratch.builder().machine_type("none").args([flag]));
+        let err = vm.launch().await.unwrap_err();
+        let ErrorKind::Config(message) = err.kind() else {
+            panic!("{err}")
+        };
+        assert!(message.contains(flag) && message.contains("outlive"), "{message}");
+        assert!(vm.pid().is_none());
+    }
+}
