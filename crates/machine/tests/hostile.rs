@@ -502,11 +502,12 @@ async fn a_wrapper_that_forks_and_exits_before_qmp_leaves_nothing() {
             .wrapper([wrapper.to_str().unwrap()])
             .args(["-name", &marker]),
     );
+    let start = Instant::now();
     let err = vm.launch().await.unwrap_err();
     let ErrorKind::Launch(failure) = err.kind() else {
         panic!("{err}")
     };
-    println!("{}", failure.reason);
+    println!("{} after {:?}", failure.reason, start.elapsed());
     let deadline = Instant::now() + Duration::from_secs(1);
     while !processes_with(&marker).is_empty() {
         assert!(
