@@ -76,12 +76,36 @@ async fn no_duration_reaches_a_panic() {
         assert!(vm.exit_status().unwrap().success());
         assert_gone(pid, T);
 
-        // The shutdown ladder.
-        let mut vm = Machine::new(scratch.builder().machine_type("none"));
+        // The launch deadline, a qtest command, and the shutdown ladder.
+        let mut vm = Machine::new(
+            scratch
+                .builder()
+                .machine_type("none")
+                .launch_timeout(d)
+                .qtest(),
+        );
         vm.launch().await.unwrap();
         let pid = vm.pid().unwrap();
+        let reply = vm.qtest().unwrap().cmd_timeout("endianness", d).await.unwrap();
+        assert!(reply.starts_with("OK"), "{reply}");
         vm.shutdown_timeout(d).await.unwrap();
         assert_gone(pid, T);
+
+        // A guest agent connection (to a QMP monitor: it ends at once, no retrying).
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qmp.sock");
+        let mut vm = Machine::new(scratch.builder().machine_type("none").args([
+            "-chardev",
+            &format!("socket,id=extra,path={},server=on,wait=off", socket.display()),
+            "-mon",
+            "chardev=extra,mode=control",
+        ]));
+        vm.launch().await.unwrap();
+        let err = qemu_machine::GuestAgent::connect(&qmp::Address::Unix(socket), d)
+            .await
+            .unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::GuestAgent { .. }), "{err}");
+        vm.shutdown_timeout(d).await.unwrap();
     }
 }
 
