@@ -490,8 +490,7 @@ fn redact_option(arg: &str, secrets: &mut Vec<String>) -> String {
         .map(|part| {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             let flag = matches!(value, "on" | "off" | "true" | "false");
-            if (secret_object && key == "data") || (secret_key(key) && !flag && !value.is_empty())
-            {
+            if (secret_object && key == "data") || (secret_key(key) && !flag && !value.is_empty()) {
                 secrets.push(value.replace(",,", ","));
                 format!("{key}={}", qmp::redact::REDACTED)
             } else {
@@ -586,8 +585,14 @@ mod tests {
             assert!(!shown.contains(secret), "{secret}: {shown}");
         }
         assert!(shown.contains("data=<redacted>,format=raw"), "{shown}");
-        assert!(shown.contains("iscsi://user%<redacted>@host/iqn/0,if=none"), "{shown}");
-        assert!(shown.contains("http://user:<redacted>@host:80/a.iso"), "{shown}");
+        assert!(
+            shown.contains("iscsi://user%<redacted>@host/iqn/0,if=none"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("http://user:<redacted>@host:80/a.iso"),
+            "{shown}"
+        );
         assert!(shown.contains(":0,password=on"), "{shown}");
         assert_eq!(
             secrets_of(&argv),

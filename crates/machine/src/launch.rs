@@ -15,12 +15,12 @@ use crate::error::{
     redact_argv, secrets_of, shell_words, Error, ErrorKind, LaunchFailure, LaunchReason, Result,
 };
 use crate::machine::{Finished, Machine, Phase, Running, EXIT_GRACE};
-use crate::spawn::group_alive;
+use crate::output::{read_tail, ERROR_TAIL, LOG_TAIL};
 use crate::probe::Probe;
 use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
-use crate::output::{read_tail, ERROR_TAIL, LOG_TAIL};
 use crate::shutdown::{wait_exit, REAP_TIMEOUT};
+use crate::spawn::group_alive;
 use crate::spawn::{signal_group, spawn};
 
 /// The child's ends of its socketpairs, kept open until QEMU is spawned.
@@ -246,7 +246,8 @@ impl Machine {
         running.close_sessions();
         let keep = self.config.keep_run_dir != KeepRunDir::Never;
         let secrets = secrets_of(&running.argv);
-        let full_log = (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
+        let full_log =
+            (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
         let output = read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log);
         let log = read_tail(&running.log_path, LOG_TAIL, &secrets, full_log);
         let name = self.config.name.clone();
@@ -301,7 +302,10 @@ fn prepare_monitor(
                 MonitorChardev::Unix(
                     path.to_str()
                         .ok_or_else(|| {
-                            Error::config(format!("the monitor path {} is not UTF-8", path.display()))
+                            Error::config(format!(
+                                "the monitor path {} is not UTF-8",
+                                path.display()
+                            ))
                         })?
                         .to_string(),
                 ),
@@ -366,7 +370,8 @@ async fn connect_qmp(
             // QEMU closes its monitor first when it exits (a bad argument): it gets a short
             // grace to finish exiting, within the launch deadline.
             if e.is_disconnected() {
-                let grace = EXIT_GRACE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                let grace =
+                    EXIT_GRACE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
                 running.exit = wait_exit(&mut running.child, grace).await;
                 if running.exit.is_some() {
                     return Err(LaunchReason::ExitedBeforeQmp);

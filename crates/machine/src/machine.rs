@@ -27,9 +27,9 @@ use crate::config::{Config, KeepRunDir, MachineBuilder};
 use crate::console::Console;
 use crate::error::{redact_argv, secrets_of, Error, ErrorKind, QemuExited, Result};
 use crate::guest_agent::GuestAgent;
+use crate::output::{read_tail, ERROR_TAIL};
 use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
-use crate::output::{read_tail, ERROR_TAIL};
 use crate::shutdown::{wait_exit, REAP_TIMEOUT};
 use crate::spawn::signal_group;
 
@@ -407,7 +407,10 @@ impl Machine {
                 &running.log_path,
                 ERROR_TAIL,
                 &secrets_of(&running.argv),
-                self.config.log_dir.is_some().then_some(running.log_path.as_path()),
+                self.config
+                    .log_dir
+                    .is_some()
+                    .then_some(running.log_path.as_path()),
             ),
         }))
     }

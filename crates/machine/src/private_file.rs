@@ -78,9 +78,7 @@ pub(crate) fn create_private_file(path: &Path) -> io::Result<File> {
             .open(&temp)
         {
             Ok(file) => break (file, temp),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => {
-                attempts += 1
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => attempts += 1,
             Err(e) => return Err(e),
         }
     };

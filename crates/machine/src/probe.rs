@@ -12,8 +12,8 @@ use nix::sys::signal::Signal;
 use tokio::io::AsyncReadExt;
 
 use crate::accel::kvm_really_usable;
-use crate::spawn::{group_alive, signal_group, spawn_command};
 use crate::error::{Error, ErrorKind, Result};
+use crate::spawn::{group_alive, signal_group, spawn_command};
 
 /// Deadline for one `qemu -X help` run.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -115,6 +115,11 @@ impl Drop for GroupGuard {
     }
 }
 
+/// A probe printed more than `MAX_PROBE_OUTPUT` bytes on a stream.
+#[derive(Debug, thiserror::Error)]
+#[error("too much output")]
+struct TooMuchOutput;
+
 /// Reads `stream` to its end, failing past `MAX_PROBE_OUTPUT` bytes.
 async fn read_capped(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
@@ -125,7 +130,7 @@ async fn read_capped(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> io::R
             .await?;
     }
     if bytes.len() > MAX_PROBE_OUTPUT {
-        return Err(io::Error::new(io::ErrorKind::FileTooLarge, "too much output"));
+        return Err(io::Error::other(TooMuchOutput));
     }
     Ok(bytes)
 }
@@ -179,7 +184,8 @@ async fn ask(binary: &str, args: &[&str]) -> Result<String> {
         Ok(Err(e)) => {
             drop(guard);
             let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
-            return Err(if e.kind() == io::ErrorKind::FileTooLarge {
+            let too_much = e.get_ref().is_some_and(|e| e.is::<TooMuchOutput>());
+            return Err(if too_much {
                 failed(format!(
                     "`{what}` printed more than {} MiB; is {binary} a QEMU binary?",
                     MAX_PROBE_OUTPUT >> 20

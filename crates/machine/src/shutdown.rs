@@ -208,12 +208,14 @@ impl Machine {
             KeepRunDir::Never => false,
         };
         let secrets = secrets_of(&running.argv);
-        let full_log = (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
+        let full_log =
+            (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
         let log = read_tail(&running.log_path, LOG_TAIL, &secrets, full_log);
-        let output = cause
-            .is_some()
-            .then(|| read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log))
-            .unwrap_or_default();
+        let output = if cause.is_some() {
+            read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log)
+        } else {
+            String::new()
+        };
         self.enter(|phase| {
             let (Phase::Launching(mut running) | Phase::Running(mut running)) = phase else {
                 unreachable!("checked above")

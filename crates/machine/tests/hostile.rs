@@ -63,7 +63,11 @@ async fn no_duration_reaches_a_panic() {
         let mut vm = Machine::new(scratch.builder().builtin_guest());
         vm.launch().await.unwrap();
         let pid = vm.pid().unwrap();
-        vm.console().unwrap().expect(guest::BANNER, d).await.unwrap();
+        vm.console()
+            .unwrap()
+            .expect(guest::BANNER, d)
+            .await
+            .unwrap();
         vm.cmd("stop", json!({})).await.unwrap();
         vm.event_wait("STOP", None, d).await.unwrap();
         vm.cmd("cont", json!({})).await.unwrap();
@@ -86,7 +90,12 @@ async fn no_duration_reaches_a_panic() {
         );
         vm.launch().await.unwrap();
         let pid = vm.pid().unwrap();
-        let reply = vm.qtest().unwrap().cmd_timeout("endianness", d).await.unwrap();
+        let reply = vm
+            .qtest()
+            .unwrap()
+            .cmd_timeout("endianness", d)
+            .await
+            .unwrap();
         assert!(reply.starts_with("OK"), "{reply}");
         vm.shutdown_timeout(d).await.unwrap();
         assert_gone(pid, T);
@@ -96,7 +105,10 @@ async fn no_duration_reaches_a_panic() {
         let socket = dir.path().join("qmp.sock");
         let mut vm = Machine::new(scratch.builder().machine_type("none").args([
             "-chardev",
-            &format!("socket,id=extra,path={},server=on,wait=off", socket.display()),
+            &format!(
+                "socket,id=extra,path={},server=on,wait=off",
+                socket.display()
+            ),
             "-mon",
             "chardev=extra,mode=control",
         ]));
@@ -128,9 +140,8 @@ async fn a_20mb_launch_failure_quotes_only_the_tail() {
     let bin = tempfile::tempdir().unwrap();
     let qemu = flooding_qemu(bin.path());
     let baseline = vm_rss_kib();
-    let mut vm = Machine::new(
-        Machine::builder(qemu.to_str().unwrap()).base_temp_dir(scratch.path()),
-    );
+    let mut vm =
+        Machine::new(Machine::builder(qemu.to_str().unwrap()).base_temp_dir(scratch.path()));
     let err = vm.launch().await.unwrap_err();
     let peak = vm_rss_kib();
     println!("VmRSS baseline {baseline} KiB, after the failed launch {peak} KiB");
@@ -142,17 +153,33 @@ async fn a_20mb_launch_failure_quotes_only_the_tail() {
         "{err}"
     );
     let shown = err.to_string();
-    println!("Display: {} bytes, {} lines", shown.len(), shown.lines().count());
+    println!(
+        "Display: {} bytes, {} lines",
+        shown.len(),
+        shown.lines().count()
+    );
     assert!(shown.len() < 70 * 1024, "{} bytes", shown.len());
-    assert!(shown.lines().count() <= 210, "{} lines", shown.lines().count());
+    assert!(
+        shown.lines().count() <= 210,
+        "{} lines",
+        shown.lines().count()
+    );
     assert!(
         shown.contains("earlier bytes of QEMU's output left out"),
         "{}",
         &shown[..500]
     );
     assert!(shown.contains("the whole log was not kept"));
-    assert!(shown.trim_end().ends_with("the very last line"), "{}", &shown[shown.len() - 300..]);
-    assert!(peak.saturating_sub(baseline) < 16 * 1024, "RSS grew by {} KiB", peak - baseline);
+    assert!(
+        shown.trim_end().ends_with("the very last line"),
+        "{}",
+        &shown[shown.len() - 300..]
+    );
+    assert!(
+        peak.saturating_sub(baseline) < 16 * 1024,
+        "RSS grew by {} KiB",
+        peak - baseline
+    );
     let pid = failure.pid.unwrap();
     assert_gone(pid, T);
 }
@@ -171,16 +198,29 @@ async fn get_log_after_a_flood_is_bounded() {
     vm.launch().await.unwrap_err();
     let log = vm.get_log().unwrap();
     let peak = vm_rss_kib();
-    println!("VmRSS baseline {baseline} KiB, after get_log {peak} KiB; log {} bytes", log.len());
+    println!(
+        "VmRSS baseline {baseline} KiB, after get_log {peak} KiB; log {} bytes",
+        log.len()
+    );
     assert!(log.len() <= 1024 * 1024 + 256, "{} bytes", log.len());
     let header = log.lines().next().unwrap();
     let kept = vm.kept_run_dir().unwrap().to_path_buf();
     let full = kept.join(format!("{}.log", vm.name()));
-    assert!(header.contains("earlier bytes of QEMU's output left out"), "{header}");
-    assert!(header.contains(&format!("the whole log is {}", full.display())), "{header}");
+    assert!(
+        header.contains("earlier bytes of QEMU's output left out"),
+        "{header}"
+    );
+    assert!(
+        header.contains(&format!("the whole log is {}", full.display())),
+        "{header}"
+    );
     assert!(log.ends_with("the very last line\n"));
     assert!(std::fs::metadata(&full).unwrap().len() > 20_000_000);
-    assert!(peak.saturating_sub(baseline) < 16 * 1024, "RSS grew by {} KiB", peak - baseline);
+    assert!(
+        peak.saturating_sub(baseline) < 16 * 1024,
+        "RSS grew by {} KiB",
+        peak - baseline
+    );
     std::fs::remove_dir_all(kept).unwrap();
 }
 
@@ -254,7 +294,11 @@ async fn console_log_symlink_is_replaced_not_followed() {
     std::os::unix::fs::symlink(&victim, qemu_log_dir.join(format!("{}.log", vm.name()))).unwrap();
     vm.launch().await.unwrap();
     let pid = vm.pid().unwrap();
-    vm.console().unwrap().expect(guest::BANNER, T).await.unwrap();
+    vm.console()
+        .unwrap()
+        .expect(guest::BANNER, T)
+        .await
+        .unwrap();
     vm.shutdown().await.unwrap();
     assert_gone(pid, T);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
@@ -265,7 +309,12 @@ async fn console_log_symlink_is_replaced_not_followed() {
     for path in [console_log, qemu_log_dir.join(format!("{}.log", vm.name()))] {
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_file(), "{}", path.display());
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", path.display());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            path.display()
+        );
     }
     assert!(std::fs::read_to_string(dir.path().join("console.log"))
         .unwrap()
@@ -291,12 +340,21 @@ async fn an_existing_0644_log_becomes_0600() {
     std::fs::set_permissions(&qemu_log, std::fs::Permissions::from_mode(0o644)).unwrap();
     vm.launch().await.unwrap();
     let pid = vm.pid().unwrap();
-    vm.console().unwrap().expect(guest::BANNER, T).await.unwrap();
+    vm.console()
+        .unwrap()
+        .expect(guest::BANNER, T)
+        .await
+        .unwrap();
     vm.shutdown().await.unwrap();
     assert_gone(pid, T);
     for path in [&console_log, &qemu_log] {
         let meta = std::fs::symlink_metadata(path).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", path.display());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            path.display()
+        );
         assert!(!std::fs::read_to_string(path).unwrap().contains("old"));
     }
     // Nothing else left in the log dir (no temporary files).
@@ -406,14 +464,20 @@ async fn commas_in_paths_work() {
             Machine::builder(common::qemu())
                 .base_temp_dir(base.path())
                 .args(["-nodefaults"])
-                .name(format!("comma,vm-{}", matches!(monitor, qemu_machine::Monitor::Socketpair)))
+                .name(format!(
+                    "comma,vm-{}",
+                    matches!(monitor, qemu_machine::Monitor::Socketpair)
+                ))
                 .monitor(monitor)
                 .builtin_guest(),
         );
         vm.launch().await.unwrap();
         let pid = vm.pid().unwrap();
         let argv = vm.command_line().unwrap().join(" ");
-        assert!(argv.contains("file=") && argv.contains("with,,comma,,,,s-"), "{argv}");
+        assert!(
+            argv.contains("file=") && argv.contains("with,,comma,,,,s-"),
+            "{argv}"
+        );
         let console = vm.console().unwrap();
         console.expect(guest::BANNER, T).await.unwrap();
         console.write(&[guest::POWEROFF]).await.unwrap();
@@ -431,7 +495,10 @@ async fn a_qmp_monitor_is_not_a_guest_agent() {
     let socket = dir.path().join("qmp.sock");
     let mut vm = Machine::new(scratch.builder().machine_type("none").args([
         "-chardev",
-        &format!("socket,id=extra,path={},server=on,wait=off", socket.display()),
+        &format!(
+            "socket,id=extra,path={},server=on,wait=off",
+            socket.display()
+        ),
         "-mon",
         "chardev=extra,mode=control",
     ]));
@@ -446,7 +513,10 @@ async fn a_qmp_monitor_is_not_a_guest_agent() {
     let ErrorKind::GuestAgent { message } = err.kind() else {
         panic!("{err}")
     };
-    assert!(message.contains("is a QMP monitor, not a guest agent"), "{message}");
+    assert!(
+        message.contains("is a QMP monitor, not a guest agent"),
+        "{message}"
+    );
     vm.shutdown().await.unwrap();
 }
 
@@ -459,14 +529,16 @@ async fn terminal_escapes_in_qemu_output_are_defused() {
         "evil-qemu",
         "printf '\\033]0;pwned\\007\\033[2J\\302\\233x\\n' >&2\nexit 1",
     );
-    let mut vm = Machine::new(
-        Machine::builder(qemu.to_str().unwrap()).base_temp_dir(scratch.path()),
-    );
+    let mut vm =
+        Machine::new(Machine::builder(qemu.to_str().unwrap()).base_temp_dir(scratch.path()));
     let err = vm.launch().await.unwrap_err();
     let shown = err.to_string();
     println!("{shown}");
     assert!(!shown.contains(['\u{7}', '\u{1b}', '\u{9b}']), "{shown:?}");
-    assert!(shown.contains("\\x1b]0;pwned\\x07\\x1b[2J\\u{9b}x"), "{shown}");
+    assert!(
+        shown.contains("\\x1b]0;pwned\\x07\\x1b[2J\\u{9b}x"),
+        "{shown}"
+    );
     let ErrorKind::Launch(failure) = err.kind() else {
         panic!("{err}")
     };
@@ -479,10 +551,12 @@ async fn terminal_escapes_in_qemu_output_are_defused() {
 #[tokio::test]
 async fn qemu_echo_of_a_secret_is_redacted() {
     let scratch = Scratch::new();
-    let mut vm = Machine::new(scratch.builder().machine_type("none").args([
-        "-object",
-        "secret,id=s0,data=hunter2,,tail5,bogus=1",
-    ]));
+    let mut vm = Machine::new(
+        scratch
+            .builder()
+            .machine_type("none")
+            .args(["-object", "secret,id=s0,data=hunter2,,tail5,bogus=1"]),
+    );
     let err = vm.launch().await.unwrap_err();
     let ErrorKind::Launch(failure) = err.kind() else {
         panic!("{err}")
@@ -495,7 +569,10 @@ async fn qemu_echo_of_a_secret_is_redacted() {
     let debug = format!("{err:?}");
     let log = vm.get_log().unwrap();
     println!("{shown}\n{log}");
-    assert!(failure.output.contains("Invalid parameter 'bogus'"), "{shown}");
+    assert!(
+        failure.output.contains("Invalid parameter 'bogus'"),
+        "{shown}"
+    );
     for text in [&shown, &debug, &log.to_string()] {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!text.contains("tail5"), "{text}");
@@ -553,7 +630,10 @@ async fn daemonize_is_refused() {
         let ErrorKind::Config(message) = err.kind() else {
             panic!("{err}")
         };
-        assert!(message.contains(flag) && message.contains("outlive"), "{message}");
+        assert!(
+            message.contains(flag) && message.contains("outlive"),
+            "{message}"
+        );
         assert!(vm.pid().is_none());
     }
 }
