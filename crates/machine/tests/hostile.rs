@@ -637,3 +637,51 @@ async fn daemonize_is_refused() {
         assert!(vm.pid().is_none());
     }
 }
+
+// 2. (qtest) A hostile qtest peer: an endless line, an IRQ flood.
+
+#[tokio::test]
+async fn qtest_floods_are_bounded() {
+    use std::io::Write;
+    // IRQ flood: the queue keeps the newest 4096.
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let qt = qemu_machine::Qtest::start("flood", ours, false).unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut text = String::new();
+        for i in 0..5000 {
+            text.push_str(&format!("IRQ raise {i}\n"));
+        }
+        text.push_str("OK\n");
+        theirs.write_all(text.as_bytes()).unwrap();
+        theirs
+    });
+    assert_eq!(qt.cmd_timeout("endianness", T).await.unwrap(), "OK");
+    let irqs = qt.irqs();
+    assert_eq!(irqs.len(), 4096);
+    assert_eq!(irqs[0].line, 5000 - 4096);
+    assert_eq!(irqs[4095].line, 4999);
+    drop(writer.join().unwrap());
+
+    // An endless line: a protocol error once it passes 16 MiB, not unbounded memory.
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let qt = qemu_machine::Qtest::start("endless", ours, false).unwrap();
+    let baseline = vm_rss_kib();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        // Until the reader gives up and the socket closes.
+        for _ in 0..64 {
+            if theirs.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let err = qt.cmd_timeout("endianness", T).await.unwrap_err();
+    let peak = vm_rss_kib();
+    println!("qtest endless line: VmRSS baseline {baseline} KiB, after {peak} KiB: {err}");
+    let ErrorKind::Qtest { message, .. } = err.kind() else {
+        panic!("{err}")
+    };
+    assert!(message.contains("longer than 16 MiB"), "{message}");
+    drop(qt);
+    writer.join().unwrap();
+}
