@@ -685,3 +685,50 @@ async fn qtest_floods_are_bounded() {
     drop(qt);
     writer.join().unwrap();
 }
+
+// 2. (guest agent) An endless guest file.
+
+#[tokio::test]
+async fn reading_an_endless_guest_file_is_an_error() {
+    use qmp::fake::{FakePeer, Reply};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qga.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    // 262143 zero bytes per read (a multiple of 3: no base64 padding), never EOF.
+    let chunk = "A".repeat(262_143 / 3 * 4);
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let peer = FakePeer::adopt(stream.into_std().unwrap()).unwrap();
+        peer.serve(|request| match request["execute"].as_str() {
+            Some("guest-sync-delimited") => Reply::Return(request["arguments"]["id"].clone()),
+            Some("guest-file-open") => Reply::Return(json!(7)),
+            Some("guest-file-read") => Reply::Return(json!({
+                "count": 262_143, "buf-b64": chunk, "eof": false
+            })),
+            Some("guest-file-close") => Reply::Return(json!({})),
+            _ => Reply::Error("CommandNotFound".into(), "no".into()),
+        })
+        .await
+    });
+    let agent = qemu_machine::GuestAgent::connect(&qmp::Address::Unix(path), T)
+        .await
+        .unwrap();
+    let baseline = vm_rss_kib();
+    let start = Instant::now();
+    let err = agent.read_file("/dev/zero").await.unwrap_err();
+    let peak = vm_rss_kib();
+    println!(
+        "endless guest file: {:?}, VmRSS baseline {baseline} KiB, after {peak} KiB: {err}",
+        start.elapsed()
+    );
+    let ErrorKind::GuestAgent { message } = err.kind() else {
+        panic!("{err}")
+    };
+    assert!(message.contains("larger than 64 MiB"), "{message}");
+    assert!(
+        message.contains(&format!("read {} bytes", 257 * 262_143)),
+        "{message}"
+    );
+    drop(agent);
+    server.abort();
+}
