@@ -237,7 +237,10 @@ impl MachineBuilder {
         self
     }
 
-    /// Deadline from spawn to QMP ready (QEMUMachine's `qmp_timer`; default 30 s).
+    /// Deadline for the whole launch, from `launch()` to QMP ready (QEMUMachine's
+    /// `qmp_timer`; default 30 s). It includes any grace QEMU gets to exit after closing its
+    /// monitor; on the deadline QEMU is killed at once. Any duration works (`Duration::MAX`
+    /// means no deadline).
     pub fn launch_timeout(mut self, timeout: Duration) -> Self {
         self.config.launch_timeout = timeout;
         self

@@ -290,7 +290,9 @@ pub struct LaunchFailure {
     pub status: Option<ExitStatus>,
     /// The process (group) id, when it was spawned; it is gone by now.
     pub pid: Option<u32>,
-    /// QEMU's output (stdout and stderr), or its last part.
+    /// QEMU's output (stdout and stderr): its last 64 KiB and 200 lines at most (a first
+    /// line then says how much was left out), the command line's secrets replaced by
+    /// `<redacted>`. Raw text: the `Display` of this error escapes its control characters.
     pub output: String,
     /// The run directory (if it was kept, it is still there).
     pub run_dir: Option<PathBuf>,
@@ -330,7 +332,9 @@ pub struct AbnormalShutdown {
     pub status: Option<ExitStatus>,
     /// The command line.
     pub command: Vec<String>,
-    /// QEMU's output, or its last part.
+    /// QEMU's output (stdout and stderr): its last 64 KiB and 200 lines at most (a first
+    /// line then says how much was left out), the command line's secrets replaced by
+    /// `<redacted>`. Raw text: the `Display` of this error escapes its control characters.
     pub output: String,
 }
 
@@ -363,7 +367,9 @@ pub struct QemuExited {
     pub status: Option<ExitStatus>,
     /// The command line.
     pub command: Vec<String>,
-    /// QEMU's output, or its last part.
+    /// QEMU's output (stdout and stderr): its last 64 KiB and 200 lines at most (a first
+    /// line then says how much was left out), the command line's secrets replaced by
+    /// `<redacted>`. Raw text: the `Display` of this error escapes its control characters.
     pub output: String,
 }
 

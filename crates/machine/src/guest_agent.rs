@@ -126,6 +126,11 @@ impl GuestAgent {
 
     /// A session to an agent socket (`-chardev socket,path=...,server=on`, or a TCP
     /// address), reconnecting until it syncs or `timeout` passes.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when no agent answered in time; [`ErrorKind::GuestAgent`] at
+    /// once when `address` turns out to be a QMP monitor (it greets as one).
     pub async fn connect(address: &Address, timeout: Duration) -> Result<GuestAgent> {
         let name = address.to_string();
         let deadline = crate::deadline::deadline_after(timeout);

@@ -293,7 +293,10 @@ impl Machine {
     }
 
     /// QEMU's output (stdout and stderr) of the last run, available after shutdown or a
-    /// failed launch.
+    /// failed launch: its last 1 MiB at most (a first line then says how much was left
+    /// out, and where the whole log is if it was kept), with the command line's secrets
+    /// (see [`redact_argv`](crate::redact_argv)) replaced by `<redacted>`. The text is
+    /// QEMU's own: print it through something that escapes control characters.
     pub fn get_log(&self) -> Option<&str> {
         self.phase.finished().map(|l| l.log.as_str())
     }

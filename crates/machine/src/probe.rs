@@ -44,8 +44,11 @@ impl Probe {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Timeout`] when `binary` does not answer in time, [`ErrorKind::Io`] when it
-    /// cannot be run, [`ErrorKind::Probe`] when a query fails or its answer makes no sense.
+    /// [`ErrorKind::Timeout`] when `binary` does not answer in time (20 s per query),
+    /// [`ErrorKind::Io`] when it cannot be run, [`ErrorKind::Probe`] when a query fails, its
+    /// answer makes no sense, or it prints more than 4 MiB on stdout or stderr. Each query
+    /// runs in a process group of its own that is killed on any failure (or when this
+    /// future is dropped), and that dies with this process.
     pub async fn of(binary: &str) -> Result<Arc<Probe>> {
         static CACHE: OnceLock<Mutex<HashMap<String, Arc<Probe>>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
