@@ -435,16 +435,35 @@ pub fn redact_argv(argv: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The secret values on a command line (as QEMU reads them, `,,` unescaped): what
-/// [`redact_argv`] hides, to be scrubbed from QEMU's output, which echoes options back.
-pub(crate) fn secrets_of(argv: &[String]) -> Vec<String> {
-    let mut secrets = Vec::new();
+/// Secrets shorter than this are scrubbed from output only inside a whole echoed argument
+/// (replacing every `ab` of a text would garble it).
+const MIN_SCRUBBED_SECRET: usize = 4;
+
+/// What to scrub from QEMU's output, which echoes options back (`-object secret,...:
+/// Invalid parameter ...`), as `(text, replacement)` in the order to apply: every argument
+/// that holds a secret (by its redacted form), then each secret value by itself, `,,`-escaped
+/// and as QEMU reads it.
+pub(crate) fn secrets_of(argv: &[String]) -> Vec<(String, String)> {
+    let mut values = Vec::new();
+    let mut pairs = Vec::new();
     for arg in argv {
-        redact_option(arg, &mut secrets);
+        let redacted = redact_option(arg, &mut values);
+        if redacted != *arg {
+            pairs.push((arg.clone(), redacted));
+        }
     }
-    secrets.sort();
-    secrets.dedup();
-    secrets
+    pairs.sort_by_key(|(arg, _)| std::cmp::Reverse(arg.len()));
+    values.retain(|v| v.chars().count() >= MIN_SCRUBBED_SECRET);
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values.dedup();
+    for value in values {
+        let escaped = value.replace(',', ",,");
+        if escaped != value {
+            pairs.push((escaped, qmp::redact::REDACTED.into()));
+        }
+        pairs.push((value, qmp::redact::REDACTED.into()));
+    }
+    pairs
 }
 
 /// QEMU's option syntax: `,`-separated parts, `,,` a literal comma. Returns the parts raw
@@ -600,9 +619,17 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains(":0,password=on"), "{shown}");
-        assert_eq!(
-            secrets_of(&argv),
-            ["PASS3", "PASS4", "hun,ter5", "json5", "pw1", "pw2"]
+        let secrets = secrets_of(&argv);
+        let echo = "qemu: -object secret,id=s0,data=hun,,ter5,format=raw: bad; \
+                    also hun,ter5 and PASS3, json5, pw1 (short: kept)";
+        let scrubbed = crate::output::scrub(echo, &secrets);
+        for secret in ["hun", "ter5", "PASS3", "json5"] {
+            assert!(!scrubbed.contains(secret), "{secret}: {scrubbed}");
+        }
+        assert!(
+            scrubbed.contains("data=<redacted>,format=raw: bad"),
+            "{scrubbed}"
         );
+        assert!(scrubbed.contains("pw1 (short: kept)"), "{scrubbed}");
     }
 }

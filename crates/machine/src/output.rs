@@ -35,24 +35,37 @@ pub(crate) const LOG_TAIL: Limits = Limits {
 pub(crate) fn read_tail(
     path: &Path,
     limits: Limits,
-    secrets: &[String],
+    secrets: &[(String, String)],
     full_log: Option<&Path>,
 ) -> String {
     let Ok(mut file) = File::open(path) else {
         return String::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut skipped = 0;
-    if len > limits.bytes {
-        skipped = len - limits.bytes;
-        if file.seek(SeekFrom::Start(skipped)).is_err() {
-            return String::new();
-        }
+    // A little more than the limit, so that a secret across the cut is still scrubbed.
+    let margin = secrets
+        .iter()
+        .map(|(s, _)| s.len() as u64)
+        .max()
+        .unwrap_or(0);
+    let window = limits.bytes.saturating_add(margin);
+    let start = len.saturating_sub(window);
+    if start > 0 && file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
     }
     let mut bytes = Vec::new();
-    // `take`: the file may still grow; never read more than the limit.
-    let _ = file.take(limits.bytes).read_to_end(&mut bytes);
-    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    // `take`: the file may still grow; never read more than the window.
+    let _ = file.take(window).read_to_end(&mut bytes);
+    let mut text = scrub(&String::from_utf8_lossy(&bytes), secrets);
+    let mut skipped = start;
+    if text.len() as u64 > limits.bytes {
+        let mut cut = text.len() - limits.bytes as usize;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        skipped += cut as u64;
+        text.drain(..cut);
+    }
     let mut dropped_lines = 0;
     if limits.lines != usize::MAX {
         let lines = text.trim_end_matches('\n').matches('\n').count() + 1;
@@ -66,11 +79,14 @@ pub(crate) fn read_tail(
             text.drain(..cut);
         }
     }
-    let mut text = scrub(&text, secrets);
     if skipped > 0 {
         let mut header = format!("[{skipped} earlier bytes of QEMU's output left out");
         if dropped_lines > 0 {
-            let _ = write!(header, " (the last {dropped_lines} of them lines)");
+            let _ = write!(
+                header,
+                " (among them {dropped_lines} lines, to keep the last {})",
+                limits.lines
+            );
         }
         match full_log {
             Some(path) => {
@@ -84,15 +100,13 @@ pub(crate) fn read_tail(
     text
 }
 
-/// `text` with every secret (and its `,,`-escaped form) replaced by `<redacted>`.
-pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
+/// `text` with each `(secret, replacement)` applied in order (see
+/// [`secrets_of`](crate::error::secrets_of)).
+pub(crate) fn scrub(text: &str, secrets: &[(String, String)]) -> String {
     let mut text = text.to_string();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        let escaped = secret.replace(',', ",,");
-        for form in [escaped.as_str(), secret.as_str()] {
-            if text.contains(form) {
-                text = text.replace(form, qmp::redact::REDACTED);
-            }
+    for (secret, replacement) in secrets.iter().filter(|(s, _)| !s.is_empty()) {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), replacement);
         }
     }
     text
@@ -135,10 +149,13 @@ mod tests {
 
     #[test]
     fn scrub_removes_both_forms() {
-        let secrets = ["hunter2,tail5".to_string()];
+        let secrets = crate::error::secrets_of(&["secret,id=s,data=hunter2,,tail5".into()]);
         assert_eq!(
-            scrub("a data=hunter2,,tail5 b hunter2,tail5", &secrets),
-            "a data=<redacted> b <redacted>"
+            scrub(
+                "a data=hunter2,,tail5 b hunter2,tail5 c secret,id=s,data=hunter2,,tail5",
+                &secrets
+            ),
+            "a data=<redacted> b <redacted> c secret,id=s,data=<redacted>"
         );
     }
 
