@@ -579,6 +579,21 @@ async fn qemu_echo_of_a_secret_is_redacted() {
     }
     assert!(shown.contains("data=<redacted>"), "{shown}");
     assert_gone(failure.pid.unwrap(), T);
+
+    // A short secret: QEMU's echo of the whole argument is replaced by its redacted form.
+    let mut vm = Machine::new(
+        scratch
+            .builder()
+            .machine_type("none")
+            .args(["-object", "secret,id=s1,data=zq,bogus=1"]),
+    );
+    let err = vm.launch().await.unwrap_err();
+    let shown = err.to_string();
+    let log = vm.get_log().unwrap();
+    for text in [&shown, &format!("{err:?}"), &log.to_string()] {
+        assert!(!text.contains("data=zq"), "{text}");
+        assert!(text.contains("Invalid parameter 'bogus'"), "{text}");
+    }
 }
 
 // 6. Containment.
