@@ -49,6 +49,18 @@ fn processes_with(marker: &str) -> Vec<u32> {
     found
 }
 
+/// This process's open descriptors that lead into `dir` (files, FIFOs, dirs under it):
+/// a concurrent test's descriptors are elsewhere, so this is exact under parallel tests.
+fn fds_into(dir: &Path) -> Vec<PathBuf> {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .collect()
+}
+
 fn huge() -> [Duration; 2] {
     [Duration::MAX, Duration::from_secs_f64(1e19)]
 }
@@ -182,6 +194,8 @@ async fn a_20mb_launch_failure_quotes_only_the_tail() {
     );
     let pid = failure.pid.unwrap();
     assert_gone(pid, T);
+    assert_eq!(fds_into(scratch.path()), Vec::<PathBuf>::new());
+    assert_eq!(fds_into(bin.path()), Vec::<PathBuf>::new());
 }
 
 #[tokio::test]
@@ -222,6 +236,7 @@ async fn get_log_after_a_flood_is_bounded() {
         peak - baseline
     );
     std::fs::remove_dir_all(kept).unwrap();
+    assert_eq!(fds_into(scratch.path()), Vec::<PathBuf>::new());
 }
 
 #[tokio::test]
@@ -319,6 +334,8 @@ async fn console_log_symlink_is_replaced_not_followed() {
     assert!(std::fs::read_to_string(dir.path().join("console.log"))
         .unwrap()
         .contains("READY"));
+    assert_eq!(fds_into(dir.path()), Vec::<PathBuf>::new());
+    assert_eq!(fds_into(scratch.path()), Vec::<PathBuf>::new());
 }
 
 #[tokio::test]
@@ -359,6 +376,7 @@ async fn an_existing_0644_log_becomes_0600() {
     }
     // Nothing else left in the log dir (no temporary files).
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    assert_eq!(fds_into(dir.path()), Vec::<PathBuf>::new());
 }
 
 #[tokio::test]
@@ -392,6 +410,8 @@ async fn a_fifo_where_a_log_belongs_is_an_error_at_once() {
         assert!(vm.pid().is_none());
     }
     assert!(!ran.exists(), "QEMU was spawned");
+    assert_eq!(fds_into(dir.path()), Vec::<PathBuf>::new());
+    assert_eq!(fds_into(scratch.path()), Vec::<PathBuf>::new());
 }
 
 #[tokio::test]
@@ -448,6 +468,7 @@ async fn launch_deadline_is_the_deadline() {
         "{err}"
     );
     assert_gone(failure.pid.unwrap(), Duration::from_millis(100));
+    assert_eq!(fds_into(scratch.path()), Vec::<PathBuf>::new());
 }
 
 #[tokio::test]
@@ -594,6 +615,7 @@ async fn qemu_echo_of_a_secret_is_redacted() {
         assert!(!text.contains("data=zq"), "{text}");
         assert!(text.contains("Invalid parameter 'bogus'"), "{text}");
     }
+    assert_eq!(fds_into(scratch.path()), Vec::<PathBuf>::new());
 }
 
 // 6. Containment.
@@ -634,6 +656,7 @@ async fn a_wrapper_that_forks_and_exits_before_qmp_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_gone(failure.pid.unwrap(), T);
+    assert_eq!(fds_into(scratch.path()), Vec::<PathBuf>::new());
 }
 
 #[tokio::test]
