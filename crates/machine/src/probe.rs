@@ -162,13 +162,10 @@ async fn ask(binary: &str, args: &[&str]) -> Result<String> {
     };
     let outcome = tokio::time::timeout(PROBE_TIMEOUT, run).await;
     let failed = |message: String| {
-        Error::new(
-            binary.to_string(),
-            ErrorKind::Probe {
-                binary: binary.to_string(),
-                message,
-            },
-        )
+        Error::from(ErrorKind::Probe {
+            binary: binary.to_string(),
+            message,
+        })
     };
     let (status, stdout, stderr) = match outcome {
         Ok(Ok(output)) => output,
