@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 pub const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default deadline for a graceful shutdown before SIGKILL.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest console buffer a machine accepts (256 MiB).
+pub const MAX_CONSOLE_BUFFER: usize = 256 * 1024 * 1024;
 
 /// Where the QMP monitor lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +23,7 @@ pub enum Monitor {
     /// socket file, no race, no path-length limit.
     Socketpair,
     /// We listen on this UNIX path and QEMU connects (`path=`). A relative path is taken
-    /// inside the run dir.
+    /// inside the run dir and must stay there (no `..`).
     Unix(PathBuf),
     /// We listen on this TCP address and QEMU connects (`host=,port=`); port 0 picks one.
     /// Only loopback addresses, unless [`MachineBuilder::allow_remote_monitor`].
@@ -235,7 +237,10 @@ impl MachineBuilder {
         self
     }
 
-    /// Deadline from spawn to QMP ready (QEMUMachine's `qmp_timer`; default 30 s).
+    /// Deadline for the whole launch, from `launch()` to QMP ready (QEMUMachine's
+    /// `qmp_timer`; default 30 s). It includes any grace QEMU gets to exit after closing its
+    /// monitor; on the deadline QEMU is killed at once. Any duration works (`Duration::MAX`
+    /// means no deadline).
     pub fn launch_timeout(mut self, timeout: Duration) -> Self {
         self.config.launch_timeout = timeout;
         self
@@ -259,7 +264,8 @@ impl MachineBuilder {
     }
 
     /// Size of the console's ring buffer (default 1 MiB): the newest output kept for
-    /// `expect` and `history`.
+    /// `expect` and `history`. At most [`MAX_CONSOLE_BUFFER`] (256 MiB): more is an
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) at launch.
     pub fn console_buffer(mut self, bytes: usize) -> Self {
         self.config.console_buffer = bytes;
         self
@@ -370,6 +376,53 @@ impl Config {
                      use 127.0.0.1 or ::1, or allow_remote_monitor(true)"
                 )));
             }
+        }
+        let renders_run_dir = self.builtin_guest
+            || matches!(&self.monitor, Monitor::Unix(path) if path.is_relative());
+        if renders_run_dir && self.base_temp_dir.to_str().is_none() {
+            return Err(Error::config(format!(
+                "the base temp dir {} is not UTF-8: QEMU's options cannot name paths under it",
+                self.base_temp_dir.display()
+            )));
+        }
+        if let Monitor::Unix(path) = &self.monitor {
+            if path.to_str().is_none() {
+                return Err(Error::config(format!(
+                    "the monitor path {} is not UTF-8",
+                    path.display()
+                )));
+            }
+            let inside = path.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            if path.as_os_str().is_empty() || (path.is_relative() && !inside) {
+                return Err(Error::config(format!(
+                    "the relative monitor path {} would leave the run dir; \
+                     use plain names (no '..'), or an absolute path",
+                    path.display()
+                )));
+            }
+        }
+        if let Some(flag) = self
+            .args
+            .iter()
+            .find(|a| *a == "-daemonize" || *a == "--daemonize")
+        {
+            return Err(Error::config(format!(
+                "{flag} is not supported: QEMU would fork away from the process this library \
+                 spawned, supervises and reaps, and outlive the machine (and this process)"
+            )));
+        }
+        if self.console_buffer > MAX_CONSOLE_BUFFER {
+            return Err(Error::config(format!(
+                "console_buffer({}) is more than {} MiB; the console keeps its newest bytes, \
+                 use console_log() to keep everything",
+                self.console_buffer,
+                MAX_CONSOLE_BUFFER >> 20
+            )));
         }
         if !self.qmp_enabled && self.monitor != Monitor::Socketpair {
             return Err(Error::config(

@@ -121,12 +121,16 @@ struct ByteRing {
 }
 
 impl ByteRing {
-    fn new(capacity: usize) -> ByteRing {
-        ByteRing {
-            buf: vec![0; capacity.max(1)].into_boxed_slice(),
+    /// A ring of `capacity` bytes; an allocation failure is an error, not an abort.
+    fn new(capacity: usize) -> std::result::Result<ByteRing, std::collections::TryReserveError> {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(capacity.max(1))?;
+        buf.resize(capacity.max(1), 0);
+        Ok(ByteRing {
+            buf: buf.into_boxed_slice(),
             head: 0,
             len: 0,
-        }
+        })
     }
 
     /// Appends, dropping the oldest bytes as needed; returns how many were dropped.
@@ -222,10 +226,15 @@ impl Console {
         capacity: usize,
         log: Option<File>,
     ) -> Result<Console> {
+        let ring = ByteRing::new(capacity).map_err(|e| {
+            Error::config(format!(
+                "cannot allocate a console buffer of {capacity} bytes: {e}"
+            ))
+        })?;
         let (reader, writer) = crate::sock::split(stream, "console")?;
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
-                ring: ByteRing::new(capacity),
+                ring,
                 total: 0,
                 dropped: 0,
                 end: None,
@@ -305,7 +314,7 @@ impl Console {
     /// [`ErrorKind::Timeout`] when the socket does not take all of `bytes` within 10 s;
     /// [`ErrorKind::Io`] when it fails.
     pub async fn write(&self, bytes: &[u8]) -> Result<()> {
-        let deadline = Instant::now() + WRITE_TIMEOUT;
+        let deadline = crate::deadline::deadline_after(WRITE_TIMEOUT);
         let timeout = |written| {
             Error::new(
                 self.name.clone(),
@@ -357,7 +366,7 @@ impl Console {
         failures: &[Pattern],
         timeout: Duration,
     ) -> Result<Match> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let mut window: Vec<u8> = Vec::new();
         let mut window_start = *self.shared.cursor();
         let mut searched = 0;
@@ -473,7 +482,7 @@ impl Console {
         timeout: Duration,
     ) -> Result<Match> {
         let pattern = pattern.into();
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         loop {
             self.write(interrupt).await?;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -506,7 +515,7 @@ impl Console {
 
     /// Waits up to `timeout` for the stream to end (after QEMU exits), then stops draining.
     pub(crate) async fn close(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         loop {
             let arrived = self.shared.arrived.notified();
             tokio::pin!(arrived);
@@ -565,7 +574,7 @@ mod tests {
 
     #[test]
     fn ring_keeps_the_newest_bytes() {
-        let mut ring = ByteRing::new(8);
+        let mut ring = ByteRing::new(8).unwrap();
         assert_eq!(ring.push(b"abcdef"), 0);
         assert_eq!(ring.push(b"ghij"), 2);
         let mut out = Vec::new();

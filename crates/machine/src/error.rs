@@ -290,7 +290,9 @@ pub struct LaunchFailure {
     pub status: Option<ExitStatus>,
     /// The process (group) id, when it was spawned; it is gone by now.
     pub pid: Option<u32>,
-    /// QEMU's output (stdout and stderr), or its last part.
+    /// QEMU's output (stdout and stderr): its last 64 KiB and 200 lines at most (a first
+    /// line then says how much was left out), the command line's secrets replaced by
+    /// `<redacted>`. Raw text: the `Display` of this error escapes its control characters.
     pub output: String,
     /// The run directory (if it was kept, it is still there).
     pub run_dir: Option<PathBuf>,
@@ -330,7 +332,9 @@ pub struct AbnormalShutdown {
     pub status: Option<ExitStatus>,
     /// The command line.
     pub command: Vec<String>,
-    /// QEMU's output, or its last part.
+    /// QEMU's output (stdout and stderr): its last 64 KiB and 200 lines at most (a first
+    /// line then says how much was left out), the command line's secrets replaced by
+    /// `<redacted>`. Raw text: the `Display` of this error escapes its control characters.
     pub output: String,
 }
 
@@ -363,7 +367,9 @@ pub struct QemuExited {
     pub status: Option<ExitStatus>,
     /// The command line.
     pub command: Vec<String>,
-    /// QEMU's output, or its last part.
+    /// QEMU's output (stdout and stderr): its last 64 KiB and 200 lines at most (a first
+    /// line then says how much was left out), the command line's secrets replaced by
+    /// `<redacted>`. Raw text: the `Display` of this error escapes its control characters.
     pub output: String,
 }
 
@@ -385,7 +391,7 @@ fn write_output(f: &mut fmt::Formatter<'_>, output: &str) -> fmt::Result {
         return write!(f, "  output: (none)");
     }
     write!(f, "  output:")?;
-    for line in output.trim_end().lines() {
+    for line in crate::output::sanitize(output.trim_end()).lines() {
         write!(f, "\n    {line}")?;
     }
     Ok(())
@@ -410,10 +416,13 @@ pub fn shell_words(argv: &[String]) -> String {
 }
 
 /// The command line with secrets replaced by `<redacted>`, for errors and logs:
-/// `data=` of `-object secret,...` (key=value or JSON form) and `password=` values.
+/// `data=` of `-object secret,...` (key=value or JSON form), `password=`, `passwd=` and
+/// dotted `*.password=` values, and the password of a URL's user info
+/// (`http://user:PASS@host`, `iscsi://user%PASS@host`). Option values are split as QEMU
+/// splits them: `,,` is a comma inside a value.
 ///
 /// ```
-/// let argv: Vec<String> = ["qemu", "-object", "secret,id=s0,data=hunter2", "-vnc", ":0,password=on"]
+/// let argv: Vec<String> = ["qemu", "-object", "secret,id=s0,data=hun,,ter5", "-vnc", ":0,password=on"]
 ///     .map(String::from).to_vec();
 /// assert_eq!(
 ///     qemu_machine::redact_argv(&argv).join(" "),
@@ -421,22 +430,83 @@ pub fn shell_words(argv: &[String]) -> String {
 /// );
 /// ```
 pub fn redact_argv(argv: &[String]) -> Vec<String> {
-    argv.iter().map(|arg| redact_option(arg)).collect()
+    argv.iter()
+        .map(|arg| redact_option(arg, &mut Vec::new()))
+        .collect()
 }
 
-fn redact_option(arg: &str) -> String {
+/// Secrets shorter than this are scrubbed from output only inside a whole echoed argument
+/// (replacing every `ab` of a text would garble it).
+const MIN_SCRUBBED_SECRET: usize = 4;
+
+/// What to scrub from QEMU's output, which echoes options back (`-object secret,...:
+/// Invalid parameter ...`), as `(text, replacement)` in the order to apply: every argument
+/// that holds a secret (by its redacted form), then each secret value by itself, `,,`-escaped
+/// and as QEMU reads it.
+pub(crate) fn secrets_of(argv: &[String]) -> Vec<(String, String)> {
+    let mut values = Vec::new();
+    let mut pairs = Vec::new();
+    for arg in argv {
+        let redacted = redact_option(arg, &mut values);
+        if redacted != *arg {
+            pairs.push((arg.clone(), redacted));
+        }
+    }
+    pairs.sort_by_key(|(arg, _)| std::cmp::Reverse(arg.len()));
+    values.retain(|v| v.chars().count() >= MIN_SCRUBBED_SECRET);
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values.dedup();
+    for value in values {
+        let escaped = value.replace(',', ",,");
+        if escaped != value {
+            pairs.push((escaped, qmp::redact::REDACTED.into()));
+        }
+        pairs.push((value, qmp::redact::REDACTED.into()));
+    }
+    pairs
+}
+
+/// QEMU's option syntax: `,`-separated parts, `,,` a literal comma. Returns the parts raw
+/// (escapes kept), so that joining them with `,` gives `arg` back.
+fn split_option(arg: &str) -> Vec<&str> {
+    let bytes = arg.as_bytes();
+    let mut parts = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            if bytes.get(i + 1) == Some(&b',') {
+                i += 2;
+                continue;
+            }
+            parts.push(&arg[start..i]);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    parts.push(&arg[start..]);
+    parts
+}
+
+fn secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    matches!(last, "password" | "passwd")
+}
+
+/// Redacts one argument, pushing each secret (unescaped) onto `secrets`.
+fn redact_option(arg: &str, secrets: &mut Vec<String>) -> String {
     if arg.starts_with('{') {
         if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(arg) {
+            collect_json_secrets(&value, secrets);
             if qmp::redact::redact_json(&mut value) {
                 return value.to_string();
             }
         }
-        return arg.to_string();
+        return redact_url(arg, secrets);
     }
     if !arg.contains('=') {
-        return arg.to_string();
+        return redact_url(arg, secrets);
     }
-    let parts: Vec<&str> = arg.split(',').collect();
+    let parts = split_option(arg);
     let secret_object = parts
         .iter()
         .any(|p| p.starts_with("secret") || *p == "qom-type=secret");
@@ -445,12 +515,121 @@ fn redact_option(arg: &str) -> String {
         .map(|part| {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             let flag = matches!(value, "on" | "off" | "true" | "false");
-            if (secret_object && key == "data") || (key == "password" && !flag) {
+            if (secret_object && key == "data") || (secret_key(key) && !flag && !value.is_empty()) {
+                secrets.push(value.replace(",,", ","));
                 format!("{key}={}", qmp::redact::REDACTED)
             } else {
-                part.to_string()
+                redact_url(part, secrets)
             }
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Hides the password in every `scheme://user:PASS@` or `scheme://user%PASS@` of `text`.
+fn redact_url(text: &str, secrets: &mut Vec<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', '?' or '#'; user info at its last '@'.
+        let authority_end = tail.find(['/', '?', '#']).unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.find([':', '%']) {
+                    Some(sep) if sep + 1 < userinfo.len() => {
+                        secrets.push(userinfo[sep + 1..].replace(",,", ","));
+                        out.push_str(&userinfo[..=sep]);
+                        out.push_str(qmp::redact::REDACTED);
+                        out.push_str(&authority[at..]);
+                    }
+                    _ => out.push_str(authority),
+                }
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn collect_json_secrets(value: &serde_json::Value, secrets: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let secret_object = map
+                .get("qom-type")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|t| t.starts_with("secret"));
+            for (key, value) in map {
+                match value.as_str() {
+                    Some(s) if (secret_object && key == "data") || secret_key(key) => {
+                        secrets.push(s.to_string())
+                    }
+                    _ => collect_json_secrets(value, secrets),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            items.iter().for_each(|v| collect_json_secrets(v, secrets))
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(argv: &[&str]) -> Vec<String> {
+        argv.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn redaction_honours_escaped_commas_dots_and_urls() {
+        let argv = words(&[
+            "qemu",
+            "-object",
+            "secret,id=s0,data=hun,,ter5,format=raw",
+            "-blockdev",
+            "driver=rbd,pool=p,image=i,server.0.password=pw1,auth.passwd=pw2",
+            "-drive",
+            "file=iscsi://user%PASS3@host/iqn/0,if=none",
+            "-cdrom",
+            "http://user:PASS4@host:80/a.iso",
+            "-vnc",
+            ":0,password=on",
+            "-object",
+            r#"{"qom-type":"secret","id":"s1","data":"json5"}"#,
+        ]);
+        let shown = redact_argv(&argv).join(" ");
+        for secret in ["hun", "ter5", "pw1", "pw2", "PASS3", "PASS4", "json5"] {
+            assert!(!shown.contains(secret), "{secret}: {shown}");
+        }
+        assert!(shown.contains("data=<redacted>,format=raw"), "{shown}");
+        assert!(
+            shown.contains("iscsi://user%<redacted>@host/iqn/0,if=none"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("http://user:<redacted>@host:80/a.iso"),
+            "{shown}"
+        );
+        assert!(shown.contains(":0,password=on"), "{shown}");
+        let secrets = secrets_of(&argv);
+        let echo = "qemu: -object secret,id=s0,data=hun,,ter5,format=raw: bad; \
+                    also hun,ter5 and PASS3, json5, pw1 (short: kept)";
+        let scrubbed = crate::output::scrub(echo, &secrets);
+        for secret in ["hun", "ter5", "PASS3", "json5"] {
+            assert!(!scrubbed.contains(secret), "{secret}: {scrubbed}");
+        }
+        assert!(
+            scrubbed.contains("data=<redacted>,format=raw: bad"),
+            "{scrubbed}"
+        );
+        assert!(scrubbed.contains("pw1 (short: kept)"), "{scrubbed}");
+    }
 }

@@ -12,6 +12,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event_match::event_match;
 use crate::machine::Machine;
 
+/// How many unconsumed events a machine keeps; past it the oldest are dropped.
+pub const EVENT_CACHE_LIMIT: usize = 4096;
+/// How many event names a timeout error lists.
+const SEEN_LIMIT: usize = 32;
+
 impl Machine {
     /// The oldest event not yet consumed, without waiting.
     pub fn get_qmp_event(&mut self) -> Option<Event> {
@@ -57,8 +62,32 @@ impl Machine {
     /// Moves every event queued now behind the ones already cached, keeping arrival order.
     pub(crate) fn pull_all(&mut self) {
         while let Some(event) = self.pull_now() {
-            self.events.push_back(event);
+            self.cache_event(event);
         }
+    }
+
+    /// Queues `event` behind the cached ones; past [`EVENT_CACHE_LIMIT`] the oldest goes
+    /// (with a warning, counted in [`dropped_events`](Self::dropped_events)).
+    pub(crate) fn cache_event(&mut self, event: Event) {
+        if self.events.len() >= EVENT_CACHE_LIMIT {
+            self.events.pop_front();
+            self.events_dropped += 1;
+            let dropped = self.events_dropped;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    machine = %self.config.name,
+                    "the event cache is full ({EVENT_CACHE_LIMIT} events nobody consumed): \
+                     {dropped} oldest dropped so far"
+                );
+            }
+        }
+        self.events.push_back(event);
+    }
+
+    /// How many cached events were dropped, oldest first, because more than
+    /// [`EVENT_CACHE_LIMIT`] were waiting to be consumed (0 normally).
+    pub fn dropped_events(&self) -> u64 {
+        self.events_dropped
     }
 
     fn pull_now(&mut self) -> Option<Event> {
@@ -134,8 +163,9 @@ impl Machine {
         if let Some(index) = self.events.iter().position(&matches) {
             return Ok(self.events.remove(index).unwrap_or_else(|| unreachable!()));
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let mut seen: Vec<String> = Vec::new();
+        let mut seen_count = 0usize;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(subscription) = self
@@ -148,8 +178,11 @@ impl Machine {
             match subscription.recv_timeout(left).await {
                 Ok(event) if matches(&event) => return Ok(event),
                 Ok(event) => {
-                    seen.push(event.name().to_string());
-                    self.events.push_back(event);
+                    seen_count += 1;
+                    if seen.len() < SEEN_LIMIT {
+                        seen.push(event.name().to_string());
+                    }
+                    self.cache_event(event);
                 }
                 Err(qmp::Error::EventsLost(n)) => {
                     tracing::warn!(machine = %self.config.name, "{n} QMP events were lost (queue full)");
@@ -162,6 +195,12 @@ impl Machine {
                             after: timeout,
                             seen: if seen.is_empty() {
                                 "no other event arrived".into()
+                            } else if seen_count > seen.len() {
+                                format!(
+                                    "other events meanwhile: {} and {} more",
+                                    seen.join(", "),
+                                    seen_count - seen.len()
+                                )
                             } else {
                                 format!("other events meanwhile: {}", seen.join(", "))
                             },
@@ -171,5 +210,35 @@ impl Machine {
                 Err(e) => return Err(self.explain(e, &format!("the wait for {awaited}")).await),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qmp::Timestamp;
+    use serde_json::json;
+
+    #[test]
+    fn the_event_cache_is_bounded() {
+        let mut vm = Machine::new(Machine::builder("qemu-system-x86_64"));
+        let event = |i: usize| {
+            Event::new(
+                format!("E{i}"),
+                json!({}),
+                Timestamp {
+                    seconds: 0,
+                    microseconds: 0,
+                },
+            )
+        };
+        for i in 0..EVENT_CACHE_LIMIT + 10 {
+            vm.cache_event(event(i));
+        }
+        assert_eq!(vm.events.len(), EVENT_CACHE_LIMIT);
+        assert_eq!(vm.dropped_events(), 10);
+        assert_eq!(vm.get_qmp_event().unwrap().name(), "E10");
+        let last = vm.get_qmp_events().pop().unwrap();
+        assert_eq!(last.name(), format!("E{}", EVENT_CACHE_LIMIT + 9));
     }
 }

@@ -95,11 +95,16 @@ pub fn write_image(path: &Path) -> io::Result<()> {
 }
 
 /// The QEMU arguments that boot the image at `path` as the first IDE disk, never writing
-/// to it (`snapshot=on`), plus the debug-exit device.
+/// to it (`snapshot=on`), plus the debug-exit device. Commas in `path` are escaped
+/// ([`escape_option_value`](crate::escape_option_value)); a non-UTF-8 path is shown
+/// lossily, so pass a UTF-8 one (a [`Machine`](crate::Machine) refuses others).
 pub fn drive_args(path: &Path) -> Vec<String> {
     vec![
         "-drive".into(),
-        format!("file={},format=raw,if=ide,snapshot=on", path.display()),
+        format!(
+            "file={},format=raw,if=ide,snapshot=on",
+            crate::argv::escape_option_value(&path.to_string_lossy())
+        ),
         "-device".into(),
         DEBUG_EXIT_DEVICE.into(),
     ]

@@ -23,10 +23,55 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Per-attempt deadline of `guest-sync-delimited`.
 const SYNC_ATTEMPT: Duration = Duration::from_millis(500);
+/// How long a connection is watched for a QMP greeting.
+const GREETING_WAIT: Duration = Duration::from_millis(500);
+
+/// Connects to `address` and reads what it says by itself within `wait`: true when that
+/// is a QMP greeting (`{"QMP": ...`). Reads at most a few bytes.
+async fn greets_as_qmp(address: &Address, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let attempt = async {
+        let mut first = [0u8; 16];
+        let mut filled = 0;
+        let read_some = |n: std::io::Result<usize>| match n {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        };
+        match address {
+            Address::Unix(path) => {
+                let mut stream = tokio::net::UnixStream::connect(path).await.ok()?;
+                while filled < first.len() {
+                    filled += read_some(stream.read(&mut first[filled..]).await)?;
+                }
+            }
+            Address::Tcp(host, port) => {
+                let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .ok()?;
+                while filled < first.len() {
+                    filled += read_some(stream.read(&mut first[filled..]).await)?;
+                }
+            }
+        }
+        Some(first)
+    };
+    match tokio::time::timeout(wait, attempt).await {
+        Ok(Some(first)) => {
+            let text: String = String::from_utf8_lossy(&first)
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            text.starts_with("{\"QMP\"")
+        }
+        _ => false,
+    }
+}
 /// Default deadline for a guest-agent command.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes per `guest-file-read`/`guest-file-write` call.
 const FILE_CHUNK: usize = 256 * 1024;
+/// The largest file [`GuestAgent::read_file`] reads.
+const MAX_READ_FILE: usize = 64 * 1024 * 1024;
 
 /// What a command run with [`GuestAgent::exec`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,10 +126,16 @@ impl GuestAgent {
 
     /// A session to an agent socket (`-chardev socket,path=...,server=on`, or a TCP
     /// address), reconnecting until it syncs or `timeout` passes.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when no agent answered in time; [`ErrorKind::GuestAgent`] at
+    /// once when `address` turns out to be a QMP monitor (it greets as one).
     pub async fn connect(address: &Address, timeout: Duration) -> Result<GuestAgent> {
         let name = address.to_string();
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let mut last_error = String::from("no attempt finished");
+        let mut diagnosed = false;
         while Instant::now() < deadline {
             match Self::builder(&name)
                 .connect_timeout(SYNC_ATTEMPT)
@@ -102,6 +153,23 @@ impl GuestAgent {
                         Err(e) => last_error = e.to_string(),
                     }
                     agent.client.close();
+                    // An agent never speaks first; a QMP monitor greets at once. Asked once,
+                    // after a failed sync, so that a working agent costs nothing.
+                    if !diagnosed {
+                        diagnosed = true;
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if greets_as_qmp(address, GREETING_WAIT.min(left)).await {
+                            return Err(Error::new(
+                                name.clone(),
+                                ErrorKind::GuestAgent {
+                                    message: format!(
+                                        "{address} is a QMP monitor, not a guest agent \
+                                         (it sent a QMP greeting)"
+                                    ),
+                                },
+                            ));
+                        }
+                    }
                 }
                 Err(e) => {
                     last_error = e.to_string();
@@ -129,7 +197,7 @@ impl GuestAgent {
 
     /// Resyncs: `0xFF`, then `guest-sync-delimited` with a fresh id until the agent echoes it.
     pub async fn sync(&self, timeout: Duration, mut alive: impl FnMut() -> bool) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -227,7 +295,7 @@ impl GuestAgent {
 
     /// Runs `path args...` in the guest and waits (at most `timeout`) for it to end.
     pub async fn exec(&self, path: &str, args: &[&str], timeout: Duration) -> Result<ExecOutput> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let started = self
             .execute(
                 "guest-exec",
@@ -255,7 +323,7 @@ impl GuestAgent {
                     stderr: self.decode(&status["err-data"])?,
                 });
             }
-            if Instant::now() + pause > deadline {
+            if crate::deadline::deadline_after(pause) > deadline {
                 return Err(Error::new(
                     self.name.clone(),
                     ErrorKind::Timeout {
@@ -301,6 +369,11 @@ impl GuestAgent {
     }
 
     /// Reads a whole guest file, in chunks.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::GuestAgent`] when the file is larger than 64 MiB (or endless), with
+    /// how much was read.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let handle = self.open(path, "r").await?;
         let mut content = Vec::new();
@@ -312,7 +385,21 @@ impl GuestAgent {
                         json!({"handle": handle, "count": FILE_CHUNK}),
                     )
                     .await?;
-                content.extend(self.decode(&chunk["buf-b64"])?);
+                let bytes = self.decode(&chunk["buf-b64"])?;
+                if content.len() + bytes.len() > MAX_READ_FILE {
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::GuestAgent {
+                            message: format!(
+                                "`{path}` is larger than {} MiB (read {} bytes so far); \
+                                 read it in parts (guest-file-read) instead",
+                                MAX_READ_FILE >> 20,
+                                content.len() + bytes.len()
+                            ),
+                        },
+                    ));
+                }
+                content.extend(bytes);
                 if chunk["eof"].as_bool() != Some(false) {
                     return Ok(());
                 }

@@ -45,7 +45,7 @@ pub async fn run_job(
     options: JobOptions,
     timeout: Duration,
 ) -> Result<Vec<String>> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::deadline::deadline_after(timeout);
     let by_id = Some(json!({"data": {"id": id}}));
     let by_device = Some(json!({"data": {"device": id}}));
     let mut seen = Vec::new();

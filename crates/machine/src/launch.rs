@@ -1,8 +1,7 @@
 //! Launching: run dir, sockets, command line, spawn, then QMP while watching the child.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -13,13 +12,15 @@ use crate::argv::{command_line, Attachments, MonitorChardev};
 use crate::config::{Config, KeepRunDir, Monitor};
 use crate::console::Console;
 use crate::error::{
-    redact_argv, shell_words, Error, ErrorKind, LaunchFailure, LaunchReason, Result,
+    redact_argv, secrets_of, shell_words, Error, ErrorKind, LaunchFailure, LaunchReason, Result,
 };
 use crate::machine::{Finished, Machine, Phase, Running, EXIT_GRACE};
+use crate::output::{read_tail, ERROR_TAIL, LOG_TAIL};
 use crate::probe::Probe;
 use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
-use crate::shutdown::{read_tail, wait_exit, REAP_TIMEOUT};
+use crate::shutdown::{wait_exit, REAP_TIMEOUT};
+use crate::spawn::group_alive;
 use crate::spawn::{signal_group, spawn};
 
 /// The child's ends of its socketpairs, kept open until QEMU is spawned.
@@ -73,6 +74,8 @@ impl Machine {
             ));
         }
         self.config = self.config().resolve()?;
+        // One deadline for the whole launch: probe, spawn, QMP, and any grace after.
+        let deadline = crate::deadline::deadline_after(self.config.launch_timeout);
         self.events.clear();
         if !matches!(self.phase, Phase::Configured) {
             self.enter(|_| (Phase::Configured, ()));
@@ -213,7 +216,7 @@ impl Machine {
             let Phase::Launching(running) = &mut self.phase else {
                 unreachable!("the phase was set just above")
             };
-            if let Err(reason) = connect_qmp(&self.config, running, pending).await {
+            if let Err(reason) = connect_qmp(&self.config, running, pending, deadline).await {
                 return Err(self.fail_launch(reason).await);
             }
         }
@@ -224,25 +227,29 @@ impl Machine {
         Ok(())
     }
 
-    /// Ends a launch that failed after spawning: waits briefly for QEMU to exit by itself,
-    /// else kills it; reaps it; finishes the run. The process stays in the phase until it
-    /// is reaped (or given up on), so this is cancel-safe too.
+    /// Ends a launch that failed after spawning: kills the whole process group at once (a
+    /// wrapper's children included; any grace was granted before, within the launch
+    /// deadline), reaps QEMU, finishes the run. The process stays in the phase until it is
+    /// reaped (or given up on), so this is cancel-safe too.
     async fn fail_launch(&mut self, reason: LaunchReason) -> Error {
         let Some(running) = self.phase.process_mut() else {
             unreachable!("fail_launch runs while launching")
         };
         if running.exit.is_none() {
-            // It may be exiting right now (a bad argument closes the monitor first).
-            running.exit = wait_exit(&mut running.child, EXIT_GRACE).await;
-        }
-        if running.exit.is_none() {
             running.signals_sent.push(Signal::SIGKILL);
             signal_group(running.pid, Signal::SIGKILL);
             running.exit = wait_exit(&mut running.child, REAP_TIMEOUT).await;
+        } else if group_alive(running.pid) {
+            // QEMU (or its wrapper) exited, but something it started lingers in the group.
+            signal_group(running.pid, Signal::SIGKILL);
         }
         running.close_sessions();
-        let output = read_tail(&running.log_path, u64::MAX);
         let keep = self.config.keep_run_dir != KeepRunDir::Never;
+        let secrets = secrets_of(&running.argv);
+        let full_log =
+            (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
+        let output = read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log);
+        let log = read_tail(&running.log_path, LOG_TAIL, &secrets, full_log);
         let name = self.config.name.clone();
         self.enter(|phase| {
             let (Phase::Launching(mut running) | Phase::Running(mut running)) = phase else {
@@ -257,13 +264,13 @@ impl Machine {
                 command: redact_argv(&running.argv),
                 status: running.exit,
                 pid: Some(running.pid),
-                output: output.clone(),
+                output,
                 run_dir: kept.clone(),
             };
             let finished = Finished {
                 status: running.exit,
                 argv: std::mem::take(&mut running.argv),
-                log: output,
+                log,
                 kept_run_dir: kept,
                 console: running.console.take(),
             };
@@ -292,7 +299,16 @@ fn prepare_monitor(
             let path = run_dir.join(path);
             let listener = Listener::bind_unix(&path).map_err(wrap)?;
             (
-                MonitorChardev::Unix(path.display().to_string()),
+                MonitorChardev::Unix(
+                    path.to_str()
+                        .ok_or_else(|| {
+                            Error::config(format!(
+                                "the monitor path {} is not UTF-8",
+                                path.display()
+                            ))
+                        })?
+                        .to_string(),
+                ),
                 PendingQmp::Listener(listener),
             )
         }
@@ -315,11 +331,13 @@ async fn connect_qmp(
     config: &Config,
     running: &mut Running,
     pending: PendingQmp,
+    deadline: tokio::time::Instant,
 ) -> std::result::Result<(), LaunchReason> {
     let timeout = config.launch_timeout;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let mut builder = qmp::Client::builder()
         .name(config.name.clone())
-        .greeting_timeout(timeout)
+        .greeting_timeout(left)
         .subscribe_from_start(EventFilter::all());
     if config.qmp_transcript {
         builder = builder.transcript(running.run_dir.path().join("qmp.log"));
@@ -327,34 +345,52 @@ async fn connect_qmp(
     let connect = async move {
         match pending {
             PendingQmp::Socketpair(stream) => builder.adopt_unix(stream).await,
-            PendingQmp::Listener(listener) => listener.accept(builder, timeout).await,
+            PendingQmp::Listener(listener) => listener.accept(builder, left).await,
         }
     };
-    tokio::select! {
+    let outcome = tokio::select! {
         client = connect => match client {
             Ok(client) => {
                 running.subscription = client.take_initial_subscription();
                 running.qmp = Some(client);
-                Ok(())
+                return Ok(());
             }
             // The greeting deadline is the launch deadline: one kind, whichever fires first.
-            Err(e) if e.is_timeout() => Err(LaunchReason::QmpTimeout(timeout)),
-            Err(e) => Err(LaunchReason::Qmp(Box::new(e))),
+            Err(e) if e.is_timeout() => Ok(LaunchReason::QmpTimeout(timeout)),
+            Err(e) => Err(e),
         },
         status = running.child.wait() => {
             running.exit = status.ok();
-            Err(LaunchReason::ExitedBeforeQmp)
+            return Err(LaunchReason::ExitedBeforeQmp);
         }
-        _ = tokio::time::sleep(timeout) => Err(LaunchReason::QmpTimeout(timeout)),
+        _ = tokio::time::sleep_until(deadline) => Ok(LaunchReason::QmpTimeout(timeout)),
+    };
+    match outcome {
+        Err(e) => {
+            // QEMU closes its monitor first when it exits (a bad argument): it gets a short
+            // grace to finish exiting, within the launch deadline.
+            if e.is_disconnected() {
+                let grace =
+                    EXIT_GRACE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                running.exit = wait_exit(&mut running.child, grace).await;
+                if running.exit.is_some() {
+                    return Err(LaunchReason::ExitedBeforeQmp);
+                }
+            }
+            Err(LaunchReason::Qmp(Box::new(e)))
+        }
+        Ok(reason) => Err(reason),
     }
 }
 
+/// A new private (0600) file at `path`, replacing (never following or truncating through)
+/// what is there; a FIFO, socket, device or directory there is a configuration error.
 pub(crate) fn create_private(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
+    crate::private_file::create_private_file(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            Error::config(format!("cannot create a log file: {e}"))
+        } else {
+            Error::io(format!("creating {}", path.display()), e)
+        }
+    })
 }

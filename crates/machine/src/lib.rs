@@ -33,6 +33,7 @@ mod argv;
 pub mod blocking;
 mod config;
 pub mod console;
+mod deadline;
 mod error;
 mod event_cache;
 mod event_match;
@@ -44,6 +45,8 @@ pub mod job;
 mod launch;
 mod machine;
 pub mod migration;
+mod output;
+mod private_file;
 pub mod probe;
 pub mod qmp_log;
 pub mod qtest;
@@ -54,15 +57,17 @@ mod spawn;
 pub mod usernet;
 
 pub use accel::{is_kvm_pvm, kvm_really_usable, Accel};
+pub use argv::escape_option_value;
 pub use config::{
     ConsoleConfig, KeepRunDir, MachineBuilder, Monitor, DEFAULT_LAUNCH_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, MAX_CONSOLE_BUFFER,
 };
 pub use console::{Console, Match, Pattern};
 pub use error::{
     redact_argv, shell_words, AbnormalShutdown, Error, ErrorKind, LaunchFailure, LaunchReason,
     QemuExited, Result, ShutdownCause,
 };
+pub use event_cache::EVENT_CACHE_LIMIT;
 pub use event_match::{conv_keys, event_match};
 pub use guest_agent::{ExecOutput, GuestAgent};
 pub use machine::Machine;

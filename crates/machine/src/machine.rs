@@ -25,15 +25,14 @@ use tokio::process::Child;
 
 use crate::config::{Config, KeepRunDir, MachineBuilder};
 use crate::console::Console;
-use crate::error::{redact_argv, Error, ErrorKind, QemuExited, Result};
+use crate::error::{redact_argv, secrets_of, Error, ErrorKind, QemuExited, Result};
 use crate::guest_agent::GuestAgent;
+use crate::output::{read_tail, ERROR_TAIL};
 use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
-use crate::shutdown::{read_tail, wait_exit, REAP_TIMEOUT};
+use crate::shutdown::{wait_exit, REAP_TIMEOUT};
 use crate::spawn::signal_group;
 
-/// How much of QEMU's output an error quotes.
-pub(crate) const OUTPUT_TAIL: u64 = 8 * 1024;
 /// How long to wait for QEMU to finish exiting once it has closed its monitor.
 pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -51,6 +50,8 @@ pub struct Machine {
     pub(crate) phase: Phase,
     /// Events pulled while waiting for others, oldest first.
     pub(crate) events: VecDeque<Event>,
+    /// Events dropped from the full cache.
+    pub(crate) events_dropped: u64,
 }
 
 /// Where a machine is in its life.
@@ -160,7 +161,7 @@ impl Running {
     fn kill_now(mut self, keep_run_dir: bool) {
         self.signals_sent.push(Signal::SIGKILL);
         signal_group(self.pid, Signal::SIGKILL);
-        let deadline = std::time::Instant::now() + REAP_TIMEOUT;
+        let deadline = crate::deadline::std_deadline_after(REAP_TIMEOUT);
         while std::time::Instant::now() < deadline {
             match self.child.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
@@ -188,6 +189,7 @@ impl Machine {
             builder: config,
             phase: Phase::Configured,
             events: VecDeque::new(),
+            events_dropped: 0,
         }
     }
 
@@ -291,7 +293,10 @@ impl Machine {
     }
 
     /// QEMU's output (stdout and stderr) of the last run, available after shutdown or a
-    /// failed launch.
+    /// failed launch: its last 1 MiB at most (a first line then says how much was left
+    /// out, and where the whole log is if it was kept), with the command line's secrets
+    /// (see [`redact_argv`](crate::redact_argv)) replaced by `<redacted>`. The text is
+    /// QEMU's own: print it through something that escapes control characters.
     pub fn get_log(&self) -> Option<&str> {
         self.phase.finished().map(|l| l.log.as_str())
     }
@@ -401,7 +406,15 @@ impl Machine {
             during: during.to_string(),
             status: running.exit,
             command: redact_argv(&running.argv),
-            output: read_tail(&running.log_path, OUTPUT_TAIL),
+            output: read_tail(
+                &running.log_path,
+                ERROR_TAIL,
+                &secrets_of(&running.argv),
+                self.config
+                    .log_dir
+                    .is_some()
+                    .then_some(running.log_path.as_path()),
+            ),
         }))
     }
 

@@ -31,7 +31,7 @@ pub async fn migrate(
     timeout: Duration,
     mut progress: impl FnMut(&Value),
 ) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::deadline::deadline_after(timeout);
     let was_running = source.cmd("query-status", Value::Null).await?["running"] == true;
     destination
         .cmd("migrate-incoming", json!({"uri": uri}))
@@ -88,7 +88,7 @@ pub async fn migrate(
     }
     if was_running {
         let left = deadline.saturating_duration_since(Instant::now());
-        let check_until = Instant::now() + left;
+        let check_until = crate::deadline::deadline_after(left);
         loop {
             let status = destination.cmd("query-status", Value::Null).await?;
             if status["running"] == true {

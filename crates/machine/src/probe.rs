@@ -6,11 +6,21 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use std::io;
+
+use nix::sys::signal::Signal;
+use tokio::io::AsyncReadExt;
+
 use crate::accel::kvm_really_usable;
 use crate::error::{Error, ErrorKind, Result};
+use crate::spawn::{group_alive, signal_group, spawn_command};
 
 /// Deadline for one `qemu -X help` run.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The most a probe reads of each of stdout and stderr.
+const MAX_PROBE_OUTPUT: usize = 4 * 1024 * 1024;
+/// How long to wait for a killed probe to be reaped.
+const REAP_GRACE: Duration = Duration::from_secs(5);
 
 /// The capabilities of one QEMU binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +44,11 @@ impl Probe {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Timeout`] when `binary` does not answer in time, [`ErrorKind::Io`] when it
-    /// cannot be run, [`ErrorKind::Probe`] when a query fails or its answer makes no sense.
+    /// [`ErrorKind::Timeout`] when `binary` does not answer in time (20 s per query),
+    /// [`ErrorKind::Io`] when it cannot be run, [`ErrorKind::Probe`] when a query fails, its
+    /// answer makes no sense, or it prints more than 4 MiB on stdout or stderr. Each query
+    /// runs in a process group of its own that is killed on any failure (or when this
+    /// future is dropped), and that dies with this process.
     pub async fn of(binary: &str) -> Result<Arc<Probe>> {
         static CACHE: OnceLock<Mutex<HashMap<String, Arc<Probe>>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
@@ -93,43 +106,107 @@ impl Probe {
     }
 }
 
+/// Kills a probe's process group unless disarmed: a probe whose future is dropped, or
+/// that failed, leaves nothing behind.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            signal_group(self.0, Signal::SIGKILL);
+        }
+    }
+}
+
+/// A probe printed more than `MAX_PROBE_OUTPUT` bytes on a stream.
+#[derive(Debug, thiserror::Error)]
+#[error("too much output")]
+struct TooMuchOutput;
+
+/// Reads `stream` to its end, failing past `MAX_PROBE_OUTPUT` bytes.
+async fn read_capped(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    if let Some(stream) = stream {
+        stream
+            .take(MAX_PROBE_OUTPUT as u64 + 1)
+            .read_to_end(&mut bytes)
+            .await?;
+    }
+    if bytes.len() > MAX_PROBE_OUTPUT {
+        return Err(io::Error::other(TooMuchOutput));
+    }
+    Ok(bytes)
+}
+
 async fn ask(binary: &str, args: &[&str]) -> Result<String> {
-    let mut command = tokio::process::Command::new(binary);
+    let mut command = std::process::Command::new(binary);
     command.args(args);
     if args[0] != "--version" {
         command.args(["-nodefaults", "-display", "none"]);
     }
-    let run = command
+    command
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
+        .stdout(Stdio::piped());
     let what = format!("{binary} {}", args.join(" "));
-    let output = tokio::time::timeout(PROBE_TIMEOUT, run)
+    // Through the spawner: its own process group, and it dies with us.
+    let mut child = spawn_command(command, Vec::new(), Vec::new())
         .await
-        .map_err(|_| {
-            Error::new(
+        .map_err(|e| Error::io(format!("running `{what}`"), e))?;
+    let mut guard = GroupGuard(child.id().unwrap_or(0));
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let (stdout, stderr) = tokio::try_join!(read_capped(stdout), read_capped(stderr))?;
+        let status = child.wait().await?;
+        Ok::<_, io::Error>((status, stdout, stderr))
+    };
+    let outcome = tokio::time::timeout(PROBE_TIMEOUT, run).await;
+    let failed = |message: String| {
+        Error::from(ErrorKind::Probe {
+            binary: binary.to_string(),
+            message,
+        })
+    };
+    let (status, stdout, stderr) = match outcome {
+        Ok(Ok(output)) => output,
+        Err(_) => {
+            drop(guard);
+            let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
+            return Err(Error::new(
                 binary.to_string(),
                 ErrorKind::Timeout {
                     awaited: format!("`{what}` to answer"),
                     after: PROBE_TIMEOUT,
                     seen: "no answer".into(),
                 },
-            )
-        })?
-        .map_err(|e| Error::io(format!("running `{what}`"), e))?;
-    if !output.status.success() {
-        return Err(Error::from(ErrorKind::Probe {
-            binary: binary.to_string(),
-            message: format!(
-                "`{what}` failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        }));
+            ));
+        }
+        Ok(Err(e)) => {
+            drop(guard);
+            let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
+            let too_much = e.get_ref().is_some_and(|e| e.is::<TooMuchOutput>());
+            return Err(if too_much {
+                failed(format!(
+                    "`{what}` printed more than {} MiB; is {binary} a QEMU binary?",
+                    MAX_PROBE_OUTPUT >> 20
+                ))
+            } else {
+                Error::io(format!("running `{what}`"), e)
+            });
+        }
+    };
+    // It exited; only a child it left behind keeps the group alive.
+    if !group_alive(guard.0) {
+        guard.0 = 0;
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    drop(guard);
+    if !status.success() {
+        return Err(failed(format!(
+            "`{what}` failed ({status}): {}",
+            crate::output::sanitize(String::from_utf8_lossy(&stderr).trim())
+        )));
+    }
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
 fn parse_version(line: &str) -> Option<(u32, u32, u32)> {

@@ -14,10 +14,16 @@ use tokio::io::AsyncBufReadExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::sock::{write_all_before, WriteFailed};
+
+/// The longest qtest line accepted; a longer one is a protocol error.
+const MAX_LINE: usize = 16 * 1024 * 1024;
+/// IRQ events kept at most; past it the oldest are dropped.
+const IRQ_QUEUE: usize = 4096;
+/// Replies queued at most (QEMU answers one per command).
+const REPLY_QUEUE: usize = 64;
 
 /// Default deadline for one qtest command.
 pub const DEFAULT_QTEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +40,8 @@ pub struct IrqEvent {
 #[derive(Debug, Default)]
 struct Irqs {
     queue: VecDeque<IrqEvent>,
+    /// Events dropped from the full queue.
+    dropped: u64,
     closed: bool,
 }
 
@@ -52,7 +60,8 @@ impl Shared {
 #[derive(Debug)]
 struct Session {
     writer: OwnedWriteHalf,
-    replies: mpsc::UnboundedReceiver<String>,
+    /// Replies, or (once, last) why the stream could not be read.
+    replies: mpsc::Receiver<std::result::Result<String, String>>,
     /// Replies still owed to commands that timed out.
     stale: usize,
 }
@@ -93,7 +102,7 @@ impl Qtest {
             irqs: Mutex::new(Irqs::default()),
             irq_arrived: Notify::new(),
         });
-        let (replies_tx, replies) = mpsc::unbounded_channel();
+        let (replies_tx, replies) = mpsc::channel(REPLY_QUEUE);
         let reader = tokio::spawn(read_lines(reader, shared.clone(), replies_tx));
         Ok(Qtest {
             name: name.into(),
@@ -127,7 +136,7 @@ impl Qtest {
     ///
     /// As [the session](Qtest#errors); a `FAIL` reply is returned, not an error.
     pub async fn cmd_timeout(&self, command: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         let mut session = tokio::time::timeout_at(deadline, self.session.lock())
             .await
             .map_err(|_| {
@@ -144,8 +153,17 @@ impl Qtest {
         }
         loop {
             match tokio::time::timeout_at(deadline, session.replies.recv()).await {
-                Ok(Some(_)) if session.stale > 0 => session.stale -= 1,
-                Ok(Some(reply)) => return Ok(reply),
+                Ok(Some(Ok(_))) if session.stale > 0 => session.stale -= 1,
+                Ok(Some(Ok(reply))) => return Ok(reply),
+                Ok(Some(Err(problem))) => {
+                    return Err(Error::new(
+                        self.name.clone(),
+                        ErrorKind::Qtest {
+                            command: command.into(),
+                            message: problem,
+                        },
+                    ))
+                }
                 Ok(None) => {
                     return Err(Error::new(
                         self.name.clone(),
@@ -476,7 +494,7 @@ impl Qtest {
     ///
     /// See [the session](Qtest#errors).
     pub async fn next_irq(&self, timeout: Duration) -> Result<IrqEvent> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         loop {
             let arrived = self.shared.irq_arrived.notified();
             tokio::pin!(arrived);
@@ -518,21 +536,53 @@ impl Qtest {
 async fn read_lines(
     stream: OwnedReadHalf,
     shared: Arc<Shared>,
-    replies: mpsc::UnboundedSender<String>,
+    replies: mpsc::Sender<std::result::Result<String, String>>,
 ) {
+    use tokio::io::AsyncReadExt;
     let mut reader = tokio::io::BufReader::new(stream);
     let mut line = String::new();
     loop {
         line.clear();
-        match reader.read_line(&mut line).await {
-            Ok(0) | Err(_) => break,
+        match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_line(&mut line)
+            .await
+        {
+            Ok(0) => break,
+            Ok(_) if line.len() > MAX_LINE => {
+                let problem = format!(
+                    "protocol error: QEMU sent a qtest line longer than {} MiB",
+                    MAX_LINE >> 20
+                );
+                tracing::warn!("{problem}");
+                let _ = replies.send(Err(problem)).await;
+                break;
+            }
             Ok(_) => {}
+            Err(e) => {
+                let _ = replies
+                    .send(Err(format!("protocol error: reading qtest: {e}")))
+                    .await;
+                break;
+            }
         }
         let text = line.trim_end();
         if let Some(event) = parse_irq(text) {
-            shared.irqs().queue.push_back(event);
+            let mut irqs = shared.irqs();
+            if irqs.queue.len() >= IRQ_QUEUE {
+                irqs.queue.pop_front();
+                irqs.dropped += 1;
+                if irqs.dropped.is_power_of_two() {
+                    tracing::warn!(
+                        "the qtest IRQ queue is full ({IRQ_QUEUE} events nobody took): {} oldest dropped so far",
+                        irqs.dropped
+                    );
+                }
+            }
+            irqs.queue.push_back(event);
+            drop(irqs);
             shared.irq_arrived.notify_waiters();
-        } else if replies.send(text.to_string()).is_err() {
+        } else if replies.send(Ok(text.to_string())).await.is_err() {
             break;
         }
     }

@@ -1,8 +1,6 @@
 //! The shutdown ladder: ask (or wait), then SIGKILL, then reap; and what is left after.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -14,9 +12,10 @@ use tokio::time::Instant;
 
 use crate::config::{KeepRunDir, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::error::{
-    redact_argv, shell_words, AbnormalShutdown, Error, ErrorKind, Result, ShutdownCause,
+    redact_argv, secrets_of, shell_words, AbnormalShutdown, Error, ErrorKind, Result, ShutdownCause,
 };
-use crate::machine::{Finished, Machine, Phase, OUTPUT_TAIL};
+use crate::machine::{Finished, Machine, Phase};
+use crate::output::{read_tail, ERROR_TAIL, LOG_TAIL};
 use crate::spawn::{group_alive, signal_group};
 
 /// How long to wait, once QEMU has exited, for the console's last bytes.
@@ -119,7 +118,7 @@ impl Machine {
             running.signals_sent.push(Signal::SIGKILL);
             signal_group(running.pid, Signal::SIGKILL);
         } else if running.exit.is_none() {
-            let deadline = Instant::now() + timeout;
+            let deadline = crate::deadline::deadline_after(timeout);
             match stop {
                 Stop::Quit => {
                     if let Some(client) = &running.qmp {
@@ -176,9 +175,17 @@ impl Machine {
             return Ok(());
         };
         running.close_sessions();
-        if let Some(mut subscription) = running.subscription.take() {
-            self.events.extend(subscription.drain());
+        let last_events = running
+            .subscription
+            .take()
+            .map(|mut s| s.drain())
+            .unwrap_or_default();
+        for event in last_events {
+            self.cache_event(event);
         }
+        let Some(running) = self.phase.process_mut() else {
+            unreachable!("checked above")
+        };
         // A wrapper's children are in the group too; none may outlive the run.
         if group_alive(running.pid) {
             signal_group(running.pid, Signal::SIGKILL);
@@ -195,11 +202,19 @@ impl Machine {
                 cause.get_or_insert(ShutdownCause::UnsentSignal { signal });
             }
         }
-        let log = read_tail(&running.log_path, u64::MAX);
         let keep = match self.config.keep_run_dir {
             KeepRunDir::Always => true,
             KeepRunDir::OnFailure => cause.is_some(),
             KeepRunDir::Never => false,
+        };
+        let secrets = secrets_of(&running.argv);
+        let full_log =
+            (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
+        let log = read_tail(&running.log_path, LOG_TAIL, &secrets, full_log);
+        let output = if cause.is_some() {
+            read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log)
+        } else {
+            String::new()
         };
         self.enter(|phase| {
             let (Phase::Launching(mut running) | Phase::Running(mut running)) = phase else {
@@ -214,7 +229,7 @@ impl Machine {
                         cause,
                         status,
                         command: redact_argv(&running.argv),
-                        output: tail_of(&log, OUTPUT_TAIL as usize),
+                        output,
                     })),
                 )
             });
@@ -245,29 +260,4 @@ pub(crate) async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<Ex
         }
         Err(_) => None,
     }
-}
-
-/// The last `limit` bytes of a file, as text.
-pub(crate) fn read_tail(path: &std::path::Path, limit: u64) -> String {
-    let Ok(mut file) = File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len > limit {
-        let _ = file.seek(SeekFrom::Start(len - limit));
-    }
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-fn tail_of(text: &str, limit: usize) -> String {
-    if text.len() <= limit {
-        return text.to_string();
-    }
-    let mut start = text.len() - limit;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].to_string()
 }

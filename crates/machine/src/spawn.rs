@@ -21,6 +21,37 @@ use tokio::process::Child;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+enum Request {
+    Spawn(SpawnRequest),
+    /// A child spawned for a launch that was cancelled after the reply was sent: its group
+    /// was killed; reap it here.
+    Reap(Child),
+}
+
+/// A spawned child on its way to the caller: if nobody takes it (the caller's future was
+/// dropped with the reply in flight), its group is killed and the spawner reaps it.
+struct Spawned(Option<Child>);
+
+impl Spawned {
+    fn take(mut self) -> Child {
+        self.0.take().unwrap_or_else(|| unreachable!("taken once"))
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take() {
+            if let Some(pid) = child.id() {
+                tracing::debug!(pid, "launch cancelled with QEMU spawned: killing it");
+                signal_group(pid, Signal::SIGKILL);
+            }
+            if let Ok(spawner) = spawner() {
+                let _ = spawner.send(Request::Reap(child));
+            }
+        }
+    }
+}
+
 struct SpawnRequest {
     command: std::process::Command,
     /// The child's ends of its sockets: open until the fork is done, so that their numbers,
@@ -28,21 +59,28 @@ struct SpawnRequest {
     /// future dropped during the spawn would otherwise close them under the fork).
     child_fds: Vec<OwnedFd>,
     runtime: Handle,
-    reply: oneshot::Sender<io::Result<Child>>,
+    reply: oneshot::Sender<io::Result<Spawned>>,
 }
 
-fn spawner() -> io::Result<mpsc::Sender<SpawnRequest>> {
-    static SPAWNER: OnceLock<Mutex<Option<mpsc::Sender<SpawnRequest>>>> = OnceLock::new();
+fn spawner() -> io::Result<mpsc::Sender<Request>> {
+    static SPAWNER: OnceLock<Mutex<Option<mpsc::Sender<Request>>>> = OnceLock::new();
     let slot = SPAWNER.get_or_init(|| Mutex::new(None));
     let mut slot = qmp::sync::lock_unpoisoned(slot);
     if let Some(sender) = slot.as_ref() {
         return Ok(sender.clone());
     }
-    let (sender, requests) = mpsc::channel::<SpawnRequest>();
+    let (sender, requests) = mpsc::channel::<Request>();
     std::thread::Builder::new()
         .name("qemu-spawner".into())
         .spawn(move || {
             for request in requests {
+                let request = match request {
+                    Request::Spawn(request) => request,
+                    Request::Reap(child) => {
+                        reap_unclaimed(child);
+                        continue;
+                    }
+                };
                 let _runtime = request.runtime.enter();
                 // This thread must never end: every QEMU it forked dies with it (the death
                 // signal is tied to the forking thread), so a panic in `spawn` is an error.
@@ -52,9 +90,11 @@ fn spawner() -> io::Result<mpsc::Sender<SpawnRequest>> {
                         .unwrap_or_else(|_| Err(io::Error::other("spawning QEMU panicked")));
                 // The child has its copies now (or never will): ours must not stay open.
                 drop(request.child_fds);
-                if let Err(Ok(child)) = request.reply.send(child) {
+                if let Err(Ok(mut spawned)) = request.reply.send(child.map(|c| Spawned(Some(c)))) {
                     // The launch was cancelled while we spawned: nobody owns this QEMU.
-                    reap_unclaimed(child);
+                    if let Some(child) = spawned.0.take() {
+                        reap_unclaimed(child);
+                    }
                 }
             }
         })?;
@@ -84,8 +124,19 @@ pub(crate) async fn spawn(
         .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log.try_clone()?)
-        .process_group(0);
+        .stderr(log.try_clone()?);
+    spawn_command(command, child_fds, inherit).await
+}
+
+/// Spawns `command` (its stdio as set by the caller) on the spawner thread, in a process
+/// group of its own and with the death signal armed; `inherit` (among them `child_fds`,
+/// closed here once the child has them) keep their numbers in the child.
+pub(crate) async fn spawn_command(
+    mut command: std::process::Command,
+    child_fds: Vec<OwnedFd>,
+    inherit: Vec<RawFd>,
+) -> io::Result<Child> {
+    command.process_group(0);
     let parent = nix::unistd::getpid();
     // SAFETY: between fork and exec the closure makes only async-signal-safe system calls
     // (prctl, getppid, fcntl) and allocates nothing, on its error paths too: every error
@@ -112,16 +163,18 @@ pub(crate) async fn spawn(
     }
     let (reply, child) = oneshot::channel();
     spawner()?
-        .send(SpawnRequest {
+        .send(Request::Spawn(SpawnRequest {
             command,
             child_fds,
             runtime: Handle::current(),
             reply,
-        })
+        }))
         .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    // Cancel-safe: a child in flight when this future is dropped dies with its `Spawned`.
     child
         .await
         .map_err(|_| io::Error::other("the spawner thread dropped the request"))?
+        .map(Spawned::take)
 }
 
 /// Kills and reaps (bounded) a child whose launch future was dropped during the spawn.
@@ -131,7 +184,7 @@ fn reap_unclaimed(mut child: Child) {
     };
     tracing::debug!(pid, "launch cancelled during spawn: killing QEMU");
     signal_group(pid, Signal::SIGKILL);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = crate::deadline::std_deadline_after(std::time::Duration::from_secs(10));
     while std::time::Instant::now() < deadline {
         match child.try_wait() {
             Ok(Some(_)) | Err(_) => return,
