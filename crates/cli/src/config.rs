@@ -183,3 +183,56 @@ mod tests {
         assert_eq!(config.qemu_args.unwrap(), ["-smp", "2"]);
     }
 }
+
+#[cfg(test)]
+mod merge_tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    fn args(line: &[&str]) -> RunArgs {
+        let argv = ["qemu-machine", "run"].iter().chain(line);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn file(text: &str) -> RunConfig {
+        RunConfig::parse(text).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_in() {
+        let merged = RunOptions::merge(
+            args(&["-m", "1G", "--shutdown-timeout", "3", "--", "-smp", "4"]),
+            file("memory = \"256M\"\ntimeout = 7\nqemu_args = [\"-smp\", \"2\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(merged.memory.as_deref(), Some("1G"));
+        assert_eq!(merged.timeout, Duration::from_secs(7));
+        assert_eq!(merged.shutdown_timeout, Duration::from_secs(3));
+        assert_eq!(merged.qemu_args, ["-smp", "4"]);
+        assert_eq!(merged.accel, AccelChoice::Auto);
+
+        let defaults = RunOptions::merge(args(&[]), RunConfig::default()).unwrap();
+        assert_eq!(defaults.timeout, Duration::from_secs(30));
+        assert_eq!(defaults.shutdown_timeout, Duration::from_secs(30));
+        assert!(!defaults.keep_run_dir);
+    }
+
+    #[test]
+    fn what_does_not_hold_together_is_a_usage_error() {
+        for (line, text) in [
+            (&["--image", "/d.img"][..], "kernel = \"/k\""),
+            (&["--initrd", "/i"][..], ""),
+            (&[][..], "append = \"quiet\""),
+            (&["--shutdown-timeout=-1"][..], ""),
+            (&[][..], "timeout = -2"),
+        ] {
+            let error = RunOptions::merge(args(line), file(text)).unwrap_err();
+            assert_eq!(error.status(), 2, "{line:?} {text:?}");
+        }
+    }
+}

@@ -32,6 +32,12 @@ impl Failure {
         Failure::new(qmp_error_text(&error))
     }
 
+    /// The exit status it ends the command with.
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> u8 {
+        self.status
+    }
+
     /// The message, for a failure that is shown without ending the command.
     pub(crate) fn message_text(&self) -> &str {
         &self.message

@@ -317,8 +317,17 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
 
     let mut events = client.subscribe(EventFilter::all());
     let event_printer = tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
-            status(&event.to_string(), || event.to_json());
+        loop {
+            match events.recv().await {
+                Ok(event) => status(&event.to_string(), || event.to_json()),
+                // Too many too fast: say so, and go on with the newest.
+                Err(qmp::Error::EventsLost(lost)) => status(
+                    &format!("qemu-machine: {lost} QMP events were lost (too many at once)"),
+                    || json!({"status": "events-lost", "count": lost}),
+                ),
+                // The session is over.
+                Err(_) => break,
+            }
         }
     });
     let output = console.clone();
@@ -517,9 +526,13 @@ async fn power_down(
                 "qemu-machine: asked the guest to power off (system_powerdown)",
                 || json!({"status": "powerdown", "timeout": secs}),
             );
+            start_spinner(&format!(
+                "waiting up to {secs} s for the guest to power off"
+            ));
             while vm.is_running() && deadline.is_none_or(|d| tokio::time::Instant::now() < d) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            clear_spinner();
             if !vm.is_running() {
                 // It has exited: this only reaps it and tidies up.
                 return vm.wait(timeout).await;
