@@ -333,15 +333,15 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
     let output = console.clone();
     let mut console_output = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
-        let mut first = true;
         while let Ok(bytes) = output.read().await {
-            if std::mem::take(&mut first) {
-                clear_spinner();
-            }
+            // A spinner redraws its line: it goes before the guest writes one.
+            clear_spinner();
+            // Recorded before the write: a status line racing with it then starts a line
+            // of its own rather than being appended to the guest's.
+            console_wrote(&bytes);
             if stdout.write_all(&bytes).await.is_err() || stdout.flush().await.is_err() {
                 return OutputEnd::OutputGone;
             }
-            console_wrote(&bytes);
         }
         OutputEnd::ConsoleClosed
     });

@@ -91,29 +91,35 @@ pub(crate) fn json() -> bool {
 /// QEMU, the guest or a peer is [sanitized](sanitize) first; a stderr that is gone is
 /// ignored.
 pub(crate) fn status_line(text: &str) {
+    write_line(&sanitize(text), "\r\n", true);
+}
+
+/// Writes `line` and `end` on stderr, on a line of its own when `fresh` allows (see
+/// [`status_line`]).
+fn write_line(line: &str, end: &str, fresh: bool) {
     clear_spinner();
     let mut stderr = std::io::stderr().lock();
-    let fresh = if AT_LINE_START.load(Ordering::Relaxed) {
+    let fresh = if AT_LINE_START.swap(true, Ordering::Relaxed) || !fresh {
         ""
     } else {
         "\r\n"
     };
-    let _ = write!(stderr, "{fresh}{}\r\n", sanitize(text));
+    let _ = write!(stderr, "{fresh}{line}{end}");
     let _ = stderr.flush();
-    AT_LINE_START.store(true, Ordering::Relaxed);
 }
 
 /// One status report of `run`: `human` as a [`status_line`], or with `--json` the object
-/// `json` on a line of its own (JSON escapes every control character, so it needs no
-/// sanitizing).
+/// `json` on a line (JSON escapes every control character, so it needs no sanitizing). On a
+/// terminal it starts a line of its own and ends in `\r\n` (a JSON parser skips the `\r`);
+/// elsewhere it is nothing but the object and `\n`.
 pub(crate) fn status(human: &str, json: impl FnOnce() -> serde_json::Value) {
     if !self::json() {
         return status_line(human);
     }
-    clear_spinner();
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "{}", json());
-    let _ = stderr.flush();
+    // Not on a terminal, nothing but JSON lines: no fresh-line break before one.
+    let terminal = std::io::stderr().is_terminal();
+    let end = if terminal { "\r\n" } else { "\n" };
+    write_line(&json().to_string(), end, terminal);
 }
 
 /// Shows a spinner saying `what` on stderr until [`clear_spinner`] or the next status
