@@ -749,3 +749,67 @@ fn the_linux_guest_powers_off_on_ctrl_bracket_q_and_keeps_its_prompt() {
     assert_gone(pid);
     assert!(!socket.exists());
 }
+
+#[test]
+fn dry_run_matches_what_run_starts() {
+    // The dry run renders the library's command line itself (the library cannot render it
+    // without launching): compare it with the command line of the QEMU `run` starts, with
+    // the socketpair monitor and console swapped for what the dry run puts there.
+    let guest = linux_guest_dir();
+    let kernel = linux_kernel();
+    let initrd = guest.join("initrd.gz");
+    let flags = [
+        "--accel",
+        "tcg",
+        "-m",
+        "256M",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--append",
+        "console=ttyS0 quiet panic=-1",
+        "--",
+        "-smp",
+        "1",
+    ];
+    let dry = run(&[&["run", "--dry-run"][..], &flags].concat(), "");
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let dry = shell_split(&text(&dry.stdout));
+
+    let mut vm = OnPty::spawn(bin().arg("run").args(flags));
+    let qemu = pid_in(&vm.expect("(pid ", 1));
+    let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap();
+    vm.send(b"\x1dk");
+    assert!(vm.wait().success(), "{}", vm.output());
+    let real: Vec<String> = text(&cmdline)
+        .split_terminator('\0')
+        .map(String::from)
+        .collect();
+    let mut swapped = Vec::new();
+    let mut words = real.iter().peekable();
+    while let Some(word) = words.next() {
+        let next = words.peek().map(|w| w.as_str()).unwrap_or("");
+        if word == "-chardev" && next.starts_with("socket,id=mon,fd=") {
+            words.next();
+            assert_eq!(words.next().map(String::as_str), Some("-mon"), "{real:?}");
+            words.next();
+        } else if word == "-chardev" && next.starts_with("socket,id=console,fd=") {
+            words.next();
+            assert_eq!(
+                words.next().map(String::as_str),
+                Some("-serial"),
+                "{real:?}"
+            );
+            assert_eq!(
+                words.next().map(String::as_str),
+                Some("chardev:console"),
+                "{real:?}"
+            );
+            swapped.extend(["-serial".to_string(), "mon:stdio".to_string()]);
+        } else {
+            swapped.push(word.clone());
+        }
+    }
+    assert_eq!(dry, swapped, "real: {real:?}");
+}
