@@ -30,8 +30,10 @@ pub(crate) enum Command {
     /// button), up to --shutdown-timeout seconds for the guest to power off, then `quit`,
     /// up to --timeout seconds for QEMU to exit, then SIGKILL. Ctrl-] then k stops it at
     /// once: `quit`, then SIGKILL after --timeout. Ctrl-] Ctrl-] sends one Ctrl-]. The end
-    /// of stdin, SIGTERM, SIGHUP, SIGINT and SIGQUIT take the graceful path too; a second
-    /// signal kills QEMU at once, and after a signal the exit status is 128 + its number.
+    /// of stdin, a stdout that is gone, SIGTERM, SIGHUP, SIGINT and SIGQUIT take the
+    /// graceful path too; a second signal kills QEMU at once, and after a signal the exit
+    /// status is 128 + its number. Otherwise the exit status is QEMU's, or 1 with a message
+    /// when QEMU had to be killed.
     Run(RunArgs),
     /// An interactive QMP shell (qmp-shell syntax: `command key=value ...`); reads lines
     /// and prints one JSON reply per line when stdin is not a terminal.
@@ -169,7 +171,7 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "S")]
     pub(crate) timeout: Option<f64>,
     /// Seconds a graceful shutdown waits for the guest to power off after
-    /// `system_powerdown` before it sends `quit` [default: 30].
+    /// `system_powerdown` before it sends `quit` (0: `quit` at once) [default: 30].
     #[arg(long, value_name = "S")]
     pub(crate) shutdown_timeout: Option<f64>,
     /// The QEMU binary [default: $QEMU, else qemu-system-x86_64; $QEMU counts as this
