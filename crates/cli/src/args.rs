@@ -24,9 +24,16 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Boot a VM (the built-in guest unless a kernel or image is given) with this terminal
-    /// as its serial console. Ctrl-] then q detaches and shuts it down; Ctrl-C goes to the
-    /// guest; QMP events are printed on stderr. SIGTERM, SIGHUP, SIGINT or SIGQUIT shut it
-    /// down too (a second one kills it), and the exit status is then 128 + the signal.
+    /// as its serial console; Ctrl-C goes to the guest; QMP events are printed on stderr.
+    ///
+    /// Ctrl-] then q shuts the VM down gracefully: `system_powerdown` (the ACPI power
+    /// button), up to --shutdown-timeout seconds for the guest to power off, then `quit`,
+    /// up to --timeout seconds for QEMU to exit, then SIGKILL. Ctrl-] then k stops it at
+    /// once: `quit`, then SIGKILL after --timeout. Ctrl-] Ctrl-] sends one Ctrl-]. The end
+    /// of stdin, a stdout that is gone, SIGTERM, SIGHUP, SIGINT and SIGQUIT take the
+    /// graceful path too; a second signal kills QEMU at once, and after a signal the exit
+    /// status is 128 + its number. Otherwise the exit status is QEMU's, or 1 with a message
+    /// when QEMU had to be killed.
     Run(RunArgs),
     /// An interactive QMP shell (qmp-shell syntax: `command key=value ...`); reads lines
     /// and prints one JSON reply per line when stdin is not a terminal.
@@ -100,8 +107,9 @@ pub(crate) fn optional_seconds(
     value.map(|value| seconds(value, what)).transpose()
 }
 
-/// The accelerator choice of `run`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+/// The accelerator choice of `run` (in a `--config` file: "auto", "tcg" or "kvm").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum AccelChoice {
     /// KVM where it really works (not kvm-pvm), else TCG.
     Auto,
@@ -111,26 +119,43 @@ pub(crate) enum AccelChoice {
     Kvm,
 }
 
-/// The arguments of `run`.
+/// The arguments of `run`. Every option but `--config` and `--dry-run` can also come from
+/// the `--config` file (see [`crate::config::RunConfig`]), so none has a clap default: an
+/// option not given is `None`, and the file or the default fills it in.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The accelerator.
-    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
-    pub(crate) accel: AccelChoice,
+    /// Read the options from this TOML file (keys as the long options, with `_` for `-`,
+    /// e.g. shutdown_timeout = 60, qemu_args = ["-smp", "2"]); options given here override
+    /// it, an unknown key is an error, relative paths in it are relative to its directory.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print the QEMU command line, shell-quoted, and exit without starting anything. The
+    /// monitor and console qemu-machine hands QEMU are socketpairs, which cannot be given by
+    /// hand: in the printed command they are on stdio (-serial mon:stdio), and comments say
+    /// so. Needs --kernel or --image: the built-in guest's disk only exists once it runs.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Status lines, QMP events and a failure on stderr as JSON objects, one per line
+    /// (events as QEMU sent them, the rest as {"status": ...}; no spinner).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// The accelerator [default: auto].
+    #[arg(long, value_enum)]
+    pub(crate) accel: Option<AccelChoice>,
     /// Guest memory (QEMU's -m), e.g. 256M.
     #[arg(short = 'm', long, value_name = "SIZE")]
     pub(crate) memory: Option<String>,
     /// A Linux kernel to boot.
     #[arg(long)]
     pub(crate) kernel: Option<PathBuf>,
-    /// Its initrd.
-    #[arg(long, requires = "kernel")]
+    /// Its initrd (needs a kernel).
+    #[arg(long)]
     pub(crate) initrd: Option<PathBuf>,
-    /// Its command line [default: console=ttyS0].
-    #[arg(long, requires = "kernel")]
+    /// Its command line (needs a kernel) [default: console=ttyS0].
+    #[arg(long)]
     pub(crate) append: Option<String>,
-    /// A disk image to boot (never written: snapshot=on).
-    #[arg(long, conflicts_with = "kernel")]
+    /// A disk image to boot (never written: snapshot=on); not with a kernel.
+    #[arg(long)]
     pub(crate) image: Option<PathBuf>,
     /// Also serve QMP at this UNIX path, to any number of clients at once (mode 0600).
     #[arg(long, value_name = "PATH")]
@@ -141,12 +166,19 @@ pub(crate) struct RunArgs {
     /// Keep the run directory (QEMU's log, sockets) afterwards.
     #[arg(long)]
     pub(crate) keep_run_dir: bool,
-    /// Deadline in seconds for QMP to come up, and for the shutdown at the end.
-    #[arg(long, value_name = "S", default_value_t = 30.0)]
-    pub(crate) timeout: f64,
-    #[command(flatten)]
-    pub(crate) qemu: QemuBinary,
-    /// Extra QEMU arguments, after `--`.
+    /// Seconds for QMP to come up at launch, and for QEMU to exit after `quit` before it
+    /// is killed [default: 30].
+    #[arg(long, value_name = "S")]
+    pub(crate) timeout: Option<f64>,
+    /// Seconds a graceful shutdown waits for the guest to power off after
+    /// `system_powerdown` before it sends `quit` (0: `quit` at once) [default: 30].
+    #[arg(long, value_name = "S")]
+    pub(crate) shutdown_timeout: Option<f64>,
+    /// The QEMU binary [default: $QEMU, else qemu-system-x86_64; $QEMU counts as this
+    /// option, over the --config file].
+    #[arg(long, env = "QEMU")]
+    pub(crate) binary: Option<String>,
+    /// Extra QEMU arguments, after `--` (they replace the --config file's qemu_args).
     #[arg(last = true, value_name = "QEMU_ARGS")]
     pub(crate) qemu_args: Vec<String>,
 }
@@ -208,6 +240,10 @@ pub(crate) struct EventsArgs {
     /// Stop after this many seconds (an error if --count was not reached).
     #[arg(long, value_name = "S")]
     pub(crate) timeout: Option<f64>,
+    /// Accepted for symmetry with `run --json` and `qom --json`: the output is always
+    /// JSON lines, each event as QEMU sent it.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// The arguments of `qom`.

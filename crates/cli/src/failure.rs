@@ -32,6 +32,12 @@ impl Failure {
         Failure::new(qmp_error_text(&error))
     }
 
+    /// The exit status it ends the command with.
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> u8 {
+        self.status
+    }
+
     /// The message, for a failure that is shown without ending the command.
     pub(crate) fn message_text(&self) -> &str {
         &self.message
@@ -40,7 +46,14 @@ impl Failure {
     /// Prints the failure on stderr: `qemu-machine: ` and its first line, then the rest
     /// (command lines, output) indented, with control characters from QEMU or a peer
     /// rendered harmless; returns its exit status. A stderr that is gone is ignored.
+    ///
+    /// With `run --json` it is one JSON object instead: `{"status": "error", "message": ...}`.
     pub(crate) fn report(&self) -> ExitCode {
+        if crate::term::json() {
+            let line = serde_json::json!({"status": "error", "message": self.message});
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+            return ExitCode::from(self.status);
+        }
         let message = crate::term::sanitize(&self.message);
         let mut lines = message.lines();
         let mut stderr = std::io::stderr().lock();

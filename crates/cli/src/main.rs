@@ -5,6 +5,7 @@
 //! line on stderr and the exit status.
 
 mod args;
+mod config;
 mod failure;
 mod output;
 mod qom;

@@ -4,39 +4,53 @@ use std::io::Read;
 use std::time::Duration;
 
 use qemu_machine::{Accel, KeepRunDir, Machine};
-use qmp::{EventFilter, Multiplexer};
+use qmp::{EventFilter, Multiplexer, Request};
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::args::{seconds, AccelChoice, RunArgs};
+use crate::args::{AccelChoice, RunArgs};
+use crate::config::RunOptions;
 use crate::failure::{exit_status_code, Failure, Outcome};
 use crate::signals::{kill_child_groups, kill_group, Caught, Signals};
-use crate::term::{status_line, with_spinner, RawMode};
+use crate::term::{clear_spinner, console_wrote, start_spinner, status, with_spinner, RawMode};
 
 /// Ctrl-]: the escape key, as in telnet and virsh console.
 const ESCAPE: u8 = 0x1d;
 
+/// How the VM is brought down at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// `system_powerdown`, up to `--shutdown-timeout` for the guest to power off, then
+    /// `quit`, up to `--timeout` for QEMU to exit, then SIGKILL.
+    Graceful,
+    /// `quit`, up to `--timeout` for QEMU to exit, then SIGKILL.
+    Immediate,
+}
+
 /// Why the console loop of [`run`] ended.
 enum Ending {
-    /// Ctrl-] q, or stdin closed: we shut the VM down.
-    Detached,
+    /// Ctrl-] q (graceful) or k (immediate), or stdin closed (graceful).
+    Detached(Stop),
     /// The console closed: QEMU is exiting by itself.
     Exited,
-    /// Our stdout is gone: we shut the VM down.
+    /// Our stdout is gone: nobody sees the console any more; a graceful stop.
     OutputGone,
-    /// A signal: we shut the VM down, and exit with 128 + its number.
+    /// A signal: a graceful stop, and exit with 128 + its number.
     Signal(Caught),
 }
 
-/// Splits typed bytes into what goes to the guest, and whether the user asked to detach.
-/// A lone Ctrl-] waits for the next key; Ctrl-] Ctrl-] sends one Ctrl-].
-fn filter_input(bytes: &[u8], escape_pending: &mut bool) -> (Vec<u8>, bool) {
+/// Splits typed bytes into what goes to the guest, and whether the user asked to detach
+/// (Ctrl-] q: gracefully; Ctrl-] k: at once). A lone Ctrl-] waits for the next key;
+/// Ctrl-] Ctrl-] sends one Ctrl-].
+fn filter_input(bytes: &[u8], escape_pending: &mut bool) -> (Vec<u8>, Option<Stop>) {
     let mut forward = Vec::with_capacity(bytes.len());
     for &byte in bytes {
         if *escape_pending {
             *escape_pending = false;
             match byte {
-                b'q' | b'Q' => return (forward, true),
+                b'q' | b'Q' => return (forward, Some(Stop::Graceful)),
+                b'k' | b'K' => return (forward, Some(Stop::Immediate)),
                 ESCAPE => forward.push(ESCAPE),
                 other => forward.extend([ESCAPE, other]),
             }
@@ -46,25 +60,34 @@ fn filter_input(bytes: &[u8], escape_pending: &mut bool) -> (Vec<u8>, bool) {
             forward.push(byte);
         }
     }
-    (forward, false)
+    (forward, None)
+}
+
+/// The library's accelerator for a choice.
+fn accel(choice: AccelChoice) -> Accel {
+    match choice {
+        AccelChoice::Auto => Accel::KvmOrTcg,
+        AccelChoice::Tcg => Accel::Tcg,
+        AccelChoice::Kvm => Accel::Kvm,
+    }
 }
 
 /// The machine `run` asks for: the built-in guest, a kernel or an image, and the options.
-fn builder(args: &RunArgs, timeout: Duration) -> qemu_machine::MachineBuilder {
-    let mut builder = Machine::builder(&args.qemu.binary)
+fn builder(options: &RunOptions) -> qemu_machine::MachineBuilder {
+    let mut builder = Machine::builder(&options.binary)
         .name("run")
-        .launch_timeout(timeout);
-    builder = match (&args.kernel, &args.image) {
+        .launch_timeout(options.timeout);
+    builder = match (&options.kernel, &options.image) {
         (Some(kernel), _) => {
             let mut builder = builder.machine_type("pc").console(None, 0).args([
                 "-no-reboot",
                 "-kernel",
                 &kernel.display().to_string(),
             ]);
-            if let Some(initrd) = &args.initrd {
+            if let Some(initrd) = &options.initrd {
                 builder = builder.args(["-initrd", &initrd.display().to_string()]);
             }
-            let append = args.append.as_deref().unwrap_or("console=ttyS0");
+            let append = options.append.as_deref().unwrap_or("console=ttyS0");
             builder.args(["-append", append])
         }
         (None, Some(image)) => builder.machine_type("pc").console(None, 0).args([
@@ -73,21 +96,65 @@ fn builder(args: &RunArgs, timeout: Duration) -> qemu_machine::MachineBuilder {
         ]),
         (None, None) => builder.builtin_guest(),
     };
-    builder = builder.accel(match args.accel {
-        AccelChoice::Auto => Accel::KvmOrTcg,
-        AccelChoice::Tcg => Accel::Tcg,
-        AccelChoice::Kvm => Accel::Kvm,
-    });
-    if let Some(memory) = &args.memory {
+    builder = builder.accel(accel(options.accel));
+    if let Some(memory) = &options.memory {
         builder = builder.args(["-m", memory]);
     }
-    if let Some(log) = &args.console_log {
+    if let Some(log) = &options.console_log {
         builder = builder.console_log(log);
     }
-    if args.keep_run_dir {
+    if options.keep_run_dir {
         builder = builder.keep_run_dir(KeepRunDir::Always);
     }
-    builder.args(args.qemu_args.iter().cloned())
+    builder.args(options.qemu_args.iter().cloned())
+}
+
+/// The QEMU command line `run` would start, as lines of shell: comments saying what
+/// differs from the real launch, then the command, shell-quoted.
+///
+/// The library launches QEMU with its QMP monitor and serial console on socketpairs
+/// (`-chardev socket,fd=N`), which nobody can hand over by hand, and it has no way to render
+/// its command line without launching. So the generated part is rendered here, following
+/// the library's layout (binary, `-display none -vga none`, monitor, `-machine`, `-accel`,
+/// console, then the extra arguments), with the console and QEMU's own monitor on stdio
+/// instead. The built-in guest is refused: its disk image only exists once it launches.
+fn dry_run_script(options: &RunOptions) -> Result<String, Failure> {
+    if options.kernel.is_none() && options.image.is_none() {
+        return Err(Failure::with_status(
+            "--dry-run needs --kernel or --image: the built-in guest's disk image is only \
+             written when it launches, so its command line cannot be run by hand",
+            2,
+        ));
+    }
+    let builder = builder(options);
+    let mut argv = vec![builder.binary().to_string()];
+    argv.extend(["-display", "none", "-vga", "none"].map(String::from));
+    argv.extend(["-machine", "pc", "-accel"].map(String::from));
+    argv.push(accel(options.accel).resolve().as_arg().to_string());
+    argv.extend(["-serial", "mon:stdio"].map(String::from));
+    argv.extend(builder.extra_args().iter().cloned());
+    let mut script = String::from(
+        "# qemu-machine run hands QEMU its QMP monitor and serial console on socketpairs\n\
+         # (-chardev socket,id=mon,fd=N -mon chardev=mon,mode=control and\n\
+         # -chardev socket,id=console,fd=N -serial chardev:console); run by hand, the\n\
+         # console and QEMU's monitor are on stdio (-serial mon:stdio: Ctrl-A c switches,\n\
+         # Ctrl-A x quits).\n",
+    );
+    if let Some(qmp) = &options.qmp {
+        script.push_str(&format!(
+            "# --qmp {} is served by qemu-machine, not QEMU (by hand: -qmp unix:PATH,server=on,wait=off).\n",
+            qmp.display()
+        ));
+    }
+    if let Some(log) = &options.console_log {
+        script.push_str(&format!(
+            "# --console-log {} is written by qemu-machine, not QEMU.\n",
+            log.display()
+        ));
+    }
+    script.push_str(&qemu_machine::shell_words(&argv));
+    script.push('\n');
+    Ok(script)
 }
 
 /// How many chunks of typed input may wait for the guest before more is dropped.
@@ -142,10 +209,13 @@ pub(crate) fn claim_socket_path(path: &std::path::Path) -> Result<(), Failure> {
                     path.display()
                 ))
             })?;
-            status_line(&format!(
-                "qemu-machine: removed the stale socket {} (nobody was listening)",
-                path.display()
-            ));
+            status(
+                &format!(
+                    "qemu-machine: removed the stale socket {} (nobody was listening)",
+                    path.display()
+                ),
+                || json!({"status": "stale-socket-removed", "path": path}),
+            );
             Ok(())
         }
         Err(e) => Err(Failure::new(format!(
@@ -158,12 +228,12 @@ pub(crate) fn claim_socket_path(path: &std::path::Path) -> Result<(), Failure> {
 /// What `run` needs of a launched VM: its QMP client, the `--qmp` multiplexer, the console.
 fn attach(
     vm: &Machine,
-    args: &RunArgs,
+    options: &RunOptions,
 ) -> Result<(qmp::Client, Option<Multiplexer>, qemu_machine::Console), Failure> {
     let client = vm
         .qmp_client()
         .ok_or_else(|| Failure::new("the VM has no QMP monitor"))?;
-    let mux = match &args.qmp {
+    let mux = match &options.qmp {
         Some(path) => Some(Multiplexer::serve(client.clone(), path)?),
         None => None,
     };
@@ -174,17 +244,24 @@ fn attach(
 /// `qemu-machine run`: boots the VM, connects this terminal to its serial console until the
 /// user detaches or QEMU exits, and exits with QEMU's status.
 ///
-/// SIGTERM, SIGHUP, SIGINT and SIGQUIT shut the VM down as a detach does (a second one
-/// kills it), or abort the launch; then the terminal is restored, the `--qmp` socket and
-/// the run dir are removed, and the status is 128 + the signal's number.
+/// SIGTERM, SIGHUP, SIGINT and SIGQUIT shut the VM down gracefully, as Ctrl-] q does (a
+/// second one kills it), or abort the launch; then the terminal is restored, the `--qmp`
+/// socket and the run dir are removed, and the status is 128 + the signal's number.
 pub(crate) async fn run(args: RunArgs) -> Outcome {
-    let timeout = seconds(args.timeout, "--timeout")?;
+    // Before anything can fail: with --json, so is the failure.
+    crate::term::set_json(args.json);
+    let options = RunOptions::from_args(args)?;
+    if options.dry_run {
+        print!("{}", dry_run_script(&options)?);
+        return Ok(0);
+    }
+    let timeout = options.timeout;
     let mut signals = Signals::listen()
         .map_err(|e| Failure::new(format!("cannot install signal handlers: {e}")))?;
-    if let Some(path) = &args.qmp {
+    if let Some(path) = &options.qmp {
         claim_socket_path(path)?;
     }
-    let mut vm = Machine::new(builder(&args, timeout));
+    let mut vm = Machine::new(builder(&options));
     let (launched, aborted) = with_spinner("starting QEMU", async {
         let launch = vm.launch();
         tokio::pin!(launch);
@@ -206,11 +283,14 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
     .await;
     if let Some(caught) = aborted {
         let _ = vm.kill().await;
-        status_line(&format!("qemu-machine: {}: launch aborted", caught.name()));
+        status(
+            &format!("qemu-machine: {}: launch aborted", caught.name()),
+            || json!({"status": "aborted", "signal": caught.name()}),
+        );
         return Ok(caught.exit_status());
     }
     launched?;
-    let (client, mux, console) = match attach(&vm, &args) {
+    let (client, mux, console) = match attach(&vm, &options) {
         Ok(attached) => attached,
         Err(failure) => {
             // Nothing half-done stays: QEMU goes, and with it the run dir.
@@ -219,26 +299,46 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         }
     };
     let pid = vm.pid();
-    status_line(&format!(
-        "qemu-machine: VM running (pid {}){}; Ctrl-] then q detaches and shuts it down",
-        pid.unwrap_or(0),
-        args.qmp
-            .as_ref()
-            .map(|p| format!(", QMP at {}", p.display()))
-            .unwrap_or_default(),
-    ));
+    status(
+        &format!(
+            "qemu-machine: VM running (pid {}){}; Ctrl-] then q shuts it down, Ctrl-] then k stops it at once",
+            pid.unwrap_or(0),
+            options
+                .qmp
+                .as_ref()
+                .map(|p| format!(", QMP at {}", p.display()))
+                .unwrap_or_default(),
+        ),
+        || json!({"status": "launched", "pid": pid, "qmp": options.qmp}),
+    );
     let raw = RawMode::enter();
+    // People wait here for the guest's first words: a spinner until then (terminals only).
+    start_spinner("booting");
 
     let mut events = client.subscribe(EventFilter::all());
     let event_printer = tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
-            status_line(&event.to_string());
+        loop {
+            match events.recv().await {
+                Ok(event) => status(&event.to_string(), || event.to_json()),
+                // Too many too fast: say so, and go on with the newest.
+                Err(qmp::Error::EventsLost(lost)) => status(
+                    &format!("qemu-machine: {lost} QMP events were lost (too many at once)"),
+                    || json!({"status": "events-lost", "count": lost}),
+                ),
+                // The session is over.
+                Err(_) => break,
+            }
         }
     });
     let output = console.clone();
     let mut console_output = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
         while let Ok(bytes) = output.read().await {
+            // A spinner redraws its line: it goes before the guest writes one.
+            clear_spinner();
+            // Recorded before the write: a status line racing with it then starts a line
+            // of its own rather than being appended to the guest's.
+            console_wrote(&bytes);
             if stdout.write_all(&bytes).await.is_err() || stdout.flush().await.is_err() {
                 return OutputEnd::OutputGone;
             }
@@ -268,7 +368,8 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
     let writer = tokio::spawn(async move {
         while let Some(bytes) = guest_input.recv().await {
             if let Err(e) = writer_console.write(&bytes).await {
-                status_line(&format!("qemu-machine: {e}"));
+                let message = format!("qemu-machine: {e}");
+                status(&message, || json!({"status": "error", "message": message}));
             }
         }
     });
@@ -279,21 +380,22 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
     let ending = loop {
         tokio::select! {
             bytes = input.recv() => {
-                let Some(bytes) = bytes else { break Ending::Detached };
+                let Some(bytes) = bytes else { break Ending::Detached(Stop::Graceful) };
                 let (forward, detach) = filter_input(&bytes, &mut escape_pending);
                 if !forward.is_empty() {
                     if let Err(mpsc::error::TrySendError::Full(lost)) = to_guest.try_send(forward) {
                         dropped += lost.len();
                         if last_notice.is_none_or(|t| t.elapsed() >= DROP_NOTICE_EVERY) {
                             last_notice = Some(std::time::Instant::now());
-                            status_line(&format!(
-                                "qemu-machine: guest is not reading its console; {dropped} bytes of input dropped"
-                            ));
+                            status(
+                                &format!("qemu-machine: guest is not reading its console; {dropped} bytes of input dropped"),
+                                || json!({"status": "input-dropped", "bytes": dropped}),
+                            );
                         }
                     }
                 }
-                if detach {
-                    break Ending::Detached;
+                if let Some(stop) = detach {
+                    break Ending::Detached(stop);
                 }
             }
             end = &mut console_output => break match end {
@@ -304,18 +406,30 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         }
     };
     writer.abort();
+    clear_spinner();
+    let stop = match ending {
+        Ending::Exited => None,
+        Ending::Detached(stop) => Some(stop),
+        Ending::OutputGone | Ending::Signal(_) => Some(Stop::Graceful),
+    };
     if let Ending::Signal(caught) = ending {
-        status_line(&format!(
-            "qemu-machine: {}: shutting the VM down (again to kill it)",
-            caught.name()
-        ));
+        status(
+            &format!(
+                "qemu-machine: {}: shutting the VM down (again to kill it)",
+                caught.name()
+            ),
+            || json!({"status": "shutting-down", "signal": caught.name()}),
+        );
     }
     let mut escalated: Option<Caught> = None;
     let result = {
         let work = async {
-            match ending {
-                Ending::Exited => vm.wait(timeout).await,
-                _ => vm.shutdown_timeout(timeout).await,
+            match stop {
+                None => vm.wait(timeout).await,
+                Some(Stop::Immediate) => vm.shutdown_timeout(timeout).await,
+                Some(Stop::Graceful) => {
+                    power_down(&mut vm, &client, options.shutdown_timeout, timeout).await
+                }
             }
         };
         tokio::pin!(work);
@@ -323,7 +437,10 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
             tokio::select! {
                 result = &mut work => break result,
                 caught = signals.recv(), if escalated.is_none() => {
-                    status_line(&format!("qemu-machine: {}: killing QEMU", caught.name()));
+                    status(
+                        &format!("qemu-machine: {}: killing QEMU", caught.name()),
+                        || json!({"status": "killing", "signal": caught.name()}),
+                    );
                     escalated = Some(caught);
                     if let Some(pid) = pid {
                         kill_group(pid);
@@ -332,7 +449,15 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
             }
         }
     };
-    event_printer.abort();
+    // The last events (SHUTDOWN) are still on their way to the printer: it ends when the
+    // connection does, which it has by now; bounded all the same.
+    let mut event_printer = event_printer;
+    if tokio::time::timeout(Duration::from_millis(500), &mut event_printer)
+        .await
+        .is_err()
+    {
+        event_printer.abort();
+    }
     drop(raw);
     // The socket file goes with the multiplexer.
     drop(mux);
@@ -341,13 +466,25 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         Err(_) if escalated.is_some() => {}
         other => other?,
     }
-    let status = vm.exit_status();
-    status_line(&format!(
-        "qemu-machine: QEMU exited ({})",
-        status.map_or("unknown status".into(), |s| s.to_string())
-    ));
+    let exit = vm.exit_status();
+    status(
+        &format!(
+            "qemu-machine: QEMU exited ({})",
+            exit.map_or("unknown status".into(), |s| s.to_string())
+        ),
+        || {
+            json!({
+                "status": "exited",
+                "code": exit.and_then(|s| s.code()),
+                "signal": exit.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+            })
+        },
+    );
     if let Some(kept) = vm.kept_run_dir() {
-        status_line(&format!("qemu-machine: run dir kept at {}", kept.display()));
+        status(
+            &format!("qemu-machine: run dir kept at {}", kept.display()),
+            || json!({"status": "run-dir-kept", "path": kept}),
+        );
     }
     if let Some(caught) = escalated.or(match ending {
         Ending::Signal(caught) => Some(caught),
@@ -355,12 +492,69 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
     }) {
         return Ok(caught.exit_status());
     }
-    Ok(status.map_or(1, |status| {
+    Ok(exit.map_or(1, |status| {
         exit_status_code(
             status.code(),
             std::os::unix::process::ExitStatusExt::signal(&status),
         )
     }))
+}
+
+/// The graceful rung of the ladder: `system_powerdown`, up to `shutdown_timeout` for the
+/// guest to power off (QEMU then exits by itself), then as the immediate stop: `quit`, up
+/// to `timeout` for QEMU to exit, then SIGKILL. Every wait is bounded.
+async fn power_down(
+    vm: &mut Machine,
+    client: &qmp::Client,
+    shutdown_timeout: Duration,
+    timeout: Duration,
+) -> qemu_machine::Result<()> {
+    let secs = shutdown_timeout.as_secs_f64();
+    // The command counts against the same deadline as the guest's power-off.
+    let deadline = tokio::time::Instant::now().checked_add(shutdown_timeout);
+    let asked = if shutdown_timeout.is_zero() {
+        Err(None)
+    } else {
+        client
+            .execute_request(Request::new("system_powerdown").timeout(shutdown_timeout))
+            .await
+            .map_err(Some)
+    };
+    match asked {
+        Ok(_) => {
+            status(
+                "qemu-machine: asked the guest to power off (system_powerdown)",
+                || json!({"status": "powerdown", "timeout": secs}),
+            );
+            start_spinner(&format!(
+                "waiting up to {secs} s for the guest to power off"
+            ));
+            while vm.is_running() && deadline.is_none_or(|d| tokio::time::Instant::now() < d) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            clear_spinner();
+            if !vm.is_running() {
+                // It has exited: this only reaps it and tidies up.
+                return vm.wait(timeout).await;
+            }
+            status(
+                &format!("qemu-machine: the guest did not power off within {secs} s; sending quit"),
+                || json!({"status": "quit", "reason": "shutdown-timeout"}),
+            );
+        }
+        Err(None) => status(
+            "qemu-machine: --shutdown-timeout is 0; sending quit",
+            || json!({"status": "quit", "reason": "shutdown-timeout"}),
+        ),
+        Err(Some(e)) => {
+            let message = format!("qemu-machine: system_powerdown failed ({e}); sending quit");
+            status(
+                &message,
+                || json!({"status": "quit", "reason": "powerdown-failed", "message": e.to_string()}),
+            );
+        }
+    }
+    vm.shutdown_timeout(timeout).await
 }
 
 #[cfg(test)]
@@ -379,18 +573,25 @@ mod tests {
     #[test]
     fn escape_sequences() {
         let mut pending = false;
-        assert_eq!(filter_input(b"ab", &mut pending), (b"ab".to_vec(), false));
-        assert_eq!(filter_input(b"x\x1d", &mut pending), (b"x".to_vec(), false));
+        assert_eq!(filter_input(b"ab", &mut pending), (b"ab".to_vec(), None));
+        assert_eq!(filter_input(b"x\x1d", &mut pending), (b"x".to_vec(), None));
         assert!(pending);
-        assert_eq!(filter_input(b"q", &mut pending), (vec![], true));
+        assert_eq!(
+            filter_input(b"q", &mut pending),
+            (vec![], Some(Stop::Graceful))
+        );
+        assert_eq!(
+            filter_input(b"a\x1dk", &mut pending),
+            (b"a".to_vec(), Some(Stop::Immediate))
+        );
         let mut pending = false;
         assert_eq!(
             filter_input(b"\x1d\x1dz", &mut pending),
-            (b"\x1dz".to_vec(), false)
+            (b"\x1dz".to_vec(), None)
         );
         assert_eq!(
             filter_input(b"\x1dx\x03", &mut pending),
-            (b"\x1dx\x03".to_vec(), false)
+            (b"\x1dx\x03".to_vec(), None)
         );
     }
 }

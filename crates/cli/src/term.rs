@@ -3,6 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use nix::sys::termios::{self, SetArg, Termios};
@@ -55,12 +56,93 @@ pub(crate) fn restore_terminal() {
     }
 }
 
-/// A line for stderr that reads right whether or not the terminal is raw. Text from QEMU,
-/// the guest or a peer is [sanitized](sanitize) first; a stderr that is gone is ignored.
+/// Whether the last byte the console wrote to the terminal ended a line (or nothing was
+/// written yet): a status line then starts right there; otherwise it starts on a fresh
+/// line, so that it never overwrites what the guest printed (a prompt, say).
+static AT_LINE_START: AtomicBool = AtomicBool::new(true);
+
+/// Whether `run --json` is on: status lines are then JSON objects, one per line.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// The spinner on stderr while people wait, if one is showing: a status line clears it
+/// first, so the two never garble each other.
+static SPINNER: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+
+/// Records what the console just wrote to stdout: see [`status_line`].
+pub(crate) fn console_wrote(bytes: &[u8]) {
+    if let Some(&last) = bytes.last() {
+        AT_LINE_START.store(last == b'\n', Ordering::Relaxed);
+    }
+}
+
+/// Makes [`status`] print JSON lines (`run --json`).
+pub(crate) fn set_json(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`status`] prints JSON lines.
+pub(crate) fn json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
+/// A line for stderr that reads right whether or not the terminal is raw (it ends in
+/// `\r\n`), and starts on a line of its own: when the console's output stopped mid-line,
+/// `\r\n` comes first, never a bare `\r` that would overwrite the guest's text. Text from
+/// QEMU, the guest or a peer is [sanitized](sanitize) first; a stderr that is gone is
+/// ignored.
 pub(crate) fn status_line(text: &str) {
+    write_line(&sanitize(text), "\r\n", true);
+}
+
+/// Writes `line` and `end` on stderr, on a line of its own when `fresh` allows (see
+/// [`status_line`]).
+fn write_line(line: &str, end: &str, fresh: bool) {
+    clear_spinner();
     let mut stderr = std::io::stderr().lock();
-    let _ = write!(stderr, "\r{}\r\n", sanitize(text));
+    let fresh = if AT_LINE_START.swap(true, Ordering::Relaxed) || !fresh {
+        ""
+    } else {
+        "\r\n"
+    };
+    let _ = write!(stderr, "{fresh}{line}{end}");
     let _ = stderr.flush();
+}
+
+/// One status report of `run`: `human` as a [`status_line`], or with `--json` the object
+/// `json` on a line (JSON escapes every control character, so it needs no sanitizing). On a
+/// terminal it starts a line of its own and ends in `\r\n` (a JSON parser skips the `\r`);
+/// elsewhere it is nothing but the object and `\n`.
+pub(crate) fn status(human: &str, json: impl FnOnce() -> serde_json::Value) {
+    if !self::json() {
+        return status_line(human);
+    }
+    // Not on a terminal, nothing but JSON lines: no fresh-line break before one.
+    let terminal = std::io::stderr().is_terminal();
+    let end = if terminal { "\r\n" } else { "\n" };
+    write_line(&json().to_string(), end, terminal);
+}
+
+/// Shows a spinner saying `what` on stderr until [`clear_spinner`] or the next status
+/// line; only when stderr is a terminal and `--json` is off.
+pub(crate) fn start_spinner(what: &str) {
+    if !std::io::stderr().is_terminal() || json() {
+        return;
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_message(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    if let Ok(mut slot) = SPINNER.lock() {
+        if let Some(old) = slot.replace(bar) {
+            old.finish_and_clear();
+        }
+    }
+}
+
+/// Removes the spinner of [`start_spinner`], if one is showing.
+pub(crate) fn clear_spinner() {
+    let bar = SPINNER.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
 }
 
 /// Text from outside (QEMU's output, a QMP error, an event) made safe to print on a
@@ -86,18 +168,12 @@ pub(crate) fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// Awaits `work` with a spinner saying `what` on stderr, only when stderr is a terminal;
-/// the spinner is cleared before the result is returned.
+/// Awaits `work` with a spinner saying `what` on stderr, only when stderr is a terminal
+/// (and `--json` is off); the spinner is cleared before the result is returned.
 pub(crate) async fn with_spinner<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new_spinner().with_message(what.to_string());
-        bar.enable_steady_tick(std::time::Duration::from_millis(100));
-        bar
-    });
+    start_spinner(what);
     let result = work.await;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    clear_spinner();
     result
 }
 

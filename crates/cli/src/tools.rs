@@ -59,6 +59,8 @@ pub(crate) async fn exec(args: ExecArgs) -> Outcome {
 /// `qemu-machine events`: events as JSON lines, until `--count`, `--timeout` or the end of
 /// the connection.
 pub(crate) async fn events(args: EventsArgs) -> Outcome {
+    // JSON lines whether or not --json was given.
+    let _ = args.json;
     let timeout = optional_seconds(args.timeout, "--timeout")?;
     let client = connect(&args.address, timeout).await?;
     let filter = if args.names.is_empty() {

@@ -396,3 +396,420 @@ fn a_test_that_fails_half_way_leaves_no_process() {
         );
     }
 }
+
+/// `qemu-machine run ARGS` on a terminal, once the built-in guest said READY.
+fn booted(args: &[&str]) -> OnPty {
+    let vm = OnPty::spawn(bin().arg("run").args(args));
+    vm.expect("READY", 1);
+    vm
+}
+
+#[test]
+fn ctrl_bracket_q_powers_the_guest_off() {
+    let mut vm = booted(&["--shutdown-timeout", "20"]);
+    let pid = pid_in(&vm.output());
+    vm.send(b"\x1dq");
+    let status = vm.wait();
+    let output = vm.output();
+    assert!(status.success(), "{status}: {output}");
+    assert!(output.contains("system_powerdown"), "{output}");
+    // The guest answered the power button: it said goodbye and QEMU saw it shut down.
+    assert!(output.contains("BYE"), "{output}");
+    assert!(
+        output.contains("\"event\":\"SHUTDOWN\"")
+            && output.contains("\"reason\":\"guest-shutdown\""),
+        "{output}"
+    );
+    assert!(!output.contains("sending quit"), "{output}");
+    assert_gone(pid);
+}
+
+#[test]
+fn ctrl_bracket_k_quits_at_once() {
+    let mut vm = booted(&[]);
+    let pid = pid_in(&vm.output());
+    vm.send(b"\x1dk");
+    let status = vm.wait();
+    let output = vm.output();
+    assert!(status.success(), "{status}: {output}");
+    assert!(output.contains("\"reason\":\"host-qmp-quit\""), "{output}");
+    assert!(!output.contains("system_powerdown"), "{output}");
+    assert!(!output.contains("BYE"), "{output}");
+    assert_gone(pid);
+}
+
+#[test]
+fn a_guest_that_ignores_the_power_button_is_quit_after_the_shutdown_timeout() {
+    let mut vm = booted(&["--shutdown-timeout", "1"]);
+    let pid = pid_in(&vm.output());
+    // The built-in guest's HANG key: CPU stopped with interrupts off, deaf to the button.
+    vm.send(&[qemu_machine::guest::HANG]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    vm.send(b"\x1dq");
+    let status = vm.wait();
+    let took = start.elapsed();
+    let output = vm.output();
+    assert!(status.success(), "{status}: {output}");
+    assert!(
+        output.contains("did not power off within 1 s; sending quit"),
+        "{output}"
+    );
+    assert!(output.contains("\"reason\":\"host-qmp-quit\""), "{output}");
+    assert!(took >= std::time::Duration::from_secs(1), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    assert_gone(pid);
+}
+
+#[test]
+fn status_lines_never_overwrite_the_guests_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vm.qmp");
+    let mut vm = booted(&["--qmp", socket.to_str().unwrap()]);
+    // The built-in guest echoes: "prompt-like" stays on its line, with no newline.
+    vm.send(b"guest#");
+    vm.expect("guest#", 1);
+    let stop = run(&["exec", socket.to_str().unwrap(), "stop"], "");
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    let output = vm.expect("\"event\":\"STOP\"", 1);
+    assert!(
+        output.contains("guest#\r\n{\"event\":\"STOP\""),
+        "the event line must start on a fresh line: {output:?}"
+    );
+    assert!(!output.contains("guest#\r{"), "{output:?}");
+    let cont = run(&["exec", socket.to_str().unwrap(), "cont"], "");
+    assert!(cont.status.success());
+    vm.expect("\"event\":\"RESUME\"", 1);
+    vm.send(b"\x1dk");
+    assert!(vm.wait().success(), "{}", vm.output());
+}
+
+#[test]
+fn run_json_prints_json_lines_on_stderr() {
+    let mut vm = qemu_test_support::cli::Piped::spawn(bin().args([
+        "run",
+        "--json",
+        "--shutdown-timeout",
+        "20",
+    ]));
+    vm.expect("READY");
+    // The end of stdin: the graceful stop.
+    vm.close_stdin();
+    let status = vm.wait_timeout(std::time::Duration::from_secs(40));
+    let stderr = text(&vm.stderr());
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?} in {stderr}"))
+        })
+        .collect();
+    let launched = lines
+        .iter()
+        .find(|l| l["status"] == "launched")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let pid = launched["pid"].as_u64().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "SHUTDOWN" && l["data"]["reason"] == "guest-shutdown"),
+        "{stderr}"
+    );
+    let exited = lines.last().unwrap();
+    assert_eq!(exited["status"], "exited", "{stderr}");
+    assert_eq!(exited["code"], 0, "{stderr}");
+    assert_gone(pid as u32);
+
+    // A failure is a JSON line too.
+    let failed = run(&["run", "--json", "--config", "/nonexistent/vm.toml"], "");
+    assert_eq!(failed.status.code(), Some(1));
+    let line: serde_json::Value = serde_json::from_slice(&failed.stderr).unwrap();
+    assert_eq!(line["status"], "error");
+    assert!(line["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot read /nonexistent/vm.toml"));
+}
+
+/// The Linux test guest's kernel, or a failure saying how to build it.
+fn linux_kernel() -> PathBuf {
+    let kernel = linux_guest_dir().join("vmlinuz");
+    assert!(
+        kernel.exists(),
+        "the Linux test guest is not built: run guests/build-linux-guest.sh (scripts/test does)"
+    );
+    kernel
+}
+
+/// The words of the one command in a `--dry-run` script, as `sh` splits them.
+fn shell_split(script: &str) -> Vec<String> {
+    let commands: Vec<&str> = script
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(commands.len(), 1, "{script}");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf '%s\\0' {}", commands[0]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .split_terminator('\0')
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn dry_run_prints_a_command_that_runs_by_hand() {
+    let kernel = linux_kernel();
+    let initrd = linux_guest_dir().join("initrd.gz");
+    let out = run(
+        &[
+            "run",
+            "--dry-run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--append",
+            "console=ttyS0 panic=-1",
+            "-m",
+            "256M",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let script = text(&out.stdout);
+    let argv = shell_split(&script);
+    assert!(
+        argv.windows(2)
+            .any(|w| w[0] == "-append" && w[1] == "console=ttyS0 panic=-1"),
+        "{argv:?}"
+    );
+    // Run by hand, it boots the kernel with its console on stdout.
+    let qemu = qemu_test_support::cli::Piped::spawn(Command::new(&argv[0]).args(&argv[1..]));
+    qemu.expect("Linux version");
+    drop(qemu);
+
+    // The built-in guest cannot be run by hand: refused, nothing printed on stdout.
+    let builtin = run(&["run", "--dry-run"], "");
+    assert_eq!(builtin.status.code(), Some(2));
+    assert!(builtin.stdout.is_empty());
+    assert!(text(&builtin.stderr).contains("--dry-run needs --kernel or --image"));
+}
+
+#[test]
+fn a_config_file_is_the_same_as_the_flags_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vm.toml");
+    std::fs::write(
+        &config,
+        r#"
+accel = "tcg"
+memory = "256M"
+kernel = "vmlinuz"
+initrd = "/boot/initrd.gz"
+append = "console=ttyS0 quiet"
+qmp = "/tmp/vm.qmp"
+console_log = "/tmp/console.log"
+keep_run_dir = true
+timeout = 10
+shutdown_timeout = 5
+binary = "qemu-system-x86_64"
+qemu_args = ["-smp", "2"]
+"#,
+    )
+    .unwrap();
+    let kernel = dir.path().join("vmlinuz");
+    let from_file = run(
+        &["run", "--dry-run", "--config", config.to_str().unwrap()],
+        "",
+    );
+    assert!(from_file.status.success(), "{}", text(&from_file.stderr));
+    let from_flags = run(
+        &[
+            "run",
+            "--dry-run",
+            "--accel",
+            "tcg",
+            "-m",
+            "256M",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            "/boot/initrd.gz",
+            "--append",
+            "console=ttyS0 quiet",
+            "--qmp",
+            "/tmp/vm.qmp",
+            "--console-log",
+            "/tmp/console.log",
+            "--keep-run-dir",
+            "--timeout",
+            "10",
+            "--shutdown-timeout",
+            "5",
+            "--binary",
+            "qemu-system-x86_64",
+            "--",
+            "-smp",
+            "2",
+        ],
+        "",
+    );
+    assert!(from_flags.status.success(), "{}", text(&from_flags.stderr));
+    assert_eq!(text(&from_file.stdout), text(&from_flags.stdout));
+    // Relative paths in the file are relative to its directory.
+    assert!(
+        shell_split(&text(&from_file.stdout)).contains(&kernel.display().to_string()),
+        "{}",
+        text(&from_file.stdout)
+    );
+
+    let overridden = run(
+        &[
+            "run",
+            "--dry-run",
+            "--config",
+            config.to_str().unwrap(),
+            "-m",
+            "512M",
+            "--",
+            "-smp",
+            "4",
+        ],
+        "",
+    );
+    let argv = shell_split(&text(&overridden.stdout));
+    assert!(argv.windows(2).any(|w| w == ["-m", "512M"]), "{argv:?}");
+    assert!(argv.windows(2).any(|w| w == ["-smp", "4"]), "{argv:?}");
+    assert!(!argv.contains(&"256M".to_string()), "{argv:?}");
+    assert!(!argv.contains(&"2".to_string()), "{argv:?}");
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vm.toml");
+    std::fs::write(&config, "memory = \"256M\"\nmemroy = \"1G\"\n").unwrap();
+    let out = run(&["run", "--config", config.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with("qemu-machine: "), "{stderr}");
+    assert!(stderr.contains("unknown field `memroy`"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let missing = run(&["run", "--config", "/nonexistent/vm.toml"], "");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("cannot read /nonexistent/vm.toml"));
+}
+
+#[test]
+fn the_linux_guest_powers_off_on_ctrl_bracket_q_and_keeps_its_prompt() {
+    let guest = linux_guest_dir();
+    let kernel = linux_kernel();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vm.qmp");
+    let mut vm = OnPty::spawn(bin().args([
+        "run",
+        "-m",
+        "256M",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        guest.join("initrd.gz").to_str().unwrap(),
+        "--append",
+        "console=ttyS0 quiet panic=-1",
+        "--qmp",
+        socket.to_str().unwrap(),
+        "--shutdown-timeout",
+        "60",
+    ]));
+    vm.expect("guest# ", 1);
+    let pid = pid_in(&vm.output());
+    let stop = run(&["exec", socket.to_str().unwrap(), "stop"], "");
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    let output = vm.expect("\"event\":\"STOP\"", 1);
+    // The prompt has no newline (busybox follows it with a cursor position query): the
+    // event starts on the next line, with no bare carriage return going back over it.
+    let prompt = &output[output.rfind("guest# ").unwrap()..];
+    let between = &prompt[..prompt.find("{\"event\":\"STOP\"").unwrap()];
+    assert!(between.ends_with("\r\n"), "{between:?}");
+    assert!(!between.replace("\r\n", "").contains('\r'), "{between:?}");
+    let cont = run(&["exec", socket.to_str().unwrap(), "cont"], "");
+    assert!(cont.status.success());
+    vm.expect("\"event\":\"RESUME\"", 1);
+    // acpid runs poweroff on the power button.
+    vm.send(b"\x1dq");
+    let status = vm.wait();
+    let output = vm.output();
+    assert!(status.success(), "{status}: {output}");
+    assert!(output.contains("\"reason\":\"guest-shutdown\""), "{output}");
+    assert!(!output.contains("sending quit"), "{output}");
+    assert_gone(pid);
+    assert!(!socket.exists());
+}
+
+#[test]
+fn dry_run_matches_what_run_starts() {
+    // The dry run renders the library's command line itself (the library cannot render it
+    // without launching): compare it with the command line of the QEMU `run` starts, with
+    // the socketpair monitor and console swapped for what the dry run puts there.
+    let guest = linux_guest_dir();
+    let kernel = linux_kernel();
+    let initrd = guest.join("initrd.gz");
+    let flags = [
+        "--accel",
+        "tcg",
+        "-m",
+        "256M",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--append",
+        "console=ttyS0 quiet panic=-1",
+        "--",
+        "-smp",
+        "1",
+    ];
+    let dry = run(&[&["run", "--dry-run"][..], &flags].concat(), "");
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let dry = shell_split(&text(&dry.stdout));
+
+    let mut vm = OnPty::spawn(bin().arg("run").args(flags));
+    let qemu = pid_in(&vm.expect("(pid ", 1));
+    let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap();
+    vm.send(b"\x1dk");
+    assert!(vm.wait().success(), "{}", vm.output());
+    let real: Vec<String> = text(&cmdline)
+        .split_terminator('\0')
+        .map(String::from)
+        .collect();
+    let mut swapped = Vec::new();
+    let mut words = real.iter().peekable();
+    while let Some(word) = words.next() {
+        let next = words.peek().map(|w| w.as_str()).unwrap_or("");
+        if word == "-chardev" && next.starts_with("socket,id=mon,fd=") {
+            words.next();
+            assert_eq!(words.next().map(String::as_str), Some("-mon"), "{real:?}");
+            words.next();
+        } else if word == "-chardev" && next.starts_with("socket,id=console,fd=") {
+            words.next();
+            assert_eq!(
+                words.next().map(String::as_str),
+                Some("-serial"),
+                "{real:?}"
+            );
+            assert_eq!(
+                words.next().map(String::as_str),
+                Some("chardev:console"),
+                "{real:?}"
+            );
+            swapped.extend(["-serial".to_string(), "mon:stdio".to_string()]);
+        } else {
+            swapped.push(word.clone());
+        }
+    }
+    assert_eq!(dry, swapped, "real: {real:?}");
+}
