@@ -170,10 +170,10 @@ enum OutputEnd {
     OutputGone,
 }
 
-/// `path` as one value of a QEMU option list (`-drive file=...`): QEMU's rule doubles each
-/// comma, so a comma in a file name cannot start another option.
+/// `path` as one value of a QEMU option list (`-drive file=...`), commas doubled
+/// ([`qemu_machine::escape_option_value`]).
 pub(crate) fn qemu_opt_value(path: &std::path::Path) -> String {
-    path.display().to_string().replace(',', ",,")
+    qemu_machine::escape_option_value(&path.display().to_string()).into_owned()
 }
 
 /// Makes sure `--qmp PATH` can be bound, before QEMU is launched: nothing there is fine; a

@@ -1,6 +1,6 @@
 //! `qemu-machine shell`: qmp-shell, interactive or scripted.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -157,53 +157,11 @@ pub(crate) async fn shell(args: ShellArgs) -> Outcome {
     }
 }
 
-/// Opens the `--log` file for appending: created 0600 whatever the umask; an existing one
-/// is appended to; a symlink is never followed and anything but a regular file (a FIFO
-/// would block the open) is refused.
+/// Opens the `--log` file for appending: created 0600 whatever the umask; never through a
+/// symlink, and anything but a regular file (a FIFO would block the open) is refused.
 fn open_log(path: &Path) -> Result<File, Failure> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let flags = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
-    let refuse = |e: std::io::Error| {
-        if e.raw_os_error() == Some(nix::libc::ELOOP) {
-            Failure::new(format!(
-                "--log {}: is a symlink; not following it",
-                path.display()
-            ))
-        } else {
-            Failure::new(format!("cannot open {}: {e}", path.display()))
-        }
-    };
-    let created = OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(flags)
-        .open(path);
-    let (file, new) = match created {
-        Ok(file) => (file, true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (
-            OpenOptions::new()
-                .append(true)
-                .custom_flags(flags)
-                .open(path)
-                .map_err(refuse)?,
-            false,
-        ),
-        Err(e) => return Err(refuse(e)),
-    };
-    let metadata = file.metadata().map_err(refuse)?;
-    if !metadata.is_file() {
-        return Err(Failure::new(format!(
-            "--log {}: is not a regular file",
-            path.display()
-        )));
-    }
-    if new {
-        // The umask may have taken more than group and other bits.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(refuse)?;
-    }
-    Ok(file)
+    qmp::fsutil::open_private_append(path)
+        .map_err(|e| Failure::new(format!("--log {}: {e}", path.display())))
 }
 
 /// One reply per input line on stdout, for scripts.

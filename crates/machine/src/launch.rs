@@ -386,7 +386,7 @@ async fn connect_qmp(
 /// A new private (0600) file at `path`, replacing (never following or truncating through)
 /// what is there; a FIFO, socket, device or directory there is a configuration error.
 pub(crate) fn create_private(path: &Path) -> Result<File> {
-    crate::private_file::create_private_file(path).map_err(|e| {
+    qmp::fsutil::create_private_file(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidInput {
             Error::config(format!("cannot create a log file: {e}"))
         } else {

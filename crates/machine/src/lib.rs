@@ -46,7 +46,6 @@ mod launch;
 mod machine;
 pub mod migration;
 mod output;
-mod private_file;
 pub mod probe;
 pub mod qmp_log;
 pub mod qtest;

@@ -40,8 +40,9 @@ fn not_regular(path: &Path, file_type: std::fs::FileType) -> io::Error {
 
 /// Creates (or replaces) `path` as a new empty regular file of mode 0600: made under a
 /// temporary name in the same directory with `O_EXCL|O_NOFOLLOW`, made 0600 with `fchmod`,
-/// then renamed over `path`. Fails, naming the kind, if `path` exists and is not a regular
-/// file (a symbolic link, a FIFO, a directory, ...).
+/// then renamed over `path`. A regular file or a symbolic link at `path` is replaced, never
+/// written through (so a link's target and an old file's mode are untouched); anything
+/// else (a FIFO, a directory, a device, ...) fails at once, naming the kind.
 ///
 /// ```
 /// # fn main() -> std::io::Result<()> {
@@ -61,7 +62,7 @@ pub fn create_private_file(path: impl AsRef<Path>) -> io::Result<File> {
 
     let path = path.as_ref();
     match std::fs::symlink_metadata(path) {
-        Ok(metadata) if !metadata.file_type().is_file() => {
+        Ok(metadata) if !metadata.file_type().is_file() && !metadata.file_type().is_symlink() => {
             return Err(not_regular(path, metadata.file_type()))
         }
         Ok(_) => {}
