@@ -1,5 +1,6 @@
 //! Deadlines that saturate: `now + d` for any `d`, `Duration::MAX` included, never panics.
-//! Small on purpose, to be swapped for `qmp::Deadline` later.
+//! An `Instant` (about a hundred years away for "never"), because the machine's waits
+//! compare and race instants; `qmp::Deadline` keeps "never" as its own state instead.
 
 use std::time::Duration;
 
