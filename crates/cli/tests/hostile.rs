@@ -616,7 +616,7 @@ fn shell_log_is_private_and_redacted() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("is a symlink; not following it"),
+        stderr.contains("is a symbolic link, not a regular file"),
         "{stderr}"
     );
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
