@@ -499,6 +499,11 @@ impl Console {
         }
     }
 
+    /// The machine's name, for errors.
+    pub(crate) fn machine_name(&self) -> &str {
+        &self.name
+    }
+
     /// Stops draining at once.
     pub(crate) fn stop(&self) {
         self.drain.abort();

@@ -39,6 +39,7 @@ mod event_match;
 pub mod fleet;
 pub mod guest;
 pub mod guest_agent;
+pub mod guest_shell;
 pub mod hotplug;
 pub mod job;
 mod launch;
@@ -65,6 +66,7 @@ pub use error::{
 };
 pub use event_match::{conv_keys, event_match};
 pub use guest_agent::{ExecOutput, GuestAgent};
+pub use guest_shell::{CommandOutput, RunOptions};
 pub use machine::Machine;
 pub use probe::Probe;
 pub use qmp;
