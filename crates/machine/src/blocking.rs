@@ -65,7 +65,7 @@ impl Machine {
     }
 
     /// See [`crate::Machine::cmd`].
-    pub fn cmd(&mut self, name: &str, arguments: Value) -> Result<Value> {
+    pub fn cmd(&mut self, name: &str, arguments: impl serde::Serialize) -> Result<Value> {
         block_on(self.inner.cmd(name, arguments))?
     }
 

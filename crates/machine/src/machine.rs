@@ -51,6 +51,8 @@ pub struct Machine {
     pub(crate) phase: Phase,
     /// Events pulled while waiting for others, oldest first.
     pub(crate) events: VecDeque<Event>,
+    /// The newest events received, consumed or not (see [`Machine::event_history`]).
+    pub(crate) history: crate::typed_qmp::EventHistory,
 }
 
 /// Where a machine is in its life.
@@ -188,6 +190,7 @@ impl Machine {
             builder: config,
             phase: Phase::Configured,
             events: VecDeque::new(),
+            history: Default::default(),
         }
     }
 
@@ -438,13 +441,16 @@ impl Machine {
         }
     }
 
-    /// Sends a command and returns its `return` value; a QMP error is an error.
+    /// Sends a command and returns its `return` value; a QMP error is an error. The
+    /// arguments are anything that serialises to a JSON object: `json!({...})`, a
+    /// struct, or `()` for none.
     ///
     /// # Errors
     ///
     /// As [`qmp`](Self::qmp), and [`ErrorKind::Qmp`] when QEMU answers with an error (see
-    /// [`Error::qmp_class`]).
-    pub async fn cmd(&mut self, name: &str, arguments: Value) -> Result<Value> {
+    /// [`Error::qmp_class`]); [`ErrorKind::Config`] when the arguments do not serialise.
+    pub async fn cmd(&mut self, name: &str, arguments: impl serde::Serialize) -> Result<Value> {
+        let arguments = to_arguments(name, arguments)?;
         self.request(Request::new(name).arguments(arguments)).await
     }
 
@@ -510,6 +516,12 @@ impl Machine {
             None => Error::new(self.config.name.clone(), ErrorKind::NotRunning),
         }
     }
+}
+
+/// Command arguments as JSON; `()` (null) means none.
+pub(crate) fn to_arguments(name: &str, arguments: impl serde::Serialize) -> Result<Value> {
+    serde_json::to_value(arguments)
+        .map_err(|e| Error::config(format!("the arguments of {name} do not serialise: {e}")))
 }
 
 impl Drop for Machine {

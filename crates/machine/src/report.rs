@@ -1,0 +1,1 @@
+//! Error reports people can read.
