@@ -378,6 +378,33 @@ impl Console {
         }
     }
 
+    /// Sends `command` as a line, then waits for `pattern`, failing at once if one of
+    /// `failures` shows up first ([`exec_and_expect`](Self::exec_and_expect) with failure
+    /// patterns).
+    ///
+    /// ```no_run
+    /// # async fn f(console: &qemu_machine::Console) -> qemu_machine::Result<()> {
+    /// use std::time::Duration;
+    /// console
+    ///     .exec_and_expect_any("modprobe x; echo DONE", "DONE\n", ["Oops"], Duration::from_secs(9))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write), then as [`expect_any`](Self::expect_any).
+    pub async fn exec_and_expect_any<F: Into<Pattern>>(
+        &self,
+        command: &str,
+        pattern: impl Into<Pattern>,
+        failures: impl IntoIterator<Item = F>,
+        timeout: Duration,
+    ) -> Result<crate::console::Match> {
+        self.send_line(command).await?;
+        self.expect_any(pattern, failures, timeout).await
+    }
+
     /// Sends Ctrl-C, then a fresh marker; true when the shell printed it within
     /// [`RESYNC_TIMEOUT`].
     async fn resync(&self) -> bool {

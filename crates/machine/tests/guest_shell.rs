@@ -141,3 +141,28 @@ fn multi_line_commands_are_refused() {
     });
     assert!(matches!(err.kind(), ErrorKind::Config(_)), "{err}");
 }
+
+#[test]
+fn expect_any_takes_what_expect_takes() {
+    use std::io::Write;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    rt.block_on(async {
+        let console = qemu_machine::Console::start("t", ours, 4096, None).unwrap();
+        theirs.write_all(b"booting\nlogin: ").unwrap();
+        let wanted = String::from("login:");
+        console
+            .expect_any(&wanted, ["Kernel panic".to_string()], T)
+            .await
+            .unwrap();
+        theirs.write_all(b"x\nKernel panic - not syncing\n").unwrap();
+        let err = console
+            .exec_and_expect_any("go", "never", [wanted, "Kernel panic".into()], T)
+            .await
+            .unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Console { .. }), "{err}");
+        let no_failures: [&str; 0] = [];
+        theirs.write_all(b"done\n").unwrap();
+        console.expect_any("done", no_failures, T).await.unwrap();
+    });
+}
