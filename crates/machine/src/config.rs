@@ -382,6 +382,7 @@ impl Config {
                 "a monitor address was given but the QMP monitor is disabled",
             ));
         }
+        self.devices.validate()?;
         Ok(())
     }
 }
