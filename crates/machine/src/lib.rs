@@ -72,6 +72,7 @@ pub use guest_agent::{ExecOutput, GuestAgent};
 pub use guest_shell::{CommandOutput, RunOptions};
 pub use machine::Machine;
 pub use probe::Probe;
+pub use report::Report;
 pub use qmp;
 pub use qtest::{IrqEvent, Qtest};
 pub use shutdown::Stop;
