@@ -45,8 +45,19 @@ fn path_value(path: &Path) -> Result<String> {
 
 /// The image formats a [`Disk`] accepts.
 const FORMATS: &[&str] = &[
-    "raw", "qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc", "luks", "parallels", "dmg",
-    "bochs", "cloop",
+    "raw",
+    "qcow2",
+    "qcow",
+    "qed",
+    "vmdk",
+    "vdi",
+    "vhdx",
+    "vpc",
+    "luks",
+    "parallels",
+    "dmg",
+    "bochs",
+    "cloop",
 ];
 
 /// How a disk is attached.
@@ -385,7 +396,10 @@ impl Devices {
         let mut tags: Vec<&str> = self.shares.iter().map(|s| s.tag.as_str()).collect();
         tags.sort_unstable();
         if let Some(pair) = tags.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::config(format!("9p mount tag {:?} used twice", pair[0])));
+            return Err(Error::config(format!(
+                "9p mount tag {:?} used twice",
+                pair[0]
+            )));
         }
         Ok(())
     }
@@ -416,17 +430,18 @@ impl Devices {
         if let Some(cmdline) = &self.cmdline {
             push("-append", cmdline.clone());
         }
-        if self.disks.iter().any(|d| d.interface == DiskInterface::Scsi) {
+        if self
+            .disks
+            .iter()
+            .any(|d| d.interface == DiskInterface::Scsi)
+        {
             push("-device", "virtio-scsi-pci,id=qm-scsi".into());
         }
         for (i, disk) in self.disks.iter().enumerate() {
             let Ok(file) = path_value(&disk.file) else {
                 continue;
             };
-            let mut drive = format!(
-                "file={file},format={},if=none,id=qm-disk{i}",
-                disk.format
-            );
+            let mut drive = format!("file={file},format={},if=none,id=qm-disk{i}", disk.format);
             if disk.read_only {
                 drive.push_str(",readonly=on");
             }
@@ -479,7 +494,10 @@ impl Devices {
             );
         }
         if self.entropy {
-            push("-object", "rng-random,id=qm-rng,filename=/dev/urandom".into());
+            push(
+                "-object",
+                "rng-random,id=qm-rng,filename=/dev/urandom".into(),
+            );
             push("-device", "virtio-rng-pci,rng=qm-rng".into());
         }
         argv
@@ -672,7 +690,11 @@ mod tests {
             .memory_mib(256)
             .cpus(2)
             .disk(Disk::new(&image).read_only(true).boot_index(1))
-            .disk(Disk::new(&image).interface(DiskInterface::Scsi).snapshot(true))
+            .disk(
+                Disk::new(&image)
+                    .interface(DiskInterface::Scsi)
+                    .snapshot(true),
+            )
             .disk(
                 Disk::new(&image)
                     .interface(DiskInterface::Scsi)
@@ -712,16 +734,35 @@ mod tests {
         let image = dir.path().join("a.img");
         std::fs::write(&image, b"").unwrap();
         let cases = [
-            (Machine::builder("q").disk(Disk::new("/nonexistent.img")), "does not exist"),
-            (Machine::builder("q").disk(Disk::new(&image).format("qcow3")), "unknown image format"),
             (
-                Machine::builder("q").disk(Disk::new(&image).interface(DiskInterface::Ide).read_only(true)),
+                Machine::builder("q").disk(Disk::new("/nonexistent.img")),
+                "does not exist",
+            ),
+            (
+                Machine::builder("q").disk(Disk::new(&image).format("qcow3")),
+                "unknown image format",
+            ),
+            (
+                Machine::builder("q").disk(
+                    Disk::new(&image)
+                        .interface(DiskInterface::Ide)
+                        .read_only(true),
+                ),
                 "read-only",
             ),
-            (Machine::builder("q").kernel("/nonexistent/vmlinuz"), "kernel"),
+            (
+                Machine::builder("q").kernel("/nonexistent/vmlinuz"),
+                "kernel",
+            ),
             (Machine::builder("q").kernel_cmdline("x"), "needs a kernel"),
-            (Machine::builder("q").share_9p(Share9p::new("t", &image)), "not a directory"),
-            (Machine::builder("q").share_9p(Share9p::new("", dir.path())), "1 to 31"),
+            (
+                Machine::builder("q").share_9p(Share9p::new("t", &image)),
+                "not a directory",
+            ),
+            (
+                Machine::builder("q").share_9p(Share9p::new("", dir.path())),
+                "1 to 31",
+            ),
             (Machine::builder("q").memory_mib(0), "memory"),
             (Machine::builder("q").cpus(0), "CPU"),
         ];

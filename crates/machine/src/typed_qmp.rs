@@ -236,7 +236,11 @@ mod tests {
             );
             history.record(&event, 3);
         }
-        let names: Vec<_> = history.events.iter().map(|e| e.name().to_string()).collect();
+        let names: Vec<_> = history
+            .events
+            .iter()
+            .map(|e| e.name().to_string())
+            .collect();
         assert_eq!(names, ["E2", "E3", "E4"]);
         assert_eq!(history.dropped, 2);
     }

@@ -66,11 +66,23 @@ async fn disks_through_virtio_and_scsi_are_read_and_written_in_the_guest() {
     let read = run(&vm, "head -c 17 /dev/vda").await;
     assert_eq!(read.output, "from-host-virtio\n");
     // The SCSI disk may take a moment to be probed.
-    run(&vm, "for i in $(seq 50); do [ -b /dev/sda ] && break; sleep 0.2; done").await;
+    run(
+        &vm,
+        "for i in $(seq 50); do [ -b /dev/sda ] && break; sleep 0.2; done",
+    )
+    .await;
     let read = run(&vm, "head -c 15 /dev/sda").await;
     assert_eq!(read.output, "from-host-scsi\n");
-    run(&vm, "printf guest-virtio | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null").await;
-    run(&vm, "printf guest-scsi | dd of=/dev/sda bs=512 seek=1 conv=fsync 2>/dev/null").await;
+    run(
+        &vm,
+        "printf guest-virtio | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null",
+    )
+    .await;
+    run(
+        &vm,
+        "printf guest-scsi | dd of=/dev/sda bs=512 seek=1 conv=fsync 2>/dev/null",
+    )
+    .await;
     run(&vm, "sync").await;
     let rng = run(&vm, "cat /sys/class/misc/hw_random/rng_current").await;
     assert!(rng.output.contains("virtio"), "{}", rng.output);
@@ -81,20 +93,30 @@ async fn disks_through_virtio_and_scsi_are_read_and_written_in_the_guest() {
             .unwrap()
             .read_to_end(&mut bytes)
             .unwrap();
-        assert_eq!(&bytes[512..512 + wanted.len()], wanted, "{}", path.display());
+        assert_eq!(
+            &bytes[512..512 + wanted.len()],
+            wanted,
+            "{}",
+            path.display()
+        );
     }
 }
 
 #[tokio::test]
 async fn a_host_forwarded_port_reaches_a_listener_in_the_guest() {
     let scratch = Scratch::new();
-    let mut vm = Machine::new(typed_linux_guest(&scratch).user_net(UserNet::new().forward_tcp(0, 8080)));
+    let mut vm =
+        Machine::new(typed_linux_guest(&scratch).user_net(UserNet::new().forward_tcp(0, 8080)));
     vm.launch().await.unwrap();
     wait_for_shell(&vm).await;
     let port = vm.host_port(8080).await.unwrap();
     assert_ne!(port, 0);
     run(&vm, "ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up").await;
-    run(&vm, "(echo hi-from-guest | nc -l -p 8080 >/dev/null 2>&1 &)").await;
+    run(
+        &vm,
+        "(echo hi-from-guest | nc -l -p 8080 >/dev/null 2>&1 &)",
+    )
+    .await;
     // The listener may need a moment; slirp accepts at once and closes if nobody listens.
     let deadline = std::time::Instant::now() + T;
     let got = loop {

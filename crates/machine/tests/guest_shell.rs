@@ -32,7 +32,9 @@ async fn runs_commands_streams_output_and_returns_the_status() {
         .run(
             "for i in 1 2 3; do echo line$i; sleep 1; done",
             RunOptions::new(T).on_output(move |text| {
-                sink.lock().unwrap().push((started.elapsed(), text.to_string()))
+                sink.lock()
+                    .unwrap()
+                    .push((started.elapsed(), text.to_string()))
             }),
         )
         .await
@@ -59,7 +61,10 @@ async fn runs_commands_streams_output_and_returns_the_status() {
     assert_eq!((three.status, three.output.as_str()), (3, "out\n"));
     // No trailing newline, quotes, and escapes in the output.
     let odd = console
-        .run(r#"printf "it's \033[1;31mred\033[0m"; echo >&2 err"#, RunOptions::new(T))
+        .run(
+            r#"printf "it's \033[1;31mred\033[0m"; echo >&2 err"#,
+            RunOptions::new(T),
+        )
         .await
         .unwrap();
     assert_eq!((odd.status, odd.output.as_str()), (0, "it's rederr\n"));
@@ -126,7 +131,10 @@ async fn the_deadline_interrupts_the_command_and_the_console_stays_usable() {
         }
         other => panic!("{other}"),
     }
-    let after = console.run("echo still-here", RunOptions::new(T)).await.unwrap();
+    let after = console
+        .run("echo still-here", RunOptions::new(T))
+        .await
+        .unwrap();
     assert_eq!((after.status, after.output.as_str()), (0, "still-here\n"));
     vm.kill().await.unwrap();
 }
@@ -155,7 +163,9 @@ fn expect_any_takes_what_expect_takes() {
             .expect_any(&wanted, ["Kernel panic".to_string()], T)
             .await
             .unwrap();
-        theirs.write_all(b"x\nKernel panic - not syncing\n").unwrap();
+        theirs
+            .write_all(b"x\nKernel panic - not syncing\n")
+            .unwrap();
         let err = console
             .exec_and_expect_any("go", "never", [wanted, "Kernel panic".into()], T)
             .await

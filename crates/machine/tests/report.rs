@@ -13,7 +13,12 @@ async fn a_failed_launch_reports_the_command_status_and_output_readably() {
     let report = err.report();
     let printed = format!("{:?}", Report::from(err));
     assert_eq!(printed, report);
-    for wanted in ["launching QEMU failed", "exit status: 1", "command: ", "-no-such-option: invalid option"] {
+    for wanted in [
+        "launching QEMU failed",
+        "exit status: 1",
+        "command: ",
+        "-no-such-option: invalid option",
+    ] {
         assert!(printed.contains(wanted), "{printed} lacks {wanted}");
     }
     for unwanted in ["LaunchFailure", "kind:", "[\""] {

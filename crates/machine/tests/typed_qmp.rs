@@ -102,8 +102,12 @@ async fn the_history_is_bounded() {
     let mut vm = Machine::new(scratch.builder().builtin_guest().event_history(2));
     vm.launch().await.unwrap();
     for _ in 0..3 {
-        vm.execute_and_wait("stop", (), "STOP", None, T).await.unwrap();
-        vm.execute_and_wait("cont", (), "RESUME", None, T).await.unwrap();
+        vm.execute_and_wait("stop", (), "STOP", None, T)
+            .await
+            .unwrap();
+        vm.execute_and_wait("cont", (), "RESUME", None, T)
+            .await
+            .unwrap();
     }
     let names: Vec<String> = vm
         .event_history()
