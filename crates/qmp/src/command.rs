@@ -545,6 +545,8 @@ open_enum!(
     }
 );
 
+// open_enum! does not derive Default; the typed commands need one.
+#[allow(clippy::derivable_impls)]
 impl Default for SyncMode {
     fn default() -> Self {
         SyncMode::Full
