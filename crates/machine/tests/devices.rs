@@ -166,3 +166,39 @@ async fn bad_devices_fail_the_launch_with_a_config_error() {
         assert!(err.to_string().contains(wanted), "{err}");
     }
 }
+
+/// The guest kernel has no 9p, so this checks what QEMU made of the rendered options: a
+/// read-only and a writable share, the tag and path with a comma escaped.
+#[tokio::test]
+async fn nine_p_shares_are_accepted_by_qemu() {
+    let scratch = Scratch::new();
+    let files = tempfile::tempdir().unwrap();
+    let shared = files.path().join("a,b");
+    std::fs::create_dir(&shared).unwrap();
+    let mut vm = Machine::new(
+        scratch
+            .builder()
+            .share_9p(Share9p::new("ro", &shared))
+            .share_9p(Share9p::new("rw", files.path()).writable(true)),
+    );
+    vm.launch().await.unwrap();
+    let qtree = vm
+        .cmd(
+            "human-monitor-command",
+            serde_json::json!({"command-line": "info qtree"}),
+        )
+        .await
+        .unwrap();
+    let qtree = qtree.as_str().unwrap_or_default();
+    assert!(qtree.contains("mount_tag = \"ro\""), "{qtree}");
+    assert!(qtree.contains("mount_tag = \"rw\""), "{qtree}");
+    let argv = vm.command_line().unwrap().join(" ");
+    assert!(
+        argv.contains(&format!(
+            "path={}/a,,b,security_model=none,readonly=on",
+            files.path().display()
+        )),
+        "{argv}"
+    );
+    vm.shutdown().await.unwrap();
+}
