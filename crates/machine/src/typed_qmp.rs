@@ -204,6 +204,64 @@ impl Machine {
     }
 }
 
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
+    qmp::blocking::block_on(future).map_err(Error::from)
+}
+
+impl crate::blocking::Machine {
+    /// [`Machine::call`], blocking.
+    ///
+    /// ```no_run
+    /// # fn f(vm: &mut qemu_machine::blocking::Machine) -> qemu_machine::Result<()> {
+    /// let status = vm.call(&qemu_machine::qmp::commands::QueryStatus {})?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Machine::call`].
+    pub fn call<C: qmp::Command>(&mut self, command: &C) -> Result<C::Returns> {
+        block_on(self.as_async().call(command))?
+    }
+
+    /// [`Machine::execute_and_wait`], blocking.
+    ///
+    /// ```no_run
+    /// # fn f(vm: &mut qemu_machine::blocking::Machine) -> qemu_machine::Result<()> {
+    /// use std::time::Duration;
+    /// let (_, stop) = vm.execute_and_wait("stop", (), "STOP", None, Duration::from_secs(5))?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Machine::execute_and_wait`].
+    pub fn execute_and_wait(
+        &mut self,
+        name: &str,
+        arguments: impl serde::Serialize,
+        event: &str,
+        pattern: Option<Value>,
+        timeout: Duration,
+    ) -> Result<(Value, Event)> {
+        block_on(
+            self.as_async()
+                .execute_and_wait(name, arguments, event, pattern, timeout),
+        )?
+    }
+
+    /// [`Machine::event_history`].
+    ///
+    /// ```no_run
+    /// # fn f(vm: &mut qemu_machine::blocking::Machine) {
+    /// let names: Vec<String> = vm.event_history().iter().map(|e| e.name().to_string()).collect();
+    /// # }
+    /// ```
+    pub fn event_history(&mut self) -> Vec<Event> {
+        self.as_async().event_history()
+    }
+}
+
 impl crate::MachineBuilder {
     /// How many events [`Machine::event_history`] keeps (default
     /// [`DEFAULT_EVENT_HISTORY`]; 0 keeps none).

@@ -148,8 +148,13 @@ async fn typed_block_jobs_against_null_nodes() {
     .await
     .unwrap();
     let jobs = vm.call(&QueryJobs {}).await.unwrap();
-    assert_eq!(jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["m"]);
-    vm.call(&BlockJobPause { device: "m".into() }).await.unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["m"]
+    );
+    vm.call(&BlockJobPause { device: "m".into() })
+        .await
+        .unwrap();
     vm.event_wait(
         "JOB_STATUS_CHANGE",
         Some(json!({"data": {"id": "m", "status": "paused"}})),
@@ -157,7 +162,9 @@ async fn typed_block_jobs_against_null_nodes() {
     )
     .await
     .unwrap();
-    vm.call(&BlockJobResume { device: "m".into() }).await.unwrap();
+    vm.call(&BlockJobResume { device: "m".into() })
+        .await
+        .unwrap();
     vm.call(&qemu_machine::qmp::commands::BlockJobSetSpeed {
         device: "m".into(),
         speed: 0,
@@ -214,4 +221,16 @@ async fn typed_block_jobs_against_null_nodes() {
         assert!(e.qmp_class().is_some(), "{e}");
     }
     vm.shutdown().await.unwrap();
+}
+
+#[test]
+fn blocking_forms() {
+    let scratch = Scratch::new();
+    let mut vm = qemu_machine::blocking::Machine::new(scratch.builder().builtin_guest());
+    vm.launch().unwrap();
+    assert_eq!(vm.call(&QueryStatus {}).unwrap().status, RunState::Running);
+    let (_, stop) = vm.execute_and_wait("stop", (), "STOP", None, T).unwrap();
+    assert_eq!(stop.name(), "STOP");
+    assert_eq!(vm.event_history().len(), 1);
+    vm.shutdown().unwrap();
 }
