@@ -27,6 +27,13 @@ use crate::error::{Error, ErrorKind, Result};
 pub const RESYNC_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much of the console an error quotes.
 const TAIL: usize = 2048;
+/// How far back a search resumes, so that a marker or failure pattern split across reads
+/// is found.
+const RESCAN: usize = 4096;
+/// How much console output is kept while waiting for the start marker.
+const PRE_START_KEEP: usize = 64 * 1024;
+/// Default of [`RunOptions::max_output`].
+pub const DEFAULT_MAX_OUTPUT: usize = 1024 * 1024;
 
 /// A callback that receives a command's output while it runs.
 pub type OutputCallback = Box<dyn FnMut(&str) + Send>;
@@ -46,6 +53,7 @@ pub struct RunOptions {
     timeout: Duration,
     failures: Vec<Pattern>,
     on_output: Option<OutputCallback>,
+    max_output: usize,
 }
 
 impl fmt::Debug for RunOptions {
@@ -54,6 +62,7 @@ impl fmt::Debug for RunOptions {
             .field("timeout", &self.timeout)
             .field("failures", &self.failures)
             .field("on_output", &self.on_output.is_some())
+            .field("max_output", &self.max_output)
             .finish()
     }
 }
@@ -78,6 +87,7 @@ impl RunOptions {
             timeout,
             failures: Vec::new(),
             on_output: None,
+            max_output: DEFAULT_MAX_OUTPUT,
         }
     }
 
@@ -105,6 +115,20 @@ impl RunOptions {
         self
     }
 
+    /// How much output [`CommandOutput::output`] keeps (the newest; default
+    /// [`DEFAULT_MAX_OUTPUT`]): older output is dropped (and counted in
+    /// [`CommandOutput::dropped`]) after it was streamed.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use qemu_machine::guest_shell::RunOptions;
+    /// let options = RunOptions::new(Duration::from_secs(5)).max_output(64 * 1024);
+    /// ```
+    pub fn max_output(mut self, bytes: usize) -> RunOptions {
+        self.max_output = bytes;
+        self
+    }
+
     /// Calls `callback` with the command's output (cleaned, in whole lines) as it
     /// arrives, before the command ends; a last line without a newline comes at the end
     /// (and may be streamed with a newline the returned output lacks).
@@ -126,8 +150,12 @@ pub struct CommandOutput {
     /// Its exit status (`$?`).
     pub status: i32,
     /// Its output (stdout and stderr as the console shows them), without the echo of the
-    /// command line, carriage returns or terminal escapes.
+    /// command line, carriage returns or terminal escapes: the newest
+    /// [`RunOptions::max_output`] bytes of it.
     pub output: String,
+    /// Console bytes (before cleaning) dropped from the front of the output to stay
+    /// within [`RunOptions::max_output`].
+    pub dropped: u64,
 }
 
 impl CommandOutput {
@@ -135,7 +163,7 @@ impl CommandOutput {
     ///
     /// ```
     /// # use qemu_machine::guest_shell::CommandOutput;
-    /// assert!(CommandOutput { status: 0, output: String::new() }.success());
+    /// assert!(CommandOutput { status: 0, output: String::new(), dropped: 0 }.success());
     /// ```
     pub fn success(&self) -> bool {
         self.status == 0
@@ -272,74 +300,103 @@ impl Console {
         let _ = self.read_available();
         self.send_line(&line).await?;
 
+        // Before the start marker: the newest console bytes (bounded); after it: the
+        // command's output, its front dropped beyond `max_output`.
         let mut raw: Vec<u8> = Vec::new();
-        // Where the output starts in `raw`, once the start marker is seen.
-        let mut start: Option<usize> = None;
-        // How much of the output was streamed already.
-        let mut streamed = 0;
-        let mut streamed_text = String::new();
+        let mut started = false;
+        // Output bytes already streamed (always at a line boundary) and already searched.
+        let mut streamed = 0usize;
+        let mut scanned = 0usize;
+        let mut dropped = 0u64;
+        let max_output = options.max_output.max(1);
         loop {
-            if let Some(from) = start {
-                let output = &raw[from..];
+            if !started {
+                if let Some(at) = memchr::memmem::find(&raw, start_marker.as_bytes()) {
+                    // The output starts after the marker's line break (`\r\n` on a tty).
+                    let after = at + start_marker.len();
+                    if let Some(newline) = memchr::memchr(b'\n', &raw[after..]) {
+                        raw.drain(..after + newline + 1);
+                        started = true;
+                        continue;
+                    }
+                } else if raw.len() > PRE_START_KEEP {
+                    raw.drain(..raw.len() - PRE_START_KEEP);
+                }
+            } else {
+                let from = scanned.saturating_sub(RESCAN);
                 for failure in &options.failures {
-                    if let Some((s, e)) = find(failure, output) {
+                    if let Some((s, e)) = find(failure, &raw[from..]) {
                         return Err(Error::new(
                             self.machine_name().to_string(),
                             ErrorKind::Console {
                                 problem: format!(
                                     "failure pattern {failure} appeared while running {command:?}: {:?}",
-                                    String::from_utf8_lossy(&output[s..e])
+                                    String::from_utf8_lossy(&raw[from + s..from + e])
                                 ),
                                 last_output: tail(&raw),
                             },
                         ));
                     }
                 }
-                if let Some(caps) = end.captures(output) {
-                    let whole = caps.get(0).map_or(output.len(), |m| m.start());
+                if let Some(caps) = end.captures(&raw[from..]) {
+                    let whole = from + caps.get(0).map_or(raw.len() - from, |m| m.start());
                     let status = caps
                         .get(1)
                         .and_then(|m| std::str::from_utf8(m.as_bytes()).ok())
                         .and_then(|s| s.parse::<i32>().ok())
                         .unwrap_or(-1);
-                    let text = strip_terminal(&output[..whole]);
                     if let Some(callback) = options.on_output.as_mut() {
-                        let rest = text.get(streamed_text.len()..).unwrap_or("");
+                        let rest = strip_terminal(&raw[streamed.min(whole)..whole]);
                         if !rest.is_empty() {
-                            callback(rest);
+                            callback(&rest);
                         }
                     }
                     return Ok(CommandOutput {
                         status,
-                        output: text,
+                        output: strip_terminal(&raw[..whole]),
+                        dropped,
                     });
                 }
-                // Stream whole lines as they come.
-                if let Some(callback) = options.on_output.as_mut() {
-                    if let Some(last_newline) = memchr::memrchr(b'\n', output) {
-                        if last_newline + 1 > streamed {
-                            let text = strip_terminal(&output[..=last_newline]);
-                            // An empty last line may be the end marker's own line break.
-                            let limit = if text == "\n" || text.ends_with("\n\n") {
-                                text.len() - 1
-                            } else {
-                                text.len()
-                            };
-                            let fresh = text.get(streamed_text.len()..limit).unwrap_or("");
-                            if !fresh.is_empty() {
-                                callback(fresh);
-                                streamed_text.push_str(fresh);
-                            }
-                            streamed = last_newline + 1;
+                scanned = raw.len();
+                // Stream whole lines as they come; hold back an empty last line, which
+                // may be the end marker's own line break.
+                if let Some(last) = memchr::memrchr(b'\n', &raw[streamed..]) {
+                    let last = streamed + last;
+                    let line_start = memchr::memrchr(b'\n', &raw[streamed..last])
+                        .map_or(streamed, |i| streamed + i + 1);
+                    let upto = if strip_terminal(&raw[line_start..last]).is_empty() {
+                        line_start
+                    } else {
+                        last + 1
+                    };
+                    if upto > streamed {
+                        if let Some(callback) = options.on_output.as_mut() {
+                            callback(&strip_terminal(&raw[streamed..upto]));
                         }
+                        streamed = upto;
                     }
                 }
-            } else if let Some(at) = memchr::memmem::find(&raw, start_marker.as_bytes()) {
-                // The output starts after the marker's line break (`\r\n` on a tty).
-                let after = at + start_marker.len();
-                if let Some(newline) = memchr::memchr(b'\n', &raw[after..]) {
-                    start = Some(after + newline + 1);
-                    continue;
+                // Bounded: drop the oldest output, at a line boundary when there is one.
+                if raw.len() > max_output + RESCAN {
+                    let excess = raw.len() - max_output;
+                    let mut cut =
+                        memchr::memrchr(b'\n', &raw[..excess.min(streamed)]).map_or(0, |i| i + 1);
+                    if cut == 0 && raw.len() > 2 * max_output + RESCAN {
+                        // One enormous line: stream what goes, then drop it anyway.
+                        cut = excess;
+                        if cut > streamed {
+                            if let Some(callback) = options.on_output.as_mut() {
+                                callback(&strip_terminal(&raw[streamed..cut]));
+                            }
+                            streamed = cut;
+                        }
+                    }
+                    if cut > 0 {
+                        raw.drain(..cut);
+                        streamed -= cut;
+                        scanned = scanned.saturating_sub(cut);
+                        dropped += cut as u64;
+                    }
                 }
             }
 

@@ -68,6 +68,26 @@ async fn runs_commands_streams_output_and_returns_the_status() {
         .await
         .unwrap();
     assert_eq!((odd.status, odd.output.as_str()), (0, "it's rederr\n"));
+    // Large output: the returned text keeps the newest bytes, the callback got it all.
+    let all: Arc<Mutex<String>> = Arc::default();
+    let sink = all.clone();
+    let big = console
+        .run(
+            "seq 1 5000",
+            RunOptions::new(T)
+                .max_output(4096)
+                .on_output(move |text| sink.lock().unwrap().push_str(text)),
+        )
+        .await
+        .unwrap();
+    let expected: String = (1..=5000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(*all.lock().unwrap(), expected);
+    assert!(
+        big.dropped > 0 && big.output.len() <= 4096 + 4096,
+        "{}",
+        big.dropped
+    );
+    assert!(expected.ends_with(&big.output));
     // State persists between commands (eval in the same shell).
     console.run("cd /proc", RunOptions::new(T)).await.unwrap();
     let pwd = console.run("pwd", RunOptions::new(T)).await.unwrap();
