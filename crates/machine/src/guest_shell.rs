@@ -258,6 +258,7 @@ impl Console {
     /// [`RunOptions::on_output`] as it arrives. Output that arrived before the call is
     /// skipped. The command runs through `eval` in the current shell, so `cd` and
     /// variables persist; a command that reads its standard input reads the console.
+    /// Run one command at a time per console: clones share one cursor.
     ///
     /// On the deadline, Ctrl-C is sent and the shell is resynchronised (at most
     /// [`RESYNC_TIMEOUT`] more): the console is usable afterwards unless the error says
@@ -298,7 +299,19 @@ impl Console {
         );
         // Skip what came before.
         let _ = self.read_available();
-        self.send_line(&line).await?;
+        match tokio::time::timeout_at(deadline, self.send_line(&line)).await {
+            Ok(sent) => sent?,
+            Err(_) => {
+                return Err(Error::new(
+                    self.machine_name().to_string(),
+                    ErrorKind::Timeout {
+                        awaited: format!("the console to take the guest command {command:?}"),
+                        after: options.timeout,
+                        seen: "the console did not take the whole line".into(),
+                    },
+                ))
+            }
+        }
 
         // Before the start marker: the newest console bytes (bounded); after it: the
         // command's output, its front dropped beyond `max_output`.
