@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod accel;
+mod agent_socket;
 mod argv;
 pub mod blocking;
 mod config;
