@@ -35,11 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     vm.launch().await?;
     let console = vm.console()?;
     console
-        .expect_any(
-            &"GUEST-READY".into(),
-            &["Kernel panic".into()],
-            Duration::from_secs(120),
-        )
+        .expect_any("GUEST-READY", ["Kernel panic"], Duration::from_secs(120))
         .await?;
     console.expect("guest# ", Duration::from_secs(30)).await?;
     println!("shell ready after {:.1?}", start.elapsed());

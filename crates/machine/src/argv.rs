@@ -120,6 +120,7 @@ pub(crate) fn command_line(config: &Config, with: &Attachments<'_>) -> Vec<Strin
         }
         argv.extend(["-add-fd".into(), spec]);
     }
+    argv.extend(config.devices.args());
     argv.extend(config.args.iter().cloned());
     argv
 }

@@ -65,7 +65,7 @@ impl Machine {
     }
 
     /// See [`crate::Machine::cmd`].
-    pub fn cmd(&mut self, name: &str, arguments: Value) -> Result<Value> {
+    pub fn cmd(&mut self, name: &str, arguments: impl serde::Serialize) -> Result<Value> {
         block_on(self.inner.cmd(name, arguments))?
     }
 
@@ -201,10 +201,10 @@ impl Console {
     }
 
     /// See [`crate::Console::expect_any`].
-    pub fn expect_any(
+    pub fn expect_any<F: Into<Pattern>>(
         &self,
-        pattern: &Pattern,
-        failures: &[Pattern],
+        pattern: impl Into<Pattern>,
+        failures: impl IntoIterator<Item = F>,
         timeout: Duration,
     ) -> Result<Match> {
         block_on(self.inner.expect_any(pattern, failures, timeout))?

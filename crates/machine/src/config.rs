@@ -75,7 +75,7 @@ pub(crate) struct AddFd {
 /// ```
 #[derive(Debug, Clone)]
 pub struct MachineBuilder {
-    config: Config,
+    pub(crate) config: Config,
 }
 
 /// What a machine runs with: the builder's settings, validated ([`MachineBuilder::resolve`])
@@ -105,6 +105,10 @@ pub(crate) struct Config {
     pub(crate) qtest: bool,
     pub(crate) guest_agent: bool,
     pub(crate) allow_remote_monitor: bool,
+    /// How many events the history keeps.
+    pub(crate) event_history: usize,
+    /// Typed devices, rendered at launch (see `devices.rs`).
+    pub(crate) devices: crate::devices::Devices,
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -156,6 +160,8 @@ impl MachineBuilder {
             qtest: false,
             guest_agent: false,
             allow_remote_monitor: false,
+            event_history: crate::typed_qmp::DEFAULT_EVENT_HISTORY,
+            devices: Default::default(),
         };
         MachineBuilder { config }
     }
@@ -429,6 +435,7 @@ impl Config {
                 "a monitor address was given but the QMP monitor is disabled",
             ));
         }
+        self.devices.validate()?;
         Ok(())
     }
 }

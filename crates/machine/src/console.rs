@@ -94,6 +94,24 @@ impl From<&[u8]> for Pattern {
     }
 }
 
+impl From<String> for Pattern {
+    fn from(text: String) -> Self {
+        Pattern::Substring(text.into_bytes())
+    }
+}
+
+impl From<&String> for Pattern {
+    fn from(text: &String) -> Self {
+        Pattern::Substring(text.as_bytes().to_vec())
+    }
+}
+
+impl From<&Pattern> for Pattern {
+    fn from(pattern: &Pattern) -> Self {
+        pattern.clone()
+    }
+}
+
 impl From<Regex> for Pattern {
     fn from(regex: Regex) -> Self {
         Pattern::Regex(regex)
@@ -349,23 +367,34 @@ impl Console {
     /// [`ErrorKind::Timeout`] (with the last output) when `pattern` does not show within
     /// `timeout`; [`ErrorKind::Console`] when the console closes first.
     pub async fn expect(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<Match> {
-        self.expect_any(&pattern.into(), &[], timeout).await
+        self.expect_any(pattern, std::iter::empty::<Pattern>(), timeout)
+            .await
     }
 
     /// Waits for `pattern`, failing at once if any of `failures` shows up first (e.g.
-    /// `Kernel panic`). Moves the cursor past the match.
+    /// `Kernel panic`). Moves the cursor past the match. Both take what
+    /// [`expect`](Self::expect) takes (`&str`, `String`, bytes, a [`Regex`], a [`Pattern`]).
+    ///
+    /// ```no_run
+    /// # async fn f(console: &qemu_machine::Console) -> qemu_machine::Result<()> {
+    /// use std::time::Duration;
+    /// console.expect_any("login:", ["Kernel panic", "Oops"], Duration::from_secs(60)).await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`] when `pattern` does not show within `timeout`;
     /// [`ErrorKind::Console`] when one of `failures` shows first, or the console closes; both
     /// quote the last output.
-    pub async fn expect_any(
+    pub async fn expect_any<F: Into<Pattern>>(
         &self,
-        pattern: &Pattern,
-        failures: &[Pattern],
+        pattern: impl Into<Pattern>,
+        failures: impl IntoIterator<Item = F>,
         timeout: Duration,
     ) -> Result<Match> {
+        let pattern = &pattern.into();
+        let failures: &[Pattern] = &failures.into_iter().map(Into::into).collect::<Vec<_>>();
         let deadline = crate::deadline::deadline_after(timeout);
         let mut window: Vec<u8> = Vec::new();
         let mut window_start = *self.shared.cursor();
@@ -486,7 +515,10 @@ impl Console {
         loop {
             self.write(interrupt).await?;
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.expect_any(&pattern, &[], interval.min(left)).await {
+            match self
+                .expect_any(&pattern, std::iter::empty::<Pattern>(), interval.min(left))
+                .await
+            {
                 Err(e) if matches!(e.kind(), ErrorKind::Timeout { .. }) => {
                     if Instant::now() < deadline {
                         continue;
@@ -506,6 +538,11 @@ impl Console {
                 other => return other,
             }
         }
+    }
+
+    /// The machine's name, for errors.
+    pub(crate) fn machine_name(&self) -> &str {
+        &self.name
     }
 
     /// Stops draining at once.

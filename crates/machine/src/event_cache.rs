@@ -94,7 +94,10 @@ impl Machine {
         let subscription = self.phase.process_mut()?.subscription.as_mut()?;
         loop {
             match subscription.try_recv()? {
-                Ok(event) => return Some(event),
+                Ok(event) => {
+                    self.history_record(&event);
+                    return Some(event);
+                }
                 Err(qmp::Error::EventsLost(n)) => {
                     tracing::warn!(machine = %self.config.name, "{n} QMP events were lost (queue full)")
                 }
@@ -175,7 +178,11 @@ impl Machine {
             else {
                 return Err(Error::new(self.config.name.clone(), ErrorKind::NotRunning));
             };
-            match subscription.recv_timeout(left).await {
+            let received = subscription.recv_timeout(left).await;
+            if let Ok(event) = &received {
+                self.history_record(event);
+            }
+            match received {
                 Ok(event) if matches(&event) => return Ok(event),
                 Ok(event) => {
                     seen_count += 1;

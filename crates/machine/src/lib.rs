@@ -29,17 +29,20 @@
 #![warn(missing_docs)]
 
 mod accel;
+mod agent_socket;
 mod argv;
 pub mod blocking;
 mod config;
 pub mod console;
 mod deadline;
+pub mod devices;
 mod error;
 mod event_cache;
 mod event_match;
 pub mod fleet;
 pub mod guest;
 pub mod guest_agent;
+pub mod guest_shell;
 pub mod hotplug;
 pub mod job;
 mod launch;
@@ -49,10 +52,12 @@ mod output;
 pub mod probe;
 pub mod qmp_log;
 pub mod qtest;
+pub mod report;
 mod run_dir;
 mod shutdown;
 mod sock;
 mod spawn;
+pub mod typed_qmp;
 pub mod usernet;
 
 pub use accel::{is_kvm_pvm, kvm_really_usable, Accel};
@@ -69,8 +74,10 @@ pub use error::{
 pub use event_cache::EVENT_CACHE_LIMIT;
 pub use event_match::{conv_keys, event_match};
 pub use guest_agent::{ExecOutput, GuestAgent};
+pub use guest_shell::{CommandOutput, RunOptions};
 pub use machine::Machine;
 pub use probe::Probe;
 pub use qmp;
 pub use qtest::{IrqEvent, Qtest};
+pub use report::Report;
 pub use shutdown::Stop;

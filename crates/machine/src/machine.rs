@@ -52,6 +52,8 @@ pub struct Machine {
     pub(crate) events: VecDeque<Event>,
     /// Events dropped from the full cache.
     pub(crate) events_dropped: u64,
+    /// The newest events received, consumed or not (see [`Machine::event_history`]).
+    pub(crate) history: crate::typed_qmp::EventHistory,
 }
 
 /// Where a machine is in its life.
@@ -190,6 +192,7 @@ impl Machine {
             phase: Phase::Configured,
             events: VecDeque::new(),
             events_dropped: 0,
+            history: Default::default(),
         }
     }
 
@@ -451,13 +454,16 @@ impl Machine {
         }
     }
 
-    /// Sends a command and returns its `return` value; a QMP error is an error.
+    /// Sends a command and returns its `return` value; a QMP error is an error. The
+    /// arguments are anything that serialises to a JSON object: `json!({...})`, a
+    /// struct, or `()` for none.
     ///
     /// # Errors
     ///
     /// As [`qmp`](Self::qmp), and [`ErrorKind::Qmp`] when QEMU answers with an error (see
-    /// [`Error::qmp_class`]).
-    pub async fn cmd(&mut self, name: &str, arguments: Value) -> Result<Value> {
+    /// [`Error::qmp_class`]); [`ErrorKind::Config`] when the arguments do not serialise.
+    pub async fn cmd(&mut self, name: &str, arguments: impl serde::Serialize) -> Result<Value> {
+        let arguments = to_arguments(name, arguments)?;
         self.request(Request::new(name).arguments(arguments)).await
     }
 
@@ -523,6 +529,12 @@ impl Machine {
             None => Error::new(self.config.name.clone(), ErrorKind::NotRunning),
         }
     }
+}
+
+/// Command arguments as JSON; `()` (null) means none.
+pub(crate) fn to_arguments(name: &str, arguments: impl serde::Serialize) -> Result<Value> {
+    serde_json::to_value(arguments)
+        .map_err(|e| Error::config(format!("the arguments of {name} do not serialise: {e}")))
 }
 
 impl Drop for Machine {

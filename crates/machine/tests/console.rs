@@ -53,7 +53,7 @@ async fn a_failure_pattern_fires_at_once() {
         .unwrap();
     let start = Instant::now();
     let err = console
-        .expect_any(&"login:".into(), &["Kernel panic".into()], T)
+        .expect_any("login:", ["Kernel panic"], T)
         .await
         .unwrap_err();
     assert!(start.elapsed() < T);

@@ -527,6 +527,200 @@ pub struct MigrationCapabilityStatus {
     pub state: bool,
 }
 
+// Block jobs and machine queries (issue 14).
+
+open_enum!(
+    /// Which part of the source a mirror or backup copies (`sync`).
+    SyncMode {
+        /// Only the top image.
+        Top => "top",
+        /// The whole chain.
+        Full => "full",
+        /// Only new writes.
+        None => "none",
+        /// Only what a bitmap marks (backup).
+        Incremental => "incremental",
+        /// Only what a bitmap marks.
+        Bitmap => "bitmap",
+    }
+);
+
+// open_enum! does not derive Default; the typed commands need one.
+#[allow(clippy::derivable_impls)]
+impl Default for SyncMode {
+    fn default() -> Self {
+        SyncMode::Full
+    }
+}
+
+command!(
+    /// Starts mirroring `device` to the existing node `target` (a block job).
+    BlockdevMirror = "blockdev-mirror" -> Empty {
+        /// The job id (default: the device name).
+        #[serde(rename = "job-id", skip_serializing_if = "Option::is_none")]
+        pub job_id: Option<String>,
+        /// The source node or device.
+        pub device: String,
+        /// The target node.
+        pub target: String,
+        /// What to copy.
+        pub sync: SyncMode,
+        /// Bytes per second (0: unlimited).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub speed: Option<u64>,
+        /// The node name of the mirror filter.
+        #[serde(rename = "filter-node-name", skip_serializing_if = "Option::is_none")]
+        pub filter_node_name: Option<String>,
+        /// `background` or `write-blocking`.
+        #[serde(rename = "copy-mode", skip_serializing_if = "Option::is_none")]
+        pub copy_mode: Option<String>,
+        /// Finalize by itself (default true).
+        #[serde(rename = "auto-finalize", skip_serializing_if = "Option::is_none")]
+        pub auto_finalize: Option<bool>,
+        /// Dismiss by itself (default true).
+        #[serde(rename = "auto-dismiss", skip_serializing_if = "Option::is_none")]
+        pub auto_dismiss: Option<bool>,
+    }
+);
+command!(
+    /// Starts a point-in-time backup of `device` to the existing node `target`.
+    BlockdevBackup = "blockdev-backup" -> Empty {
+        /// The job id (default: the device name).
+        #[serde(rename = "job-id", skip_serializing_if = "Option::is_none")]
+        pub job_id: Option<String>,
+        /// The source node or device.
+        pub device: String,
+        /// The target node.
+        pub target: String,
+        /// What to copy.
+        pub sync: SyncMode,
+        /// Bytes per second (0: unlimited).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub speed: Option<u64>,
+        /// The dirty bitmap for `incremental`/`bitmap`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub bitmap: Option<String>,
+        /// Finalize by itself (default true).
+        #[serde(rename = "auto-finalize", skip_serializing_if = "Option::is_none")]
+        pub auto_finalize: Option<bool>,
+        /// Dismiss by itself (default true).
+        #[serde(rename = "auto-dismiss", skip_serializing_if = "Option::is_none")]
+        pub auto_dismiss: Option<bool>,
+    }
+);
+command!(
+    /// Copies the backing chain into `device` (down to `base-node`), then drops it.
+    BlockStream = "block-stream" -> Empty {
+        /// The job id (default: the device name).
+        #[serde(rename = "job-id", skip_serializing_if = "Option::is_none")]
+        pub job_id: Option<String>,
+        /// The top node or device.
+        pub device: String,
+        /// The node to stop at (kept as the new backing file).
+        #[serde(rename = "base-node", skip_serializing_if = "Option::is_none")]
+        pub base_node: Option<String>,
+        /// Bytes per second (0: unlimited).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub speed: Option<u64>,
+        /// Finalize by itself (default true).
+        #[serde(rename = "auto-finalize", skip_serializing_if = "Option::is_none")]
+        pub auto_finalize: Option<bool>,
+        /// Dismiss by itself (default true).
+        #[serde(rename = "auto-dismiss", skip_serializing_if = "Option::is_none")]
+        pub auto_dismiss: Option<bool>,
+    }
+);
+command!(
+    /// Cancels a block job (a ready mirror with `force: false` completes without pivoting).
+    BlockJobCancel = "block-job-cancel" -> Empty {
+        /// The job id.
+        pub device: String,
+        /// Cancel even a ready mirror at once.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub force: Option<bool>,
+    }
+);
+command!(
+    /// Completes a ready block job (a mirror pivots to its target).
+    BlockJobComplete = "block-job-complete" -> Empty {
+        /// The job id.
+        pub device: String,
+    }
+);
+command!(
+    /// Pauses a block job.
+    BlockJobPause = "block-job-pause" -> Empty {
+        /// The job id.
+        pub device: String,
+    }
+);
+command!(
+    /// Resumes a paused block job.
+    BlockJobResume = "block-job-resume" -> Empty {
+        /// The job id.
+        pub device: String,
+    }
+);
+command!(
+    /// Changes a block job's speed limit.
+    BlockJobSetSpeed = "block-job-set-speed" -> Empty {
+        /// The job id.
+        pub device: String,
+        /// Bytes per second (0: unlimited).
+        pub speed: u64,
+    }
+);
+command!(
+    /// The machine types this QEMU offers.
+    QueryMachines = "query-machines" -> Vec<MachineInfo> {}
+);
+command!(
+    /// The vCPUs, without interrupting them.
+    QueryCpusFast = "query-cpus-fast" -> Vec<CpuInfoFast> {}
+);
+
+/// One machine type (`query-machines`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MachineInfo {
+    /// e.g. `pc-i440fx-10.0`.
+    pub name: String,
+    /// e.g. `pc`.
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// The default machine type.
+    #[serde(rename = "is-default", default)]
+    pub is_default: bool,
+    /// The most CPUs it takes.
+    #[serde(rename = "cpu-max", default)]
+    pub cpu_max: u64,
+    /// Deprecated.
+    #[serde(default)]
+    pub deprecated: bool,
+    /// Fields this crate does not model.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One vCPU (`query-cpus-fast`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CpuInfoFast {
+    /// Its index.
+    #[serde(rename = "cpu-index")]
+    pub cpu_index: u64,
+    /// Its QOM path.
+    #[serde(rename = "qom-path")]
+    pub qom_path: String,
+    /// The host thread running it.
+    #[serde(rename = "thread-id")]
+    pub thread_id: i64,
+    /// The target architecture, e.g. `x86_64`.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Fields this crate does not model.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

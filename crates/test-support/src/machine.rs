@@ -58,11 +58,7 @@ pub fn linux_guest_agent_version() -> String {
 pub async fn wait_for_shell(vm: &Machine) {
     let console = vm.console().unwrap();
     console
-        .expect_any(
-            &"GUEST-READY".into(),
-            &["Kernel panic".into()],
-            Duration::from_secs(120),
-        )
+        .expect_any("GUEST-READY", ["Kernel panic"], Duration::from_secs(120))
         .await
         .unwrap();
     console

@@ -1,0 +1,765 @@
+//! Typed devices on [`MachineBuilder`]: memory and CPUs, a kernel to boot, disks, user-mode
+//! networking with host port forwards, 9p host shares and an entropy source. Each is
+//! validated before launch (an [`ErrorKind::Config`] error that names the problem) and
+//! rendered to QEMU's syntax at launch, values escaped (`,` as `,,`). Raw
+//! [`args`](MachineBuilder::args) still come last and can add to or override them.
+//!
+//! ```
+//! use qemu_machine::devices::{Disk, DiskInterface, Share9p, UserNet};
+//! use qemu_machine::Machine;
+//!
+//! let builder = Machine::builder("qemu-system-x86_64")
+//!     .memory_mib(512)
+//!     .cpus(2)
+//!     .disk(Disk::new("/images/root.qcow2").format("qcow2").interface(DiskInterface::Scsi))
+//!     .user_net(UserNet::new().forward_tcp(0, 22))
+//!     .share_9p(Share9p::new("host", "/srv/data"))
+//!     .entropy();
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::argv::escape_option_value;
+use crate::config::MachineBuilder;
+use crate::error::{Error, ErrorKind, Result};
+use crate::machine::Machine;
+
+fn path_value(path: &Path) -> Result<String> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| Error::config(format!("{} is not valid UTF-8", path.display())))?;
+    Ok(escape_option_value(text).into_owned())
+}
+
+/// The image formats a [`Disk`] accepts.
+const FORMATS: &[&str] = &[
+    "raw",
+    "qcow2",
+    "qcow",
+    "qed",
+    "vmdk",
+    "vdi",
+    "vhdx",
+    "vpc",
+    "luks",
+    "parallels",
+    "dmg",
+    "bochs",
+    "cloop",
+];
+
+/// How a disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskInterface {
+    /// `virtio-blk-pci` (`/dev/vdX` in Linux). The default.
+    #[default]
+    Virtio,
+    /// `ide-hd` on the machine's IDE controller.
+    Ide,
+    /// `scsi-hd` on a `virtio-scsi-pci` controller (added once for all SCSI disks).
+    Scsi,
+}
+
+/// The host cache mode of a disk (`cache=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// `none` (O_DIRECT).
+    None,
+    /// `writeback`.
+    Writeback,
+    /// `writethrough`.
+    Writethrough,
+    /// `directsync`.
+    Directsync,
+    /// `unsafe` (ignores flushes).
+    Unsafe,
+}
+
+impl CacheMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::None => "none",
+            CacheMode::Writeback => "writeback",
+            CacheMode::Writethrough => "writethrough",
+            CacheMode::Directsync => "directsync",
+            CacheMode::Unsafe => "unsafe",
+        }
+    }
+}
+
+/// A disk image. `raw` and virtio by default.
+///
+/// ```
+/// use qemu_machine::devices::{CacheMode, Disk, DiskInterface};
+/// let disk = Disk::new("/tmp/data.img")
+///     .interface(DiskInterface::Ide)
+///     .read_only(false)
+///     .snapshot(true)
+///     .cache(CacheMode::Unsafe)
+///     .boot_index(0);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    file: PathBuf,
+    format: String,
+    interface: DiskInterface,
+    read_only: bool,
+    snapshot: bool,
+    cache: Option<CacheMode>,
+    boot_index: Option<u32>,
+}
+
+impl Disk {
+    /// The image at `file` (which must exist at launch).
+    ///
+    /// ```
+    /// let disk = qemu_machine::devices::Disk::new("/tmp/a.img");
+    /// ```
+    pub fn new(file: impl Into<PathBuf>) -> Disk {
+        Disk {
+            file: file.into(),
+            format: "raw".into(),
+            interface: DiskInterface::Virtio,
+            read_only: false,
+            snapshot: false,
+            cache: None,
+            boot_index: None,
+        }
+    }
+
+    /// The image format (`raw`, `qcow2`, ...); an unknown one is refused at launch.
+    ///
+    /// ```
+    /// let disk = qemu_machine::devices::Disk::new("/tmp/a.qcow2").format("qcow2");
+    /// ```
+    pub fn format(mut self, format: impl Into<String>) -> Disk {
+        self.format = format.into();
+        self
+    }
+
+    /// How it is attached (default virtio).
+    ///
+    /// ```
+    /// use qemu_machine::devices::{Disk, DiskInterface};
+    /// let disk = Disk::new("/tmp/a.img").interface(DiskInterface::Scsi);
+    /// ```
+    pub fn interface(mut self, interface: DiskInterface) -> Disk {
+        self.interface = interface;
+        self
+    }
+
+    /// Read-only for the guest (not with IDE, which has no read-only hard disks).
+    ///
+    /// ```
+    /// let disk = qemu_machine::devices::Disk::new("/tmp/a.img").read_only(true);
+    /// ```
+    pub fn read_only(mut self, read_only: bool) -> Disk {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Writes go to a temporary overlay, and the image stays as it was.
+    ///
+    /// ```
+    /// let disk = qemu_machine::devices::Disk::new("/tmp/a.img").snapshot(true);
+    /// ```
+    pub fn snapshot(mut self, snapshot: bool) -> Disk {
+        self.snapshot = snapshot;
+        self
+    }
+
+    /// The host cache mode.
+    ///
+    /// ```
+    /// use qemu_machine::devices::{CacheMode, Disk};
+    /// let disk = Disk::new("/tmp/a.img").cache(CacheMode::None);
+    /// ```
+    pub fn cache(mut self, cache: CacheMode) -> Disk {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Its place in the boot order (`bootindex`, 0 first).
+    ///
+    /// ```
+    /// let disk = qemu_machine::devices::Disk::new("/tmp/a.img").boot_index(0);
+    /// ```
+    pub fn boot_index(mut self, index: u32) -> Disk {
+        self.boot_index = Some(index);
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !self.file.is_file() && !is_block_device(&self.file) {
+            return Err(Error::config(format!(
+                "disk image {} does not exist (or is not a file)",
+                self.file.display()
+            )));
+        }
+        if !FORMATS.contains(&self.format.as_str()) {
+            return Err(Error::config(format!(
+                "disk {}: unknown image format {:?} (one of {})",
+                self.file.display(),
+                self.format,
+                FORMATS.join(", ")
+            )));
+        }
+        if self.read_only && self.interface == DiskInterface::Ide {
+            return Err(Error::config(format!(
+                "disk {}: IDE hard disks cannot be read-only; use virtio or SCSI",
+                self.file.display()
+            )));
+        }
+        path_value(&self.file).map(drop)
+    }
+}
+
+fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// A port forward from the host to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Forward {
+    udp: bool,
+    host_port: u16,
+    guest_port: u16,
+}
+
+/// User-mode networking (slirp: the guest is 10.0.2.15, no privileges needed) on a
+/// `virtio-net-pci` card, with port forwards on the host's 127.0.0.1.
+///
+/// ```
+/// let net = qemu_machine::devices::UserNet::new().forward_tcp(0, 22).forward_udp(5353, 53);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserNet {
+    forwards: Vec<Forward>,
+}
+
+impl UserNet {
+    /// No forwards yet.
+    ///
+    /// ```
+    /// let net = qemu_machine::devices::UserNet::new();
+    /// ```
+    pub fn new() -> UserNet {
+        UserNet::default()
+    }
+
+    /// Forwards TCP `127.0.0.1:host_port` to the guest's `guest_port`; host port 0 picks
+    /// a free one (read it after launch with [`Machine::host_port`]).
+    ///
+    /// ```
+    /// let net = qemu_machine::devices::UserNet::new().forward_tcp(0, 8080);
+    /// ```
+    pub fn forward_tcp(mut self, host_port: u16, guest_port: u16) -> UserNet {
+        self.forwards.push(Forward {
+            udp: false,
+            host_port,
+            guest_port,
+        });
+        self
+    }
+
+    /// Forwards UDP `127.0.0.1:host_port` to the guest's `guest_port`.
+    ///
+    /// ```
+    /// let net = qemu_machine::devices::UserNet::new().forward_udp(5353, 53);
+    /// ```
+    pub fn forward_udp(mut self, host_port: u16, guest_port: u16) -> UserNet {
+        self.forwards.push(Forward {
+            udp: true,
+            host_port,
+            guest_port,
+        });
+        self
+    }
+}
+
+/// A host directory shared with the guest over 9p (`virtio-9p-pci`), read-only unless
+/// asked. In a Linux guest: `mount -t 9p -o trans=virtio TAG /mnt`.
+///
+/// ```
+/// let share = qemu_machine::devices::Share9p::new("data", "/srv/data").writable(true);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share9p {
+    tag: String,
+    path: PathBuf,
+    writable: bool,
+}
+
+impl Share9p {
+    /// Shares `path` (a directory) under the mount tag `tag` (at most 31 bytes).
+    ///
+    /// ```
+    /// let share = qemu_machine::devices::Share9p::new("data", "/srv/data");
+    /// ```
+    pub fn new(tag: impl Into<String>, path: impl Into<PathBuf>) -> Share9p {
+        Share9p {
+            tag: tag.into(),
+            path: path.into(),
+            writable: false,
+        }
+    }
+
+    /// Lets the guest write (default: read-only).
+    ///
+    /// ```
+    /// let share = qemu_machine::devices::Share9p::new("data", "/srv").writable(true);
+    /// ```
+    pub fn writable(mut self, writable: bool) -> Share9p {
+        self.writable = writable;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.tag.is_empty() || self.tag.len() > 31 {
+            return Err(Error::config(format!(
+                "9p mount tag {:?} must have 1 to 31 bytes",
+                self.tag
+            )));
+        }
+        if !self.path.is_dir() {
+            return Err(Error::config(format!(
+                "9p share {}: {} is not a directory",
+                self.tag,
+                self.path.display()
+            )));
+        }
+        path_value(&self.path).map(drop)
+    }
+}
+
+/// The typed devices of a machine, rendered to arguments at launch.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Devices {
+    memory_mib: Option<u64>,
+    cpus: Option<u32>,
+    cpu_model: Option<String>,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    cmdline: Option<String>,
+    disks: Vec<Disk>,
+    nets: Vec<UserNet>,
+    shares: Vec<Share9p>,
+    entropy: bool,
+}
+
+impl Devices {
+    /// Checks everything a launch would trip on.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.memory_mib == Some(0) {
+            return Err(Error::config("memory must be at least 1 MiB"));
+        }
+        if self.cpus == Some(0) {
+            return Err(Error::config("a machine needs at least one CPU"));
+        }
+        if self.cpu_model.as_deref().is_some_and(str::is_empty) {
+            return Err(Error::config("the CPU model is empty"));
+        }
+        for (what, file) in [("kernel", &self.kernel), ("initrd", &self.initrd)] {
+            if let Some(file) = file {
+                if !file.is_file() {
+                    return Err(Error::config(format!(
+                        "{what} {} does not exist (or is not a file)",
+                        file.display()
+                    )));
+                }
+            }
+        }
+        if self.kernel.is_none() && (self.initrd.is_some() || self.cmdline.is_some()) {
+            return Err(Error::config(
+                "an initrd or a kernel command line needs a kernel",
+            ));
+        }
+        for disk in &self.disks {
+            disk.validate()?;
+        }
+        for share in &self.shares {
+            share.validate()?;
+        }
+        let mut tags: Vec<&str> = self.shares.iter().map(|s| s.tag.as_str()).collect();
+        tags.sort_unstable();
+        if let Some(pair) = tags.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::config(format!(
+                "9p mount tag {:?} used twice",
+                pair[0]
+            )));
+        }
+        Ok(())
+    }
+
+    /// The arguments, once [`validate`](Self::validate)d (a path that is not UTF-8 is
+    /// left out here: validation refused it).
+    pub(crate) fn args(&self) -> Vec<String> {
+        let mut argv: Vec<String> = Vec::new();
+        let mut push = |a: &str, b: String| {
+            argv.push(a.to_string());
+            argv.push(b);
+        };
+        if let Some(mib) = self.memory_mib {
+            push("-m", format!("{mib}M"));
+        }
+        if let Some(cpus) = self.cpus {
+            push("-smp", cpus.to_string());
+        }
+        if let Some(model) = &self.cpu_model {
+            push("-cpu", model.clone());
+        }
+        if let Some(kernel) = &self.kernel {
+            push("-kernel", kernel.display().to_string());
+        }
+        if let Some(initrd) = &self.initrd {
+            push("-initrd", initrd.display().to_string());
+        }
+        if let Some(cmdline) = &self.cmdline {
+            push("-append", cmdline.clone());
+        }
+        if self
+            .disks
+            .iter()
+            .any(|d| d.interface == DiskInterface::Scsi)
+        {
+            push("-device", "virtio-scsi-pci,id=qm-scsi".into());
+        }
+        for (i, disk) in self.disks.iter().enumerate() {
+            let Ok(file) = path_value(&disk.file) else {
+                continue;
+            };
+            let mut drive = format!("file={file},format={},if=none,id=qm-disk{i}", disk.format);
+            if disk.read_only {
+                drive.push_str(",readonly=on");
+            }
+            if disk.snapshot {
+                drive.push_str(",snapshot=on");
+            }
+            if let Some(cache) = disk.cache {
+                drive.push_str(",cache=");
+                drive.push_str(cache.as_str());
+            }
+            push("-drive", drive);
+            let mut device = match disk.interface {
+                DiskInterface::Virtio => format!("virtio-blk-pci,drive=qm-disk{i}"),
+                DiskInterface::Ide => format!("ide-hd,drive=qm-disk{i}"),
+                DiskInterface::Scsi => format!("scsi-hd,bus=qm-scsi.0,drive=qm-disk{i}"),
+            };
+            if let Some(index) = disk.boot_index {
+                device.push_str(&format!(",bootindex={index}"));
+            }
+            push("-device", device);
+        }
+        for (i, net) in self.nets.iter().enumerate() {
+            let mut netdev = format!("user,id=qm-net{i}");
+            for forward in &net.forwards {
+                netdev.push_str(&format!(
+                    ",hostfwd={}:127.0.0.1:{}-:{}",
+                    if forward.udp { "udp" } else { "tcp" },
+                    forward.host_port,
+                    forward.guest_port
+                ));
+            }
+            push("-netdev", netdev);
+            push("-device", format!("virtio-net-pci,netdev=qm-net{i}"));
+        }
+        for (i, share) in self.shares.iter().enumerate() {
+            let Ok(path) = path_value(&share.path) else {
+                continue;
+            };
+            let mut fsdev = format!("local,id=qm-fs{i},path={path},security_model=none");
+            if !share.writable {
+                fsdev.push_str(",readonly=on");
+            }
+            push("-fsdev", fsdev);
+            push(
+                "-device",
+                format!(
+                    "virtio-9p-pci,fsdev=qm-fs{i},mount_tag={}",
+                    escape_option_value(&share.tag)
+                ),
+            );
+        }
+        if self.entropy {
+            push(
+                "-object",
+                "rng-random,id=qm-rng,filename=/dev/urandom".into(),
+            );
+            push("-device", "virtio-rng-pci,rng=qm-rng".into());
+        }
+        argv
+    }
+}
+
+impl MachineBuilder {
+    fn devices(&mut self) -> &mut Devices {
+        &mut self.config.devices
+    }
+
+    /// Guest memory in MiB (`-m`).
+    ///
+    /// ```
+    /// let b = qemu_machine::Machine::builder("qemu-system-x86_64").memory_mib(256);
+    /// ```
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.devices().memory_mib = Some(mib);
+        self
+    }
+
+    /// How many vCPUs (`-smp`).
+    ///
+    /// ```
+    /// let b = qemu_machine::Machine::builder("qemu-system-x86_64").cpus(2);
+    /// ```
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.devices().cpus = Some(cpus);
+        self
+    }
+
+    /// The CPU model (`-cpu`, e.g. `max` or `host`), taken as QEMU's syntax (features
+    /// after commas).
+    ///
+    /// ```
+    /// let b = qemu_machine::Machine::builder("qemu-system-x86_64").cpu_model("max");
+    /// ```
+    pub fn cpu_model(mut self, model: impl Into<String>) -> Self {
+        self.devices().cpu_model = Some(model.into());
+        self
+    }
+
+    /// Boots this Linux kernel directly (`-kernel`).
+    ///
+    /// ```
+    /// let b = qemu_machine::Machine::builder("qemu-system-x86_64").kernel("/boot/vmlinuz");
+    /// ```
+    pub fn kernel(mut self, path: impl Into<PathBuf>) -> Self {
+        self.devices().kernel = Some(path.into());
+        self
+    }
+
+    /// The initial ramdisk for [`kernel`](Self::kernel) (`-initrd`).
+    ///
+    /// ```
+    /// let b = qemu_machine::Machine::builder("qemu-system-x86_64")
+    ///     .kernel("/boot/vmlinuz")
+    ///     .initrd("/boot/initrd.img");
+    /// ```
+    pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
+        self.devices().initrd = Some(path.into());
+        self
+    }
+
+    /// The kernel command line (`-append`).
+    ///
+    /// ```
+    /// let b = qemu_machine::Machine::builder("qemu-system-x86_64")
+    ///     .kernel("/boot/vmlinuz")
+    ///     .kernel_cmdline("console=ttyS0");
+    /// ```
+    pub fn kernel_cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.devices().cmdline = Some(cmdline.into());
+        self
+    }
+
+    /// Adds a disk.
+    ///
+    /// ```
+    /// use qemu_machine::devices::Disk;
+    /// let b = qemu_machine::Machine::builder("qemu-system-x86_64").disk(Disk::new("/tmp/a.img"));
+    /// ```
+    pub fn disk(mut self, disk: Disk) -> Self {
+        self.devices().disks.push(disk);
+        self
+    }
+
+    /// Adds a user-mode network card.
+    ///
+    /// ```
+    /// use qemu_machine::devices::UserNet;
+    /// let b = qemu_machine::Machine::builder("qemu-system-x86_64")
+    ///     .user_net(UserNet::new().forward_tcp(0, 22));
+    /// ```
+    pub fn user_net(mut self, net: UserNet) -> Self {
+        self.devices().nets.push(net);
+        self
+    }
+
+    /// Shares a host directory over 9p.
+    ///
+    /// ```
+    /// use qemu_machine::devices::Share9p;
+    /// let b = qemu_machine::Machine::builder("qemu-system-x86_64")
+    ///     .share_9p(Share9p::new("data", "/srv/data"));
+    /// ```
+    pub fn share_9p(mut self, share: Share9p) -> Self {
+        self.devices().shares.push(share);
+        self
+    }
+
+    /// Adds an entropy source (`virtio-rng-pci` fed from the host's `/dev/urandom`).
+    ///
+    /// ```
+    /// let b = qemu_machine::Machine::builder("qemu-system-x86_64").entropy();
+    /// ```
+    pub fn entropy(mut self) -> Self {
+        self.devices().entropy = true;
+        self
+    }
+}
+
+/// The host port forwarded to TCP `guest_port`, in HMP `info usernet` output.
+///
+/// ```
+/// let text = "  TCP[HOST_FORWARD]   3       127.0.0.1 45783       10.0.2.15    22     0     0\n";
+/// assert_eq!(qemu_machine::devices::forwarded_port(text, 22), Some(45783));
+/// assert_eq!(qemu_machine::devices::forwarded_port(text, 80), None);
+/// ```
+pub fn forwarded_port(info_usernet: &str, guest_port: u16) -> Option<u16> {
+    info_usernet.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [protocol, _fd, _source, port, _dest, dest_port, ..]
+                if *protocol == "TCP[HOST_FORWARD]"
+                    && dest_port.parse::<u16>().ok() == Some(guest_port) =>
+            {
+                port.parse().ok()
+            }
+            _ => None,
+        }
+    })
+}
+
+impl Machine {
+    /// The host port that forwards to the guest's TCP `guest_port` (see
+    /// [`UserNet::forward_tcp`]; useful when the host port was 0).
+    ///
+    /// ```no_run
+    /// # async fn f(vm: &mut qemu_machine::Machine) -> qemu_machine::Result<()> {
+    /// let port = vm.host_port(22).await?;
+    /// println!("ssh -p {port} 127.0.0.1");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`cmd`](Self::cmd); [`ErrorKind::Unexpected`] when no such forward exists.
+    pub async fn host_port(&mut self, guest_port: u16) -> Result<u16> {
+        let text = self
+            .cmd(
+                "human-monitor-command",
+                json!({"command-line": "info usernet"}),
+            )
+            .await?;
+        let text = text.as_str().unwrap_or_default();
+        forwarded_port(text, guest_port).ok_or_else(|| {
+            Error::new(
+                self.name().to_string(),
+                ErrorKind::Unexpected {
+                    message: format!(
+                        "no TCP host forward to guest port {guest_port} in `info usernet`: {text:?}"
+                    ),
+                },
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_escaped_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("a,b.img");
+        std::fs::write(&image, b"").unwrap();
+        let builder = Machine::builder("qemu")
+            .memory_mib(256)
+            .cpus(2)
+            .disk(Disk::new(&image).read_only(true).boot_index(1))
+            .disk(
+                Disk::new(&image)
+                    .interface(DiskInterface::Scsi)
+                    .snapshot(true),
+            )
+            .disk(
+                Disk::new(&image)
+                    .interface(DiskInterface::Scsi)
+                    .cache(CacheMode::Unsafe),
+            )
+            .user_net(UserNet::new().forward_tcp(0, 22))
+            .share_9p(Share9p::new("t", dir.path()))
+            .entropy();
+        let devices = &builder.config.devices;
+        devices.validate().unwrap();
+        let text = devices.args().join(" ");
+        let file = format!("{}/a,,b.img", dir.path().display());
+        assert_eq!(
+            text,
+            format!(
+                "-m 256M -smp 2 -device virtio-scsi-pci,id=qm-scsi \
+                 -drive file={file},format=raw,if=none,id=qm-disk0,readonly=on \
+                 -device virtio-blk-pci,drive=qm-disk0,bootindex=1 \
+                 -drive file={file},format=raw,if=none,id=qm-disk1,snapshot=on \
+                 -device scsi-hd,bus=qm-scsi.0,drive=qm-disk1 \
+                 -drive file={file},format=raw,if=none,id=qm-disk2,cache=unsafe \
+                 -device scsi-hd,bus=qm-scsi.0,drive=qm-disk2 \
+                 -netdev user,id=qm-net0,hostfwd=tcp:127.0.0.1:0-:22 \
+                 -device virtio-net-pci,netdev=qm-net0 \
+                 -fsdev local,id=qm-fs0,path={},security_model=none,readonly=on \
+                 -device virtio-9p-pci,fsdev=qm-fs0,mount_tag=t \
+                 -object rng-random,id=qm-rng,filename=/dev/urandom \
+                 -device virtio-rng-pci,rng=qm-rng",
+                dir.path().display()
+            )
+        );
+    }
+
+    #[test]
+    fn refuses_what_cannot_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("a.img");
+        std::fs::write(&image, b"").unwrap();
+        let cases = [
+            (
+                Machine::builder("q").disk(Disk::new("/nonexistent.img")),
+                "does not exist",
+            ),
+            (
+                Machine::builder("q").disk(Disk::new(&image).format("qcow3")),
+                "unknown image format",
+            ),
+            (
+                Machine::builder("q").disk(
+                    Disk::new(&image)
+                        .interface(DiskInterface::Ide)
+                        .read_only(true),
+                ),
+                "read-only",
+            ),
+            (
+                Machine::builder("q").kernel("/nonexistent/vmlinuz"),
+                "kernel",
+            ),
+            (Machine::builder("q").kernel_cmdline("x"), "needs a kernel"),
+            (
+                Machine::builder("q").share_9p(Share9p::new("t", &image)),
+                "not a directory",
+            ),
+            (
+                Machine::builder("q").share_9p(Share9p::new("", dir.path())),
+                "1 to 31",
+            ),
+            (Machine::builder("q").memory_mib(0), "memory"),
+            (Machine::builder("q").cpus(0), "CPU"),
+        ];
+        for (builder, wanted) in cases {
+            let err = builder.resolve().unwrap_err();
+            assert!(matches!(err.kind(), ErrorKind::Config(_)), "{err}");
+            assert!(err.to_string().contains(wanted), "{err} lacks {wanted}");
+        }
+    }
+}
