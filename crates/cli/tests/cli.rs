@@ -622,42 +622,38 @@ qemu_args = ["-smp", "2"]
     )
     .unwrap();
     let kernel = dir.path().join("vmlinuz");
-    let from_file = run(
-        &["run", "--dry-run", "--config", config.to_str().unwrap()],
-        "",
-    );
+    // `$QEMU` counts as `--binary` (over the file): the file's binary must win here.
+    let dry_run = |args: &[&str]| output_with_input(bin().env_remove("QEMU").args(args), b"");
+    let from_file = dry_run(&["run", "--dry-run", "--config", config.to_str().unwrap()]);
     assert!(from_file.status.success(), "{}", text(&from_file.stderr));
-    let from_flags = run(
-        &[
-            "run",
-            "--dry-run",
-            "--accel",
-            "tcg",
-            "-m",
-            "256M",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            "/boot/initrd.gz",
-            "--append",
-            "console=ttyS0 quiet",
-            "--qmp",
-            "/tmp/vm.qmp",
-            "--console-log",
-            "/tmp/console.log",
-            "--keep-run-dir",
-            "--timeout",
-            "10",
-            "--shutdown-timeout",
-            "5",
-            "--binary",
-            "qemu-system-x86_64",
-            "--",
-            "-smp",
-            "2",
-        ],
-        "",
-    );
+    let from_flags = dry_run(&[
+        "run",
+        "--dry-run",
+        "--accel",
+        "tcg",
+        "-m",
+        "256M",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        "/boot/initrd.gz",
+        "--append",
+        "console=ttyS0 quiet",
+        "--qmp",
+        "/tmp/vm.qmp",
+        "--console-log",
+        "/tmp/console.log",
+        "--keep-run-dir",
+        "--timeout",
+        "10",
+        "--shutdown-timeout",
+        "5",
+        "--binary",
+        "qemu-system-x86_64",
+        "--",
+        "-smp",
+        "2",
+    ]);
     assert!(from_flags.status.success(), "{}", text(&from_flags.stderr));
     assert_eq!(text(&from_file.stdout), text(&from_flags.stdout));
     // Relative paths in the file are relative to its directory.
@@ -782,10 +778,16 @@ fn dry_run_matches_what_run_starts() {
     let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap();
     vm.send(b"\x1dk");
     assert!(vm.wait().success(), "{}", vm.output());
-    let real: Vec<String> = text(&cmdline)
+    let mut real: Vec<String> = text(&cmdline)
         .split_terminator('\0')
         .map(String::from)
         .collect();
+    // Under a wrapper such as scripts/fetch-qemu's (`exec REAL -L DIR "$@"`), QEMU's own
+    // command line has the real binary and its `-L DIR` first: compare what follows.
+    if real.get(1).map(String::as_str) == Some("-L") && real.len() > 2 {
+        real.drain(1..3);
+        real[0] = dry[0].clone();
+    }
     let mut swapped = Vec::new();
     let mut words = real.iter().peekable();
     while let Some(word) = words.next() {
