@@ -149,7 +149,15 @@ async fn run_job_logged_writes_an_iotests_golden_log() {
         .collect();
     assert_eq!(
         statuses,
-        ["created", "running", "ready", "waiting", "pending", "concluded", "null"]
+        [
+            "created",
+            "running",
+            "ready",
+            "waiting",
+            "pending",
+            "concluded",
+            "null"
+        ]
     );
     let names = |events: &[qemu_machine::qmp::Event]| -> Vec<String> {
         events.iter().map(|e| e.name().to_string()).collect()
