@@ -194,7 +194,10 @@ async fn run_job_surfaces_a_job_error() {
         auto_dismiss: false,
         cancel: false,
     };
-    let err = run_job(&mut vm, "bad", options, T).await.unwrap_err();
+    let mut log = QmpLog::new().with_filter(filter_timestamps);
+    let err = run_job_logged(&mut vm, "bad", options, T, &mut log)
+        .await
+        .unwrap_err();
     let ErrorKind::Job { job, message, .. } = err.kind() else {
         panic!("{err}")
     };
@@ -202,6 +205,13 @@ async fn run_job_surfaces_a_job_error() {
     assert!(
         message.contains("Input/output error") || message.contains("error"),
         "{err}"
+    );
+    // As iotests: the error event, then "Job failed: ..." when the job aborts.
+    let text = log.text();
+    assert!(text.contains("\"event\": \"BLOCK_JOB_ERROR\""), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("Job failed: ")),
+        "{text}"
     );
     vm.shutdown().await.unwrap();
 }
