@@ -362,6 +362,16 @@ impl Console {
 
     /// Waits for `pattern` after the cursor, at most `timeout`; no trailing newline needed.
     ///
+    /// ```no_run
+    /// # async fn f(vm: &qemu_machine::Machine) -> qemu_machine::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let console = vm.console()?;
+    /// console.expect("login:", Duration::from_secs(60)).await?;
+    /// console.send_line("root").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`] (with the last output) when `pattern` does not show within

@@ -110,6 +110,19 @@ impl Machine {
     /// [`event_match`](crate::event_match)), under one deadline. Events that do not match
     /// are kept, in order, for later calls.
     ///
+    /// ```no_run
+    /// # async fn f(vm: &mut qemu_machine::Machine) -> qemu_machine::Result<()> {
+    /// use serde_json::json;
+    /// use std::time::Duration;
+    ///
+    /// vm.cmd("stop", ()).await?;
+    /// let stop = vm.event_wait("STOP", None, Duration::from_secs(5)).await?;
+    /// // Only the DEVICE_DELETED of `disk1`:
+    /// let pattern = Some(json!({"data": {"device": "disk1"}}));
+    /// let deleted = vm.event_wait("DEVICE_DELETED", pattern, Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`] (with the events seen meanwhile) when nothing matched in time;
@@ -126,6 +139,19 @@ impl Machine {
 
     /// Waits for the first event that matches any of `wanted` (name and optional pattern),
     /// under one overall deadline however many other events arrive.
+    ///
+    /// ```no_run
+    /// # async fn f(vm: &mut qemu_machine::Machine) -> qemu_machine::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let event = vm
+    ///     .events_wait(&[("SHUTDOWN", None), ("GUEST_PANICKED", None)], Duration::from_secs(60))
+    ///     .await?;
+    /// if event.name() == "GUEST_PANICKED" {
+    ///     println!("panicked: {}", event.data());
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///

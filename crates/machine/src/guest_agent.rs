@@ -87,6 +87,22 @@ pub struct ExecOutput {
 }
 
 /// A synced guest-agent session. Cheap to clone.
+///
+/// ```no_run
+/// # async fn f() -> qemu_machine::Result<()> {
+/// use qemu_machine::Machine;
+/// use std::time::Duration;
+///
+/// let builder = Machine::builder("qemu-system-x86_64").guest_agent();
+/// let mut vm = Machine::new(builder);
+/// vm.launch().await?;
+/// // ... boot a guest that runs qemu-ga ...
+/// let agent = vm.guest_agent(Duration::from_secs(120)).await?;
+/// agent.ping().await?;
+/// let output = agent.exec("/bin/uname", &["-r"], Duration::from_secs(10)).await?;
+/// println!("{}", String::from_utf8_lossy(&output.stdout));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct GuestAgent {
     client: Client,
@@ -255,6 +271,12 @@ impl GuestAgent {
     }
 
     /// `guest-ping`.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: &qemu_machine::GuestAgent) -> qemu_machine::Result<()> {
+    /// agent.ping().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn ping(&self) -> Result<()> {
         self.execute("guest-ping", Value::Null).await.map(drop)
     }
@@ -294,6 +316,16 @@ impl GuestAgent {
     }
 
     /// Runs `path args...` in the guest and waits (at most `timeout`) for it to end.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: &qemu_machine::GuestAgent) -> qemu_machine::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let output = agent.exec("/bin/sh", &["-c", "echo hi"], Duration::from_secs(10)).await?;
+    /// assert_eq!(output.exit_code, Some(0));
+    /// assert_eq!(output.stdout, b"hi\n");
+    /// # Ok(()) }
+    /// ```
     pub async fn exec(&self, path: &str, args: &[&str], timeout: Duration) -> Result<ExecOutput> {
         let deadline = crate::deadline::deadline_after(timeout);
         let started = self

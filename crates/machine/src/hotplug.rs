@@ -16,6 +16,17 @@ use crate::machine::Machine;
 /// a stale one. The machine's event subscription exists from launch, so the event cannot
 /// slip past between the command and the wait.
 ///
+/// ```no_run
+/// # async fn f(vm: &mut qemu_machine::Machine) -> qemu_machine::Result<()> {
+/// use qemu_machine::hotplug::device_del;
+/// use serde_json::json;
+/// use std::time::Duration;
+///
+/// vm.cmd("device_add", json!({"driver": "virtio-net-pci", "id": "nic1"})).await?;
+/// let event = device_del(vm, "nic1", Duration::from_secs(30)).await?;
+/// # Ok(()) }
+/// ```
+///
 /// # Errors
 ///
 /// As [`Machine::cmd`] for `device_del`; [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when no `DEVICE_DELETED`

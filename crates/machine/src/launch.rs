@@ -56,6 +56,18 @@ impl Machine {
     /// future is dropped, QEMU is left running without QMP: [`kill`](Self::kill),
     /// [`shutdown`](Self::shutdown) or dropping the machine ends it.
     ///
+    /// ```no_run
+    /// # async fn f() -> qemu_machine::Result<()> {
+    /// use qemu_machine::Machine;
+    ///
+    /// let mut vm = Machine::new(Machine::builder("qemu-system-x86_64").machine_type("none"));
+    /// vm.launch().await?;
+    /// let status = vm.cmd("query-status", ()).await?;
+    /// assert_eq!(status["status"], "running");
+    /// vm.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// - [`ErrorKind::AlreadyRunning`] when QEMU runs (or a dropped launch left it running);

@@ -180,6 +180,13 @@ impl Running {
 
 impl Machine {
     /// Starts configuring a machine that runs `binary`.
+    ///
+    /// ```
+    /// use qemu_machine::Machine;
+    ///
+    /// let builder = Machine::builder("qemu-system-x86_64").machine_type("none");
+    /// let vm = Machine::new(builder);
+    /// ```
     pub fn builder(binary: impl Into<String>) -> MachineBuilder {
         MachineBuilder::new(binary)
     }

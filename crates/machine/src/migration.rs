@@ -19,6 +19,24 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// with each `query-migrate` answer on the way. Afterwards the destination must run
 /// (unless the source was paused): that is checked too.
 ///
+/// ```no_run
+/// # async fn f(dir: &std::path::Path) -> qemu_machine::Result<()> {
+/// use qemu_machine::{migration::migrate, Machine};
+/// use std::time::Duration;
+///
+/// let mut source = Machine::new(Machine::builder("qemu-system-x86_64"));
+/// let destination = Machine::builder("qemu-system-x86_64").args(["-incoming", "defer"]);
+/// let mut destination = Machine::new(destination);
+/// source.launch().await?;
+/// destination.launch().await?;
+/// let uri = format!("unix:{}", dir.join("mig.sock").display());
+/// migrate(&mut source, &mut destination, &uri, Duration::from_secs(60), |progress| {
+///     println!("{}", progress["status"]);
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+///
 /// # Errors
 ///
 /// [`ErrorKind::Migration`] when the migration fails or the destination does not run

@@ -42,6 +42,18 @@ pub struct Probe {
 impl Probe {
     /// Asks `binary` (once per process; later calls return the cached answer).
     ///
+    /// ```no_run
+    /// # async fn f() -> qemu_machine::Result<()> {
+    /// use qemu_machine::Probe;
+    ///
+    /// let probe = Probe::of("qemu-system-x86_64").await?;
+    /// println!("QEMU {:?}", probe.version);
+    /// if !probe.has_device("virtio-net-pci") {
+    ///     return Ok(()); // skip
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`] when `binary` does not answer in time (20 s per query),

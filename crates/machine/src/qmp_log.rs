@@ -56,6 +56,27 @@ impl QmpLog {
         self.lines.push(canonical(&filtered));
     }
 
+    /// Logs a line of text as it is (after the filters, which see it as a JSON string), as
+    /// iotests' `log("...")` does.
+    ///
+    /// ```
+    /// let mut log = qemu_machine::qmp_log::QmpLog::new();
+    /// log.log_line("Job failed: oops");
+    /// assert_eq!(log.text(), "Job failed: oops\n");
+    /// ```
+    pub fn log_line(&mut self, line: &str) {
+        let filtered = self
+            .filters
+            .iter()
+            .fold(Value::String(line.to_string()), |value, filter| {
+                filter(value)
+            });
+        match filtered {
+            Value::String(s) => self.lines.push(s),
+            other => self.lines.push(canonical(&other)),
+        }
+    }
+
     /// Logs the command, runs it (a QMP error is logged, not raised), logs the reply, and
     /// returns the reply.
     pub async fn execute(
@@ -125,6 +146,64 @@ pub fn filter_generated_node_names(value: Value) -> Value {
         Value::Object(map) => Value::Object(
             map.into_iter()
                 .map(|(k, v)| (k, filter_generated_node_names(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// A filter that replaces `prefix` with `replacement` inside every string value, at any
+/// depth (keys are left alone).
+///
+/// ```
+/// use qemu_machine::qmp_log::filter_path;
+/// use serde_json::json;
+///
+/// let filter = filter_path("/tmp/t1", "TEST_DIR");
+/// let value = filter(json!({"file": {"filename": "/tmp/t1/a.qcow2"}, "n": 1}));
+/// assert_eq!(value, json!({"file": {"filename": "TEST_DIR/a.qcow2"}, "n": 1}));
+/// ```
+pub fn filter_path(
+    prefix: impl AsRef<std::path::Path>,
+    replacement: &str,
+) -> impl Fn(Value) -> Value + Send + Sync + 'static {
+    let prefix = prefix.as_ref().to_string_lossy().into_owned();
+    let replacement = replacement.to_string();
+    move |value| replace_in_strings(value, &prefix, &replacement)
+}
+
+/// The test directory `dir` becomes `TEST_DIR`, as iotests' `filter_testfiles`:
+/// `filter_path(dir, "TEST_DIR")`.
+///
+/// ```
+/// use qemu_machine::qmp_log::{filter_test_paths, QmpLog};
+/// use serde_json::json;
+///
+/// let dir = std::env::temp_dir().join("t2");
+/// let mut log = QmpLog::new().with_filter(filter_test_paths(&dir));
+/// log.log(&json!({"filename": dir.join("dst.qcow2")}));
+/// assert_eq!(log.text(), "{\"filename\": \"TEST_DIR/dst.qcow2\"}\n");
+/// ```
+pub fn filter_test_paths(
+    dir: impl AsRef<std::path::Path>,
+) -> impl Fn(Value) -> Value + Send + Sync + 'static {
+    filter_path(dir, "TEST_DIR")
+}
+
+fn replace_in_strings(value: Value, prefix: &str, replacement: &str) -> Value {
+    match value {
+        Value::String(s) if !prefix.is_empty() && s.contains(prefix) => {
+            Value::String(s.replace(prefix, replacement))
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| replace_in_strings(v, prefix, replacement))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, replace_in_strings(v, prefix, replacement)))
                 .collect(),
         ),
         other => other,

@@ -68,6 +68,19 @@ struct Session {
 
 /// A qtest session (cheap to clone; clones share it).
 ///
+/// ```no_run
+/// # async fn f() -> qemu_machine::Result<()> {
+/// use qemu_machine::Machine;
+///
+/// let builder = Machine::builder("qemu-system-x86_64").machine_type("pc").qtest();
+/// let mut vm = Machine::new(builder);
+/// vm.launch().await?;
+/// let qtest = vm.qtest()?;
+/// qtest.writel(0x1000, 0xdead_beef).await?;
+/// assert_eq!(qtest.readl(0x1000).await?, 0xdead_beef);
+/// # Ok(()) }
+/// ```
+///
 /// # Errors
 ///
 /// Every command fails with [`ErrorKind::Timeout`] when it gets no reply within its deadline
@@ -244,6 +257,12 @@ impl Qtest {
 
     /// Reads 32 bits of guest memory.
     ///
+    /// ```no_run
+    /// # async fn f(qtest: &qemu_machine::Qtest) -> qemu_machine::Result<()> {
+    /// let value = qtest.readl(0x1000).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// See [the session](Qtest#errors).
@@ -283,6 +302,12 @@ impl Qtest {
     }
 
     /// Writes 32 bits of guest memory.
+    ///
+    /// ```no_run
+    /// # async fn f(qtest: &qemu_machine::Qtest) -> qemu_machine::Result<()> {
+    /// qtest.writel(0x1000, 0x1234_5678).await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///

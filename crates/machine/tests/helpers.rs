@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use common::{linux_guest, wait_for_shell, Scratch, T};
 use qemu_machine::guest::BANNER;
-use qemu_machine::job::{run_job, JobOptions};
-use qemu_machine::qmp_log::{filter_generated_node_names, filter_timestamps, QmpLog};
+use qemu_machine::job::{run_job, run_job_logged, JobOptions};
+use qemu_machine::qmp_log::{
+    filter_generated_node_names, filter_test_paths, filter_timestamps, QmpLog,
+};
 use qemu_machine::{hotplug, migration, usernet, ErrorKind, Machine, Probe};
 use serde_json::json;
 
@@ -83,6 +85,93 @@ async fn run_job_drives_a_mirror_from_ready_to_gone() {
     vm.shutdown().await.unwrap();
 }
 
+/// What iotests' `run_job(..., use_log=True)` writes for a mirror that is completed,
+/// finalized and dismissed by hand; the same on QEMU 7.2 and 10.0.
+const MIRROR_GOLDEN: &str = r#"{"arguments": {"driver": "qcow2", "file": {"driver": "file", "filename": "TEST_DIR/dst.qcow2"}, "node-name": "dst"}, "execute": "blockdev-add"}
+{"return": {}}
+{"arguments": {"auto-dismiss": false, "auto-finalize": false, "device": "src", "job-id": "job0", "sync": "full", "target": "dst"}, "execute": "blockdev-mirror"}
+{"return": {}}
+{"arguments": {"id": "job0"}, "execute": "job-complete"}
+{"return": {}}
+{"data": {"device": "job0", "len": 16777216, "offset": 16777216, "speed": 0, "type": "mirror"}, "event": "BLOCK_JOB_READY", "timestamp": {"microseconds": "USECS", "seconds": "SECS"}}
+{"arguments": {"id": "job0"}, "execute": "job-finalize"}
+{"return": {}}
+{"data": {"id": "job0", "type": "mirror"}, "event": "BLOCK_JOB_PENDING", "timestamp": {"microseconds": "USECS", "seconds": "SECS"}}
+{"data": {"device": "job0", "len": 16777216, "offset": 16777216, "speed": 0, "type": "mirror"}, "event": "BLOCK_JOB_COMPLETED", "timestamp": {"microseconds": "USECS", "seconds": "SECS"}}
+{"arguments": {"id": "job0"}, "execute": "job-dismiss"}
+{"return": {}}
+"#;
+
+#[tokio::test]
+async fn run_job_logged_writes_an_iotests_golden_log() {
+    let scratch = Scratch::new();
+    let images = tempfile::tempdir().unwrap();
+    let src = images.path().join("src.qcow2");
+    let dst = images.path().join("dst.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", src.to_str().unwrap(), "16M"]);
+    qemu_img(&["create", "-q", "-f", "qcow2", dst.to_str().unwrap(), "16M"]);
+    let mut vm = Machine::new(scratch.builder().machine_type("none").args([
+        "-blockdev".to_string(),
+        format!("driver=file,filename={},node-name=src-file", src.display()),
+        "-blockdev".to_string(),
+        "driver=qcow2,file=src-file,node-name=src".to_string(),
+    ]));
+    vm.launch().await.unwrap();
+    let mut log = QmpLog::new()
+        .with_filter(filter_timestamps)
+        .with_filter(filter_test_paths(images.path()));
+    let file = json!({"driver": "file", "filename": dst});
+    log.execute(
+        &mut vm,
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "dst", "file": file}),
+    )
+    .await
+    .unwrap();
+    log.execute(&mut vm, "blockdev-mirror", mirror("job0"))
+        .await
+        .unwrap();
+    let options = JobOptions {
+        auto_finalize: false,
+        auto_dismiss: false,
+        cancel: false,
+    };
+    let events = run_job_logged(&mut vm, "job0", options, T, &mut log)
+        .await
+        .unwrap();
+    assert_eq!(log.text(), MIRROR_GOLDEN);
+
+    // The job's events, returned and in the history.
+    let statuses: Vec<String> = events
+        .iter()
+        .filter(|e| e.name() == "JOB_STATUS_CHANGE")
+        .map(|e| e.data()["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "created",
+            "running",
+            "ready",
+            "waiting",
+            "pending",
+            "concluded",
+            "null"
+        ]
+    );
+    let names = |events: &[qemu_machine::qmp::Event]| -> Vec<String> {
+        events.iter().map(|e| e.name().to_string()).collect()
+    };
+    let history = vm.event_history();
+    let job_events: Vec<_> = history
+        .iter()
+        .filter(|e| e.data()["id"] == "job0" || e.data()["device"] == "job0")
+        .cloned()
+        .collect();
+    assert_eq!(names(&job_events), names(&events));
+    vm.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn run_job_surfaces_a_job_error() {
     let scratch = Scratch::new();
@@ -105,7 +194,10 @@ async fn run_job_surfaces_a_job_error() {
         auto_dismiss: false,
         cancel: false,
     };
-    let err = run_job(&mut vm, "bad", options, T).await.unwrap_err();
+    let mut log = QmpLog::new().with_filter(filter_timestamps);
+    let err = run_job_logged(&mut vm, "bad", options, T, &mut log)
+        .await
+        .unwrap_err();
     let ErrorKind::Job { job, message, .. } = err.kind() else {
         panic!("{err}")
     };
@@ -113,6 +205,13 @@ async fn run_job_surfaces_a_job_error() {
     assert!(
         message.contains("Input/output error") || message.contains("error"),
         "{err}"
+    );
+    // As iotests: the error event, then "Job failed: ..." when the job aborts.
+    let text = log.text();
+    assert!(text.contains("\"event\": \"BLOCK_JOB_ERROR\""), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("Job failed: ")),
+        "{text}"
     );
     vm.shutdown().await.unwrap();
 }
