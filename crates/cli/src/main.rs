@@ -6,6 +6,7 @@
 
 mod args;
 mod config;
+mod devices;
 mod failure;
 mod output;
 mod qom;

@@ -1,0 +1,220 @@
+//! `qemu-machine run` with typed devices (`--smp`, `--cpu`, `--disk`, `--net`, `--share`,
+//! `--ga`) and `--exec`, against real QEMU and the Linux test guest. Each test leaves
+//! nothing behind: QEMU is gone, and the run dirs (under a private `XDG_RUNTIME_DIR`) and
+//! sockets are removed.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use qemu_test_support::cli::{assert_gone, dir_entries, output_with_input, pid_in};
+use qemu_test_support::KillOnDrop;
+
+fn bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_qemu-machine"));
+    command.env_remove("QMP_SOCKET");
+    command
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn guest() -> PathBuf {
+    let dir = std::env::var_os("QEMU_MACHINE_LINUX_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/linux")
+        });
+    assert!(
+        dir.join("vmlinuz").exists(),
+        "the Linux test guest is not built: run guests/build-linux-guest.sh (scripts/test does)"
+    );
+    dir
+}
+
+/// Where run dirs go for one test: checked empty at the end.
+struct RunDirs(tempfile::TempDir);
+
+impl RunDirs {
+    fn new() -> RunDirs {
+        RunDirs(tempfile::tempdir().unwrap())
+    }
+
+    /// `qemu-machine run` booting the Linux guest, its run dir in here, then `args`.
+    fn run(&self, args: &[&str]) -> Command {
+        let guest = guest();
+        let mut command = bin();
+        command.env("XDG_RUNTIME_DIR", self.0.path()).args([
+            "run".as_ref(),
+            "-m".as_ref(),
+            "256M".as_ref(),
+            "--kernel".as_ref(),
+            guest.join("vmlinuz").as_os_str(),
+            "--initrd".as_ref(),
+            guest.join("initrd.gz").as_os_str(),
+            "--append".as_ref(),
+            "console=ttyS0 quiet panic=-1".as_ref(),
+        ]);
+        command.args(args);
+        command
+    }
+
+    fn assert_empty(&self) {
+        assert_eq!(dir_entries(self.0.path()), Vec::<String>::new());
+    }
+}
+
+/// `run ... --exec COMMAND` to the end, stdin empty; checks QEMU and its run dir are gone.
+fn exec(args: &[&str], command: &str) -> Output {
+    let dirs = RunDirs::new();
+    let out = output_with_input(dirs.run(args).args(["--exec", command]), b"");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("(pid "), "{stderr}");
+    assert_gone(pid_in(&stderr));
+    dirs.assert_empty();
+    out
+}
+
+#[test]
+fn exec_prints_the_guest_kernel_and_exits_with_its_status() {
+    let version = std::fs::read_to_string(guest().join("version")).unwrap();
+    // `exit` would end the guest's only shell: a subshell's status is the command's.
+    let out = exec(&[], "uname -r; (exit 3)");
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.trim(), version.trim(), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // Powered off gracefully, not quit.
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("\"reason\":\"guest-shutdown\""), "{stderr}");
+}
+
+#[test]
+fn exec_streams_output_while_it_runs() {
+    let dirs = RunDirs::new();
+    let mut child = KillOnDrop(
+        dirs.run(&[
+            "--exec",
+            "for i in 1 2 3 4 5; do echo line$i; sleep 1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stderr.read_to_end(&mut all);
+        all
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut first = None;
+    let mut last = None;
+    let mut buf = [0u8; 256];
+    loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.push_str(&text(&buf[..n]));
+        if first.is_none() && seen.contains("line1\n") {
+            first = Some(Instant::now());
+        }
+        if last.is_none() && seen.contains("line5\n") {
+            last = Some(Instant::now());
+        }
+    }
+    let status = child.wait().unwrap();
+    let stderr = text(&stderr.join().unwrap());
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(seen, "line1\nline2\nline3\nline4\nline5\n", "{stderr}");
+    let (first, last) = (first.unwrap(), last.unwrap());
+    // Four one-second sleeps between them: line1 was on stdout long before line5.
+    assert!(
+        last.duration_since(first) >= Duration::from_secs(3),
+        "{:?}",
+        last.duration_since(first)
+    );
+    assert_gone(pid_in(&stderr));
+    dirs.assert_empty();
+}
+
+#[test]
+fn a_disk_with_a_kernel_is_written_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("data,1.img");
+    let made = Command::new(qemu_test_support::qemu_img())
+        .args(["create", "-q", "-f", "raw"])
+        .arg(&image)
+        .arg("1M")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    // A comma in the path is written ,, as in QEMU.
+    let spec = format!("{},format=raw", image.to_str().unwrap().replace(',', ",,"));
+    let out = exec(
+        &["--disk", &spec],
+        "echo hello-from-the-guest | dd of=/dev/vda conv=fsync 2>/dev/null",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let written = std::fs::read(&image).unwrap();
+    assert!(
+        written.starts_with(b"hello-from-the-guest\n"),
+        "{:?}",
+        &written[..32]
+    );
+
+    // snapshot=on: the guest's writes never reach the image.
+    let spec = format!(
+        "{},format=raw,snapshot=on",
+        image.to_str().unwrap().replace(',', ",,")
+    );
+    let out = exec(
+        &["--disk", &spec],
+        "echo overwritten | dd of=/dev/vda conv=fsync 2>/dev/null; head -c 20 /dev/vda",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The guest reads its own write back (bytes 12 to 20 are the old data's)...
+    assert_eq!(text(&out.stdout).trim_end(), "overwritten\nhe-guest");
+    // ...which never reached the image.
+    assert!(std::fs::read(&image)
+        .unwrap()
+        .starts_with(b"hello-from-the-guest\n"));
+}
+
+#[test]
+fn smp_and_cpu_reach_the_guest() {
+    let out = exec(
+        &["--smp", "2", "--cpu", "qemu64"],
+        "grep -c ^processor /proc/cpuinfo; grep -m1 'model name' /proc/cpuinfo",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("2"), "{stdout}");
+    assert!(
+        lines.next().unwrap().contains("QEMU Virtual CPU"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_device_values_are_usage_errors_naming_the_key() {
+    for (args, named) in [
+        (&["--disk", "/x.img,if=floppy"][..], "key if"),
+        (&["--disk", "/x.img,cache=none"][..], "\"cache\""),
+        (&["--net", "user,hostfwd=udp::1-:2"][..], "key hostfwd"),
+        (&["--share", "/tmp,readonly=perhaps"][..], "key readonly"),
+        (&["--smp", "0"][..], "--smp"),
+        (&["--prompt", "(", "--exec", "true"][..], "--prompt"),
+    ] {
+        let out = output_with_input(bin().arg("run").args(args), b"");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+}
