@@ -218,3 +218,73 @@ fn bad_device_values_are_usage_errors_naming_the_key() {
         assert!(stderr.contains(named), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn net_user_hostfwd_reaches_a_guest_listener() {
+    let dirs = RunDirs::new();
+    // The test guest does not configure its network: the command does (slirp's guest
+    // address), then busybox nc answers one connection and exits.
+    let mut child = KillOnDrop(
+        dirs.run(&[
+            "--net",
+            "user,hostfwd=tcp:127.0.0.1:0-:8080",
+            "--exec",
+            "ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && \
+             echo hello-from-the-guest | nc -l -p 8080",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut stderr = child.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            let _ = lines.send(text(&all));
+        }
+        text(&all)
+    });
+    // The actual port is printed as a status line after launch.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let port: u16 = loop {
+        let so_far = seen.recv_timeout(Duration::from_secs(60)).unwrap();
+        if let Some(at) = so_far.find("tcp 127.0.0.1:") {
+            let rest = &so_far[at + "tcp 127.0.0.1:".len()..];
+            if let Some(end) = rest.find(" -> guest 8080") {
+                break rest[..end].parse().unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "{so_far}");
+    };
+    assert_ne!(port, 0);
+    // Until the guest listens, slirp accepts and closes at once: try again.
+    let mut answer = String::new();
+    while Instant::now() < deadline + Duration::from_secs(60) {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = stream.read_to_end(&mut got);
+            answer = text(&got);
+            if answer.contains("hello-from-the-guest") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(answer, "hello-from-the-guest\n");
+    let status = child.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert_gone(pid_in(&stderr));
+    dirs.assert_empty();
+}
