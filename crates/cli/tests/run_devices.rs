@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use qemu_test_support::cli::{assert_gone, dir_entries, output_with_input, pid_in};
+use qemu_test_support::cli::{assert_gone, dir_entries, output_with_input, pid_in, OnPty};
 use qemu_test_support::KillOnDrop;
 
 fn bin() -> Command {
@@ -287,4 +287,56 @@ fn net_user_hostfwd_reaches_a_guest_listener() {
     assert!(status.success(), "{status}: {stderr}");
     assert_gone(pid_in(&stderr));
     dirs.assert_empty();
+}
+
+#[test]
+fn ga_reaches_the_agent_while_run_is_attached() {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs = RunDirs::new();
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("agent.sock");
+    let mut vm = OnPty::spawn(&mut dirs.run(&[
+        "--ga",
+        socket.to_str().unwrap(),
+        "--shutdown-timeout",
+        "60",
+    ]));
+    vm.expect("guest# ", 1);
+    let pid = pid_in(&vm.output());
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // qemu-ga starts before the prompt, but give it a few tries all the same.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ping = output_with_input(
+            bin().args(["ga", socket.to_str().unwrap(), "ping", "--timeout", "10"]),
+            b"",
+        );
+        if ping.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&ping.stderr));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    vm.send(b"\x1dq");
+    let status = vm.wait();
+    assert!(status.success(), "{status}: {}", vm.output());
+    assert_gone(pid);
+    assert!(!socket.exists());
+    dirs.assert_empty();
+}
+
+#[test]
+fn share_is_accepted() {
+    // The test guest's kernel has no 9p modules (9p, 9pnet_virtio), so the share cannot be
+    // mounted there: check that QEMU starts with it and the guest sees the virtio-9p PCI
+    // device (1af4:1009).
+    let shared = tempfile::tempdir().unwrap();
+    let spec = format!("{},tag=src", shared.path().display());
+    let out = exec(
+        &["--share", &spec],
+        "grep -l 0x1009 /sys/bus/pci/devices/*/device | wc -l",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "1");
 }
