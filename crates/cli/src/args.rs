@@ -125,8 +125,10 @@ pub(crate) enum AccelChoice {
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// Read the options from this TOML file (keys as the long options, with `_` for `-`,
-    /// e.g. shutdown_timeout = 60, qemu_args = ["-smp", "2"]); options given here override
-    /// it, an unknown key is an error, relative paths in it are relative to its directory.
+    /// e.g. shutdown_timeout = 60, qemu_args = ["-smp", "2"]; the repeatable --disk, --net
+    /// and --share as lists of the same strings, e.g. disk = ["data.img,format=qcow2"]);
+    /// options given here override it (a repeatable one replaces the file's whole list), an
+    /// unknown key is an error, relative paths in it are relative to its directory.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Print the QEMU command line, shell-quoted, and exit without starting anything. The

@@ -267,9 +267,21 @@ mod tests {
             shutdown_timeout = 2.5
             binary = "qemu"
             qemu_args = ["-smp", "2"]
+            disk = ["/d.img,format=qcow2", "/e.img"]
+            net = ["user,hostfwd=tcp::0-:22"]
+            share = ["/src,tag=src"]
+            ga = "/ga.sock"
+            smp = 2
+            cpu = "max"
+            exec = "make check"
+            prompt = "guest> $"
+            exec_timeout = 60
             "#,
         )
         .unwrap();
+        assert_eq!(config.disk.as_ref().unwrap().len(), 2);
+        assert_eq!(config.smp, Some(2));
+        assert_eq!(config.exec_timeout, Some(60.0));
         assert_eq!(config.accel, Some(AccelChoice::Tcg));
         assert_eq!(config.shutdown_timeout, Some(2.5));
         assert_eq!(config.timeout, Some(5.0));
@@ -316,6 +328,30 @@ mod merge_tests {
     }
 
     #[test]
+    fn device_flags_replace_the_files_lists_and_its_paths_are_relative_to_it() {
+        let mut config = file(
+            "disk = [\"d.img,format=qcow2\"]\nshare = [\"src\"]\nnet = [\"user\"]\nsmp = 4\n\
+             exec = \"true\"\n",
+        );
+        config.base = PathBuf::from("/vm");
+        let merged = RunOptions::merge(args(&["--smp", "2"]), config).unwrap();
+        assert_eq!(merged.devices.smp, Some(2));
+        assert_eq!(merged.devices.disks[0].file, PathBuf::from("/vm/d.img"));
+        assert_eq!(merged.devices.disks[0].format, "qcow2");
+        assert_eq!(merged.devices.shares[0].dir, PathBuf::from("/vm/src"));
+        assert_eq!(merged.devices.nets.len(), 1);
+        assert_eq!(merged.exec.as_deref(), Some("true"));
+        assert_eq!(merged.exec_timeout, Duration::from_secs(600));
+
+        let mut config = file("disk = [\"d.img\"]\n");
+        config.base = PathBuf::from("/vm");
+        let merged = RunOptions::merge(args(&["--disk", "x.img,if=ide"]), config).unwrap();
+        assert_eq!(merged.devices.disks.len(), 1);
+        // A path on the command line is relative to the current directory, as usual.
+        assert_eq!(merged.devices.disks[0].file, PathBuf::from("x.img"));
+    }
+
+    #[test]
     fn what_does_not_hold_together_is_a_usage_error() {
         for (line, text) in [
             (&["--image", "/d.img"][..], "kernel = \"/k\""),
@@ -323,6 +359,10 @@ mod merge_tests {
             (&[][..], "append = \"quiet\""),
             (&["--shutdown-timeout=-1"][..], ""),
             (&[][..], "timeout = -2"),
+            (&[][..], "disk = [\"/d,if=floppy\"]"),
+            (&[][..], "smp = 0"),
+            (&["--prompt", "# "][..], ""),
+            (&["--exec", "true"][..], "exec_timeout = -1"),
         ] {
             let error = RunOptions::merge(args(line), file(text)).unwrap_err();
             assert_eq!(error.status(), 2, "{line:?} {text:?}");

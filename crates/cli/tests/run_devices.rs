@@ -340,3 +340,22 @@ fn share_is_accepted() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "1");
 }
+
+#[test]
+fn exec_past_its_deadline_exits_124_with_the_console_tail() {
+    let out = exec(&["--exec-timeout", "20"], "echo started; sleep 100");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "{stderr}");
+    assert_eq!(text(&out.stdout), "started\n");
+    assert!(stderr.contains("--exec: timed out after 20 s"), "{stderr}");
+    assert!(stderr.contains("last console output:"), "{stderr}");
+}
+
+#[test]
+fn a_guest_kernel_panic_exits_125_with_the_console_tail() {
+    let out = exec(&[], "echo c > /proc/sysrq-trigger");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("--exec: the guest failed"), "{stderr}");
+    assert!(stderr.contains("Kernel panic"), "{stderr}");
+}
