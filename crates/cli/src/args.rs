@@ -34,7 +34,7 @@ pub(crate) enum Command {
     /// graceful path too; a second signal kills QEMU at once, and after a signal the exit
     /// status is 128 + its number. Otherwise the exit status is QEMU's, or 1 with a message
     /// when QEMU had to be killed.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// An interactive QMP shell (qmp-shell syntax: `command key=value ...`); reads lines
     /// and prints one JSON reply per line when stdin is not a terminal.
     Shell(ShellArgs),

@@ -299,7 +299,7 @@ mod merge_tests {
     fn args(line: &[&str]) -> RunArgs {
         let argv = ["qemu-machine", "run"].iter().chain(line);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Run(args) => args,
+            Command::Run(args) => *args,
             other => panic!("{other:?}"),
         }
     }
