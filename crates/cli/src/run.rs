@@ -193,10 +193,10 @@ pub(crate) fn qemu_opt_value(path: &std::path::Path) -> String {
     qemu_machine::escape_option_value(&path.display().to_string()).into_owned()
 }
 
-/// Makes sure `--qmp PATH` can be bound, before QEMU is launched: nothing there is fine; a
+/// Makes sure `--qmp PATH` (or `--ga PATH`: `flag`) can be bound, before QEMU is launched: nothing there is fine; a
 /// socket nobody listens on (connect() is refused) is stale and removed; a socket somebody
 /// listens on, or anything that is not a socket, is refused. Symlinks are never followed.
-pub(crate) fn claim_socket_path(path: &std::path::Path) -> Result<(), Failure> {
+pub(crate) fn claim_socket_path(path: &std::path::Path, flag: &str) -> Result<(), Failure> {
     use std::os::unix::fs::FileTypeExt;
     let metadata = match std::fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
@@ -210,13 +210,13 @@ pub(crate) fn claim_socket_path(path: &std::path::Path) -> Result<(), Failure> {
     };
     if !metadata.file_type().is_socket() {
         return Err(Failure::new(format!(
-            "--qmp {}: exists and is not a socket; not replacing it",
+            "{flag} {}: exists and is not a socket; not replacing it",
             path.display()
         )));
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err(Failure::new(format!(
-            "--qmp {}: the socket is in use by a listening process",
+            "{flag} {}: the socket is in use by a listening process",
             path.display()
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -236,7 +236,7 @@ pub(crate) fn claim_socket_path(path: &std::path::Path) -> Result<(), Failure> {
             Ok(())
         }
         Err(e) => Err(Failure::new(format!(
-            "--qmp {}: cannot tell whether the socket is in use: {e}",
+            "{flag} {}: cannot tell whether the socket is in use: {e}",
             path.display()
         ))),
     }
@@ -276,7 +276,10 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
     let mut signals = Signals::listen()
         .map_err(|e| Failure::new(format!("cannot install signal handlers: {e}")))?;
     if let Some(path) = &options.qmp {
-        claim_socket_path(path)?;
+        claim_socket_path(path, "--qmp")?;
+    }
+    if let Some(path) = &options.ga {
+        claim_socket_path(path, "--ga")?;
     }
     let mut vm = Machine::new(builder(&options));
     let (launched, aborted) = with_spinner("starting QEMU", async {

@@ -359,3 +359,23 @@ fn a_guest_kernel_panic_exits_125_with_the_console_tail() {
     assert!(stderr.contains("--exec: the guest failed"), "{stderr}");
     assert!(stderr.contains("Kernel panic"), "{stderr}");
 }
+
+#[test]
+fn a_ga_path_that_is_not_a_socket_is_refused() {
+    let dirs = RunDirs::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    let out = output_with_input(
+        &mut dirs.run(&["--ga", file.to_str().unwrap(), "--exec", "true"]),
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("exists and is not a socket"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    dirs.assert_empty();
+}
