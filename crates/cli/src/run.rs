@@ -489,6 +489,12 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
             }
         }
     };
+    // The guest's last words (before it powered off) may still be on their way to our
+    // stdout: the console output ends when QEMU's console closes, which it has by now;
+    // bounded all the same.
+    if matches!(ending, Ending::Detached(_) | Ending::Signal(_)) {
+        let _ = tokio::time::timeout(Duration::from_millis(500), &mut console_output).await;
+    }
     // The last events (SHUTDOWN) are still on their way to the printer: it ends when the
     // connection does, which it has by now; bounded all the same.
     let mut event_printer = event_printer;
