@@ -34,7 +34,7 @@ pub(crate) enum Command {
     /// graceful path too; a second signal kills QEMU at once, and after a signal the exit
     /// status is 128 + its number. Otherwise the exit status is QEMU's, or 1 with a message
     /// when QEMU had to be killed.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// An interactive QMP shell (qmp-shell syntax: `command key=value ...`); reads lines
     /// and prints one JSON reply per line when stdin is not a terminal.
     Shell(ShellArgs),
@@ -125,8 +125,10 @@ pub(crate) enum AccelChoice {
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// Read the options from this TOML file (keys as the long options, with `_` for `-`,
-    /// e.g. shutdown_timeout = 60, qemu_args = ["-smp", "2"]); options given here override
-    /// it, an unknown key is an error, relative paths in it are relative to its directory.
+    /// e.g. shutdown_timeout = 60, qemu_args = ["-smp", "2"]; the repeatable --disk, --net
+    /// and --share as lists of the same strings, e.g. disk = ["data.img,format=qcow2"]);
+    /// options given here override it (a repeatable one replaces the file's whole list), an
+    /// unknown key is an error, relative paths in it are relative to its directory.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Print the QEMU command line, shell-quoted, and exit without starting anything. The
@@ -154,9 +156,50 @@ pub(crate) struct RunArgs {
     /// Its command line (needs a kernel) [default: console=ttyS0].
     #[arg(long)]
     pub(crate) append: Option<String>,
-    /// A disk image to boot (never written: snapshot=on); not with a kernel.
+    /// A disk image to boot (an IDE disk; never written: snapshot=on, so the guest's
+    /// writes are lost); not with a kernel. For a disk that is written, use --disk.
     #[arg(long)]
     pub(crate) image: Option<PathBuf>,
+    /// Another disk (repeatable; works with --kernel):
+    /// PATH[,format=raw|qcow2|...][,if=virtio|ide|scsi][,readonly=on][,snapshot=on]
+    /// (default raw, virtio, written; `,,` in PATH is a comma).
+    #[arg(long, value_name = "PATH[,KEY=VALUE...]")]
+    pub(crate) disk: Vec<String>,
+    /// User-mode networking on a virtio-net card (repeatable):
+    /// user[,hostfwd=tcp:[127.0.0.1]:HOSTPORT-:GUESTPORT]... Forwards listen on 127.0.0.1;
+    /// HOSTPORT 0 picks a free port, printed after launch ("tcp 127.0.0.1:PORT -> guest
+    /// GUESTPORT").
+    #[arg(long, value_name = "user[,hostfwd=...]")]
+    pub(crate) net: Vec<String>,
+    /// Share a host directory over 9p (repeatable): DIR[,tag=TAG][,readonly=off];
+    /// read-only unless readonly=off; tag "share" (then share1, share2...) unless given.
+    /// In a Linux guest: mount -t 9p -o trans=virtio TAG /mnt.
+    #[arg(long, value_name = "DIR[,KEY=VALUE...]")]
+    pub(crate) share: Vec<String>,
+    /// Serve the guest agent (qemu-ga in the guest) at this UNIX path (mode 0600) while
+    /// the VM runs, for `qemu-machine ga PATH ...`.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) ga: Option<PathBuf>,
+    /// How many vCPUs (QEMU's -smp).
+    #[arg(long, value_name = "N")]
+    pub(crate) smp: Option<u32>,
+    /// The CPU model (QEMU's -cpu), e.g. host or max.
+    #[arg(long, value_name = "MODEL")]
+    pub(crate) cpu: Option<String>,
+    /// Run this shell command in the guest instead of attaching the terminal: wait for the
+    /// shell prompt on the serial console (--prompt), run it, stream its output to stdout,
+    /// power the guest off, and exit with its status; 124 when --exec-timeout passes, 125
+    /// when the guest fails (a kernel panic, QEMU exits), with the console's tail on stderr.
+    #[arg(long, value_name = "CMD")]
+    pub(crate) exec: Option<String>,
+    /// The guest's shell prompt for --exec, a regex matched at the end of the console
+    /// output so far [default: `[#$] ` then any terminal escapes: the test guest's
+    /// `guest# `, a root `root@host:~# `, a user's `$ `].
+    #[arg(long, value_name = "REGEX")]
+    pub(crate) prompt: Option<String>,
+    /// Seconds --exec waits for the prompt and the command, together [default: 600].
+    #[arg(long, value_name = "S")]
+    pub(crate) exec_timeout: Option<f64>,
     /// Also serve QMP at this UNIX path, to any number of clients at once (mode 0600).
     #[arg(long, value_name = "PATH")]
     pub(crate) qmp: Option<PathBuf>,

@@ -6,6 +6,7 @@
 
 mod args;
 mod config;
+mod devices;
 mod failure;
 mod output;
 mod qom;
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
 /// Runs one subcommand.
 async fn dispatch(command: Command) -> Outcome {
     match command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(*args).await,
         Command::Shell(args) => shell::shell(args).await,
         Command::Exec(args) => tools::exec(args).await,
         Command::Events(args) => tools::events(args).await,

@@ -96,7 +96,10 @@ fn builder(options: &RunOptions) -> qemu_machine::MachineBuilder {
         ]),
         (None, None) => builder.builtin_guest(),
     };
-    builder = builder.accel(accel(options.accel));
+    builder = options.devices.apply(builder.accel(accel(options.accel)));
+    if options.ga.is_some() {
+        builder = builder.guest_agent();
+    }
     if let Some(memory) = &options.memory {
         builder = builder.args(["-m", memory]);
     }
@@ -132,6 +135,7 @@ fn dry_run_script(options: &RunOptions) -> Result<String, Failure> {
     argv.extend(["-machine", "pc", "-accel"].map(String::from));
     argv.push(accel(options.accel).resolve().as_arg().to_string());
     argv.extend(["-serial", "mon:stdio"].map(String::from));
+    argv.extend(options.devices.render());
     argv.extend(builder.extra_args().iter().cloned());
     let mut script = String::from(
         "# qemu-machine run hands QEMU its QMP monitor and serial console on socketpairs\n\
@@ -144,6 +148,19 @@ fn dry_run_script(options: &RunOptions) -> Result<String, Failure> {
         script.push_str(&format!(
             "# --qmp {} is served by qemu-machine, not QEMU (by hand: -qmp unix:PATH,server=on,wait=off).\n",
             qmp.display()
+        ));
+    }
+    if let Some(ga) = &options.ga {
+        script.push_str(&format!(
+            "# --ga {} is served by qemu-machine over a socketpair, left out here (by hand:\n\
+             # -device virtio-serial-pci -chardev socket,id=qga,path=PATH,server=on,wait=off\n\
+             # -device virtserialport,chardev=qga,name=org.qemu.guest_agent.0).\n",
+            ga.display()
+        ));
+    }
+    if let Some(command) = &options.exec {
+        script.push_str(&format!(
+            "# --exec {command:?} is typed at the guest's prompt by qemu-machine.\n"
         ));
     }
     if let Some(log) = &options.console_log {
@@ -176,10 +193,10 @@ pub(crate) fn qemu_opt_value(path: &std::path::Path) -> String {
     qemu_machine::escape_option_value(&path.display().to_string()).into_owned()
 }
 
-/// Makes sure `--qmp PATH` can be bound, before QEMU is launched: nothing there is fine; a
+/// Makes sure `--qmp PATH` (or `--ga PATH`: `flag`) can be bound, before QEMU is launched: nothing there is fine; a
 /// socket nobody listens on (connect() is refused) is stale and removed; a socket somebody
 /// listens on, or anything that is not a socket, is refused. Symlinks are never followed.
-pub(crate) fn claim_socket_path(path: &std::path::Path) -> Result<(), Failure> {
+pub(crate) fn claim_socket_path(path: &std::path::Path, flag: &str) -> Result<(), Failure> {
     use std::os::unix::fs::FileTypeExt;
     let metadata = match std::fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
@@ -193,13 +210,13 @@ pub(crate) fn claim_socket_path(path: &std::path::Path) -> Result<(), Failure> {
     };
     if !metadata.file_type().is_socket() {
         return Err(Failure::new(format!(
-            "--qmp {}: exists and is not a socket; not replacing it",
+            "{flag} {}: exists and is not a socket; not replacing it",
             path.display()
         )));
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err(Failure::new(format!(
-            "--qmp {}: the socket is in use by a listening process",
+            "{flag} {}: the socket is in use by a listening process",
             path.display()
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -219,7 +236,7 @@ pub(crate) fn claim_socket_path(path: &std::path::Path) -> Result<(), Failure> {
             Ok(())
         }
         Err(e) => Err(Failure::new(format!(
-            "--qmp {}: cannot tell whether the socket is in use: {e}",
+            "{flag} {}: cannot tell whether the socket is in use: {e}",
             path.display()
         ))),
     }
@@ -259,7 +276,10 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
     let mut signals = Signals::listen()
         .map_err(|e| Failure::new(format!("cannot install signal handlers: {e}")))?;
     if let Some(path) = &options.qmp {
-        claim_socket_path(path)?;
+        claim_socket_path(path, "--qmp")?;
+    }
+    if let Some(path) = &options.ga {
+        claim_socket_path(path, "--ga")?;
     }
     let mut vm = Machine::new(builder(&options));
     let (launched, aborted) = with_spinner("starting QEMU", async {
@@ -298,6 +318,40 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
             return Err(failure);
         }
     };
+    let ga = match serve_extras(&mut vm, &options).await {
+        Ok(ga) => ga,
+        Err(failure) => {
+            let _ = vm.kill().await;
+            return Err(failure);
+        }
+    };
+    if let Some(command) = options.exec.clone() {
+        let pid = vm.pid();
+        status(
+            &format!(
+                "qemu-machine: VM running (pid {}){}; waiting for its shell prompt to run the command",
+                pid.unwrap_or(0),
+                options
+                    .qmp
+                    .as_ref()
+                    .map(|p| format!(", QMP at {}", p.display()))
+                    .unwrap_or_default(),
+            ),
+            || json!({"status": "launched", "pid": pid, "qmp": options.qmp, "exec": command}),
+        );
+        let event_printer = print_events(&client);
+        let result =
+            exec_in_guest(&mut vm, &client, &console, &options, &command, &mut signals).await;
+        if tokio::time::timeout(Duration::from_millis(500), event_printer)
+            .await
+            .is_err()
+        {
+            // It ends with the connection; bounded all the same.
+        }
+        drop(mux);
+        remove_socket(ga.as_deref());
+        return result;
+    }
     let pid = vm.pid();
     status(
         &format!(
@@ -315,21 +369,7 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
     // People wait here for the guest's first words: a spinner until then (terminals only).
     start_spinner("booting");
 
-    let mut events = client.subscribe(EventFilter::all());
-    let event_printer = tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(event) => status(&event.to_string(), || event.to_json()),
-                // Too many too fast: say so, and go on with the newest.
-                Err(qmp::Error::EventsLost(lost)) => status(
-                    &format!("qemu-machine: {lost} QMP events were lost (too many at once)"),
-                    || json!({"status": "events-lost", "count": lost}),
-                ),
-                // The session is over.
-                Err(_) => break,
-            }
-        }
-    });
+    let event_printer = print_events(&client);
     let output = console.clone();
     let mut console_output = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
@@ -449,6 +489,12 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
             }
         }
     };
+    // The guest's last words (before it powered off) may still be on their way to our
+    // stdout: the console output ends when QEMU's console closes, which it has by now;
+    // bounded all the same.
+    if matches!(ending, Ending::Detached(_) | Ending::Signal(_)) {
+        let _ = tokio::time::timeout(Duration::from_millis(500), &mut console_output).await;
+    }
     // The last events (SHUTDOWN) are still on their way to the printer: it ends when the
     // connection does, which it has by now; bounded all the same.
     let mut event_printer = event_printer;
@@ -461,6 +507,7 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
     drop(raw);
     // The socket file goes with the multiplexer.
     drop(mux);
+    remove_socket(ga.as_deref());
     match result {
         // The SIGKILL we sent is reported as unexpected by the library: it was asked for.
         Err(_) if escalated.is_some() => {}
@@ -498,6 +545,198 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
             std::os::unix::process::ExitStatusExt::signal(&status),
         )
     }))
+}
+
+/// Prints QMP events on stderr (status lines) until the QMP session ends.
+fn print_events(client: &qmp::Client) -> tokio::task::JoinHandle<()> {
+    let mut events = client.subscribe(EventFilter::all());
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => status(&event.to_string(), || event.to_json()),
+                // Too many too fast: say so, and go on with the newest.
+                Err(qmp::Error::EventsLost(lost)) => status(
+                    &format!("qemu-machine: {lost} QMP events were lost (too many at once)"),
+                    || json!({"status": "events-lost", "count": lost}),
+                ),
+                // The session is over.
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+/// After launch: serves `--ga` (returning its path) and prints the host ports of
+/// `--net` forwards.
+async fn serve_extras(
+    vm: &mut Machine,
+    options: &RunOptions,
+) -> Result<Option<std::path::PathBuf>, Failure> {
+    for net in &options.devices.nets {
+        for &(_, guest_port) in &net.forwards {
+            let port = vm.host_port(guest_port).await?;
+            status(
+                &format!("qemu-machine: tcp 127.0.0.1:{port} -> guest {guest_port}"),
+                || json!({"status": "forward", "protocol": "tcp", "host": "127.0.0.1", "port": port, "guest_port": guest_port}),
+            );
+        }
+    }
+    let Some(path) = &options.ga else {
+        return Ok(None);
+    };
+    let path = std::path::absolute(path)
+        .map_err(|e| Failure::new(format!("--ga {}: {e}", path.display())))?;
+    let served = vm.serve_guest_agent(&path)?;
+    status(
+        &format!("qemu-machine: guest agent at {}", served.display()),
+        || json!({"status": "guest-agent", "path": served}),
+    );
+    Ok(Some(served))
+}
+
+/// Removes a socket we served, if its server has not yet.
+fn remove_socket(path: Option<&std::path::Path>) {
+    use std::os::unix::fs::FileTypeExt;
+    if let Some(path) = path {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The default `--prompt`: `# ` or `$ ` at the end of the console output so far, then any
+/// terminal escapes (busybox sh asks for the cursor position right after its prompt; bash
+/// may switch bracketed paste). It matches the test guest's `guest# `, a root
+/// `root@host:~# ` on a Debian serial getty with autologin, and a user's `user@host:~$ `.
+pub(crate) const DEFAULT_PROMPT: &str = r"[#$] (?:\x1b\[[0-9;?]*[A-Za-z])*$";
+
+/// The status of `--exec` when its deadline passed.
+pub(crate) const EXEC_TIMED_OUT: u8 = 124;
+/// The status of `--exec` when the guest failed: a kernel panic, QEMU gone.
+pub(crate) const EXEC_GUEST_FAILED: u8 = 125;
+
+/// `run --exec`: waits for the prompt, runs `command` with its output streamed to stdout,
+/// powers the guest off (the graceful ladder), and returns the command's status (124: the
+/// deadline passed; 125: the guest failed; 128 + N: signal N).
+async fn exec_in_guest(
+    vm: &mut Machine,
+    client: &qmp::Client,
+    console: &qemu_machine::Console,
+    options: &RunOptions,
+    command: &str,
+    signals: &mut Signals,
+) -> Outcome {
+    let prompt = qemu_machine::Pattern::regex(options.prompt.as_deref().unwrap_or(DEFAULT_PROMPT))
+        .map_err(|e| Failure::with_status(format!("--prompt: {e}"), 2))?;
+    let started = tokio::time::Instant::now();
+    let work = async {
+        console
+            .expect_any(prompt, ["Kernel panic"], options.exec_timeout)
+            .await?;
+        let left = options.exec_timeout.saturating_sub(started.elapsed());
+        let run_options = qemu_machine::RunOptions::new(left)
+            .failure_pattern("Kernel panic")
+            .on_output(|text| {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+            });
+        console.run(command, run_options).await
+    };
+    let outcome = tokio::select! {
+        result = work => Ok(result),
+        caught = signals.recv() => Err(caught),
+    };
+    let code = match &outcome {
+        Ok(Ok(done)) => u8::try_from(done.status).unwrap_or(1),
+        Ok(Err(e)) => {
+            let (code, what) = match e.kind() {
+                qemu_machine::ErrorKind::Timeout { .. } => (
+                    EXEC_TIMED_OUT,
+                    format!(
+                        "--exec: timed out after {} s",
+                        options.exec_timeout.as_secs_f64()
+                    ),
+                ),
+                _ => (EXEC_GUEST_FAILED, "--exec: the guest failed".to_string()),
+            };
+            let tail = console_tail(console);
+            status(
+                &format!("qemu-machine: {what}: {e}\nlast console output:\n{tail}"),
+                || json!({"status": "exec-failed", "code": code, "message": e.to_string(), "console": tail}),
+            );
+            code
+        }
+        Err(caught) => {
+            status(
+                &format!(
+                    "qemu-machine: {}: shutting the VM down (again to kill it)",
+                    caught.name()
+                ),
+                || json!({"status": "shutting-down", "signal": caught.name()}),
+            );
+            caught.exit_status()
+        }
+    };
+    let timeout = options.timeout;
+    let pid = vm.pid();
+    let mut killed = false;
+    let result = {
+        let work = async {
+            if vm.is_running() {
+                power_down(vm, client, options.shutdown_timeout, timeout).await
+            } else {
+                vm.wait(timeout).await
+            }
+        };
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                result = &mut work => break result,
+                caught = signals.recv(), if !killed => {
+                    status(
+                        &format!("qemu-machine: {}: killing QEMU", caught.name()),
+                        || json!({"status": "killing", "signal": caught.name()}),
+                    );
+                    killed = true;
+                    if let Some(pid) = pid {
+                        kill_group(pid);
+                    }
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        if !killed {
+            status(
+                &format!("qemu-machine: {e}"),
+                || json!({"status": "error", "message": e.to_string()}),
+            );
+        }
+    }
+    let exit = vm.exit_status();
+    status(
+        &format!(
+            "qemu-machine: QEMU exited ({})",
+            exit.map_or("unknown status".into(), |s| s.to_string())
+        ),
+        || {
+            json!({
+                "status": "exited",
+                "code": exit.and_then(|s| s.code()),
+                "signal": exit.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+            })
+        },
+    );
+    Ok(code)
+}
+
+/// The last lines of the console, terminal escapes removed.
+fn console_tail(console: &qemu_machine::Console) -> String {
+    let text = qemu_machine::guest_shell::strip_terminal(&console.history());
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// The graceful rung of the ladder: `system_powerdown`, up to `shutdown_timeout` for the

@@ -618,10 +618,24 @@ timeout = 10
 shutdown_timeout = 5
 binary = "qemu-system-x86_64"
 qemu_args = ["-smp", "2"]
+smp = 3
+cpu = "qemu64"
+disk = ["data.img,format=qcow2,if=scsi"]
+net = ["user,hostfwd=tcp::0-:22"]
+share = ["src,tag=src,readonly=off"]
+ga = "/tmp/vm.ga"
+exec = "make check"
+prompt = "guest# "
+exec_timeout = 100
 "#,
     )
     .unwrap();
     let kernel = dir.path().join("vmlinuz");
+    let data = format!(
+        "{},format=qcow2,if=scsi",
+        dir.path().join("data.img").display()
+    );
+    let src = format!("{},tag=src,readonly=off", dir.path().join("src").display());
     // `$QEMU` counts as `--binary` (over the file): the file's binary must win here.
     let dry_run = |args: &[&str]| output_with_input(bin().env_remove("QEMU").args(args), b"");
     let from_file = dry_run(&["run", "--dry-run", "--config", config.to_str().unwrap()]);
@@ -650,11 +664,40 @@ qemu_args = ["-smp", "2"]
         "5",
         "--binary",
         "qemu-system-x86_64",
+        "--smp",
+        "3",
+        "--cpu",
+        "qemu64",
+        "--disk",
+        &data,
+        "--net",
+        "user,hostfwd=tcp::0-:22",
+        "--share",
+        &src,
+        "--ga",
+        "/tmp/vm.ga",
+        "--exec",
+        "make check",
+        "--prompt",
+        "guest# ",
+        "--exec-timeout",
+        "100",
         "--",
         "-smp",
         "2",
     ]);
     assert!(from_flags.status.success(), "{}", text(&from_flags.stderr));
+    let argv = shell_split(&text(&from_flags.stdout));
+    for device in [
+        "-smp 3",
+        "-cpu qemu64",
+        "-device virtio-scsi-pci,id=qm-scsi",
+        "-netdev user,id=qm-net0,hostfwd=tcp:127.0.0.1:0-:22",
+        "-device virtio-9p-pci,fsdev=qm-fs0,mount_tag=src",
+    ] {
+        assert!(argv.join(" ").contains(device), "{device}: {argv:?}");
+    }
+    assert!(text(&from_flags.stdout).contains("# --ga /tmp/vm.ga"));
     assert_eq!(text(&from_file.stdout), text(&from_flags.stdout));
     // Relative paths in the file are relative to its directory.
     assert!(
@@ -754,6 +797,19 @@ fn dry_run_matches_what_run_starts() {
     let guest = linux_guest_dir();
     let kernel = linux_kernel();
     let initrd = guest.join("initrd.gz");
+    // The typed devices too: a disk (a comma in its path), a scsi one, a forward, a share.
+    let scratch = tempfile::tempdir().unwrap();
+    let image = scratch.path().join("a,b.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let disk = format!(
+        "{},format=raw,readonly=on",
+        image.to_str().unwrap().replace(',', ",,")
+    );
+    let scsi = format!(
+        "{},if=scsi,snapshot=on",
+        image.to_str().unwrap().replace(',', ",,")
+    );
+    let share = format!("{},tag=src", scratch.path().display());
     let flags = [
         "--accel",
         "tcg",
@@ -765,6 +821,18 @@ fn dry_run_matches_what_run_starts() {
         initrd.to_str().unwrap(),
         "--append",
         "console=ttyS0 quiet panic=-1",
+        "--smp",
+        "2",
+        "--cpu",
+        "qemu64",
+        "--disk",
+        &disk,
+        "--disk",
+        &scsi,
+        "--net",
+        "user,hostfwd=tcp:127.0.0.1:0-:22,hostfwd=tcp::0-:80",
+        "--share",
+        &share,
         "--",
         "-smp",
         "1",
