@@ -513,20 +513,7 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         Err(_) if escalated.is_some() => {}
         other => other?,
     }
-    let exit = vm.exit_status();
-    status(
-        &format!(
-            "qemu-machine: QEMU exited ({})",
-            exit.map_or("unknown status".into(), |s| s.to_string())
-        ),
-        || {
-            json!({
-                "status": "exited",
-                "code": exit.and_then(|s| s.code()),
-                "signal": exit.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
-            })
-        },
-    );
+    let exit = report_exit(&mut vm);
     if let Some(kept) = vm.kept_run_dir() {
         status(
             &format!("qemu-machine: run dir kept at {}", kept.display()),
@@ -715,6 +702,12 @@ async fn exec_in_guest(
             );
         }
     }
+    report_exit(vm);
+    Ok(code)
+}
+
+/// Says how QEMU ended (a status line, or a JSON object with `--json`), and returns it.
+fn report_exit(vm: &mut Machine) -> Option<std::process::ExitStatus> {
     let exit = vm.exit_status();
     status(
         &format!(
@@ -729,7 +722,7 @@ async fn exec_in_guest(
             })
         },
     );
-    Ok(code)
+    exit
 }
 
 /// The last lines of the console, terminal escapes removed.
