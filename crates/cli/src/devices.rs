@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use qemu_machine::devices::{Disk, DiskInterface, Share9p, UserNet};
-use qemu_machine::MachineBuilder;
+use qemu_machine::{Machine, MachineBuilder};
 
 use crate::failure::Failure;
 
@@ -278,77 +278,9 @@ impl DeviceOptions {
         builder
     }
 
-    /// The arguments the library renders for them at launch (qemu-machine's
-    /// `devices.rs`, which offers no way to render them without launching): the same
-    /// order, ids and escaping.
+    /// The arguments the library renders for them at launch (for `--dry-run`).
     pub(crate) fn render(&self) -> Vec<String> {
-        let escape = |path: &std::path::Path| crate::run::qemu_opt_value(path);
-        let mut argv: Vec<String> = Vec::new();
-        let mut push = |a: &str, b: String| {
-            argv.push(a.to_string());
-            argv.push(b);
-        };
-        if let Some(cpus) = self.smp {
-            push("-smp", cpus.to_string());
-        }
-        if let Some(model) = &self.cpu {
-            push("-cpu", model.clone());
-        }
-        if self
-            .disks
-            .iter()
-            .any(|d| d.interface == DiskInterface::Scsi)
-        {
-            push("-device", "virtio-scsi-pci,id=qm-scsi".into());
-        }
-        for (i, disk) in self.disks.iter().enumerate() {
-            let mut drive = format!(
-                "file={},format={},if=none,id=qm-disk{i}",
-                escape(&disk.file),
-                disk.format
-            );
-            if disk.read_only {
-                drive.push_str(",readonly=on");
-            }
-            if disk.snapshot {
-                drive.push_str(",snapshot=on");
-            }
-            push("-drive", drive);
-            push(
-                "-device",
-                match disk.interface {
-                    DiskInterface::Virtio => format!("virtio-blk-pci,drive=qm-disk{i}"),
-                    DiskInterface::Ide => format!("ide-hd,drive=qm-disk{i}"),
-                    DiskInterface::Scsi => format!("scsi-hd,bus=qm-scsi.0,drive=qm-disk{i}"),
-                },
-            );
-        }
-        for (i, net) in self.nets.iter().enumerate() {
-            let mut netdev = format!("user,id=qm-net{i}");
-            for (host, guest) in &net.forwards {
-                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-            }
-            push("-netdev", netdev);
-            push("-device", format!("virtio-net-pci,netdev=qm-net{i}"));
-        }
-        for (i, share) in self.shares.iter().enumerate() {
-            let mut fsdev = format!(
-                "local,id=qm-fs{i},path={},security_model=none",
-                escape(&share.dir)
-            );
-            if !share.writable {
-                fsdev.push_str(",readonly=on");
-            }
-            push("-fsdev", fsdev);
-            push(
-                "-device",
-                format!(
-                    "virtio-9p-pci,fsdev=qm-fs{i},mount_tag={}",
-                    qemu_machine::escape_option_value(&share.tag(i))
-                ),
-            );
-        }
-        argv
+        self.apply(Machine::builder(String::new())).device_args()
     }
 }
 

@@ -495,6 +495,24 @@ impl Devices {
 }
 
 impl MachineBuilder {
+    /// The QEMU arguments this builder's typed devices render to: the same ones, in the
+    /// same order, that [`Machine::launch`] puts before the raw [`args`](Self::args). For
+    /// showing a command line without launching (`qemu-machine run --dry-run`).
+    ///
+    /// ```
+    /// use qemu_machine::{devices::Disk, Machine};
+    ///
+    /// let builder = Machine::builder("qemu-system-x86_64").cpus(2).disk(Disk::new("a,b.img"));
+    /// let args = builder.device_args();
+    /// assert!(args.windows(2).any(|w| w == ["-smp", "2"]));
+    /// assert!(args.iter().any(|a| a.starts_with("file=a,,b.img,")));
+    /// ```
+    pub fn device_args(&self) -> Vec<String> {
+        self.config.devices.args()
+    }
+}
+
+impl MachineBuilder {
     fn devices(&mut self) -> &mut Devices {
         &mut self.config.devices
     }
