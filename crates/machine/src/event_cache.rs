@@ -37,7 +37,7 @@ impl Machine {
         if let Some(event) = self.get_qmp_event() {
             return Ok(event);
         }
-        self.events_wait_filtered(|_| true, "any event".into(), timeout)
+        self.events_wait_filtered(|_| true, "any event".into(), 0, timeout)
             .await
     }
 
@@ -179,18 +179,25 @@ impl Machine {
                         .is_none_or(|p| event_match(&event.to_json(), p))
             })
         };
-        self.events_wait_filtered(matches, format!("event {describe}"), timeout)
+        self.events_wait_filtered(matches, format!("event {describe}"), 0, timeout)
             .await
     }
 
-    async fn events_wait_filtered(
+    /// Takes the first event that `matches`, among the cached events from index `from`
+    /// on (earlier ones are left alone), else as it arrives, within `timeout`; the events
+    /// that do not match are cached in order.
+    pub(crate) async fn events_wait_filtered(
         &mut self,
         matches: impl Fn(&Event) -> bool,
         awaited: String,
+        from: usize,
         timeout: Duration,
     ) -> Result<Event> {
-        if let Some(index) = self.events.iter().position(&matches) {
-            return Ok(self.events.remove(index).unwrap_or_else(|| unreachable!()));
+        if let Some(index) = self.events.iter().skip(from).position(&matches) {
+            return Ok(self
+                .events
+                .remove(from + index)
+                .unwrap_or_else(|| unreachable!()));
         }
         let deadline = crate::deadline::deadline_after(timeout);
         let mut seen: Vec<String> = Vec::new();

@@ -113,58 +113,16 @@ impl Machine {
                     .as_ref()
                     .is_none_or(|p| event_match(&e.to_json(), p))
         };
-        let mut seen: Vec<String> = Vec::new();
-        loop {
-            self.pull_all();
-            let found = self
-                .events
-                .iter()
-                .skip(mark)
-                .position(&matches)
-                .map(|i| i + mark);
-            if let Some(index) = found {
-                if let Some(event) = self.events.remove(index) {
-                    return Ok((value, event));
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(subscription) = self
-                .phase
-                .process_mut()
-                .and_then(|r| r.subscription.as_mut())
-            else {
-                return Err(Error::new(self.config.name.clone(), ErrorKind::NotRunning));
-            };
-            match subscription.recv_timeout(left).await {
-                Ok(got) => {
-                    self.history_record(&got);
-                    seen.push(got.name().to_string());
-                    self.events.push_back(got);
-                }
-                Err(qmp::Error::EventsLost(n)) => {
-                    tracing::warn!(machine = %self.config.name, "{n} QMP events were lost (queue full)");
-                }
-                Err(qmp::Error::Timeout { .. }) => {
-                    let awaited = match &pattern {
-                        Some(p) => format!("event {event} matching {p} after {name}"),
-                        None => format!("event {event} after {name}"),
-                    };
-                    return Err(Error::new(
-                        self.config.name.clone(),
-                        ErrorKind::Timeout {
-                            awaited,
-                            after: timeout,
-                            seen: if seen.is_empty() {
-                                "no other event arrived".into()
-                            } else {
-                                format!("other events meanwhile: {}", seen.join(", "))
-                            },
-                        },
-                    ));
-                }
-                Err(e) => return Err(self.explain(e, &format!("the wait for {event}")).await),
-            }
-        }
+        let awaited = match &pattern {
+            Some(p) => format!("event {event} matching {p} after {name}"),
+            None => format!("event {event} after {name}"),
+        };
+        // One deadline for the command and the event; only events after the command count.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = self
+            .events_wait_filtered(matches, awaited, mark, left)
+            .await?;
+        Ok((value, event))
     }
 
     /// The newest events received (at most
