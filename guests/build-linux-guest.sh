@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Linux test guest from Debian packages: the cloud kernel and a busybox initramfs
-# with the virtio modules, an ACPI power button handler and qemu-guest-agent.
+# with the virtio modules (virtiofs included), an ACPI power button handler and qemu-guest-agent.
 #
 #   guests/build-linux-guest.sh        # -> .cache/guests/linux/{vmlinuz,initrd.gz,version}
 #
@@ -13,7 +13,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/.cache/guests/linux}
 modules_wanted=(virtio_pci virtio_blk virtio_net virtio_console virtio_rng virtio_balloon
-    virtio_scsi sd_mod ata_piix button evdev)
+    virtio_scsi sd_mod ata_piix button evdev virtiofs)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

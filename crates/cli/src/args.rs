@@ -171,9 +171,11 @@ pub(crate) struct RunArgs {
     /// GUESTPORT").
     #[arg(long, value_name = "user[,hostfwd=...]")]
     pub(crate) net: Vec<String>,
-    /// Share a host directory over 9p (repeatable): DIR[,tag=TAG][,readonly=off];
-    /// read-only unless readonly=off; tag "share" (then share1, share2...) unless given.
-    /// In a Linux guest: mount -t 9p -o trans=virtio TAG /mnt.
+    /// Share a host directory (repeatable): DIR[,tag=TAG][,readonly=off][,fs=9p|virtiofs];
+    /// read-only unless readonly=off; tag "share" (then share1, share2...) unless given;
+    /// 9p unless fs=virtiofs (served by a virtiofsd started and stopped with the VM:
+    /// $QEMU_MACHINE_VIRTIOFSD, else virtiofsd on PATH, /usr/libexec or /usr/lib/qemu).
+    /// In a Linux guest: mount -t 9p -o trans=virtio TAG /mnt, or mount -t virtiofs TAG /mnt.
     #[arg(long, value_name = "DIR[,KEY=VALUE...]")]
     pub(crate) share: Vec<String>,
     /// Serve the guest agent (qemu-ga in the guest) at this UNIX path (mode 0600) while

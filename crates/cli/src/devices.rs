@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use qemu_machine::devices::{Disk, DiskInterface, Share9p, UserNet};
+use qemu_machine::virtiofs::VirtioFs;
 use qemu_machine::{Machine, MachineBuilder};
 
 use crate::failure::Failure;
@@ -191,12 +192,14 @@ fn parse_hostfwd(value: &str) -> Result<(u16, u16), Failure> {
     Ok((host_port, guest_port))
 }
 
-/// `--share DIR[,tag=TAG][,readonly=off]`: 9p, read-only unless `readonly=off`.
+/// `--share DIR[,tag=TAG][,readonly=off][,fs=9p|virtiofs]`: 9p unless `fs=virtiofs`,
+/// read-only unless `readonly=off`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ShareSpec {
     pub(crate) dir: PathBuf,
     pub(crate) tag: Option<String>,
     pub(crate) writable: bool,
+    pub(crate) virtiofs: bool,
 }
 
 impl ShareSpec {
@@ -209,6 +212,7 @@ impl ShareSpec {
             dir: PathBuf::from(&parts[0]),
             tag: None,
             writable: false,
+            virtiofs: false,
         };
         for (key, value) in pairs("--share", &parts[1..])? {
             match key {
@@ -219,9 +223,20 @@ impl ShareSpec {
                     )))
                 }
                 "readonly" => share.writable = !switch("--share", key, value)?,
+                "fs" => {
+                    share.virtiofs = match value {
+                        "9p" => false,
+                        "virtiofs" => true,
+                        _ => {
+                            return Err(usage(format!(
+                                "--share: bad value {value:?} for key fs (9p, virtiofs)"
+                            )))
+                        }
+                    }
+                }
                 _ => {
                     return Err(usage(format!(
-                        "--share: unknown key {key:?} (tag, readonly)"
+                        "--share: unknown key {key:?} (tag, readonly, fs)"
                     )))
                 }
             }
@@ -272,8 +287,13 @@ impl DeviceOptions {
             builder = builder.user_net(net.to_user_net());
         }
         for (i, share) in self.shares.iter().enumerate() {
-            builder =
-                builder.share_9p(Share9p::new(share.tag(i), &share.dir).writable(share.writable));
+            builder = if share.virtiofs {
+                builder.share_virtiofs(
+                    VirtioFs::new(share.tag(i), &share.dir).writable(share.writable),
+                )
+            } else {
+                builder.share_9p(Share9p::new(share.tag(i), &share.dir).writable(share.writable))
+            };
         }
         builder
     }
@@ -336,6 +356,10 @@ mod tests {
         assert_eq!(share.tag(2), "share2");
         let share = ShareSpec::parse("/d,tag=src,readonly=off").unwrap();
         assert!(share.writable);
+        assert!(!share.virtiofs);
+        assert!(ShareSpec::parse("/d,fs=virtiofs").unwrap().virtiofs);
+        assert!(!ShareSpec::parse("/d,fs=9p").unwrap().virtiofs);
+        assert!(ShareSpec::parse("/d,fs=nfs").is_err());
         assert_eq!(share.tag(0), "src");
         for (bad, named) in [
             ("/d,tag=", "key tag"),

@@ -101,7 +101,11 @@ fn builder(options: &RunOptions) -> qemu_machine::MachineBuilder {
         builder = builder.guest_agent();
     }
     if let Some(memory) = &options.memory {
-        builder = builder.args(["-m", memory]);
+        builder = match memory_mib(memory) {
+            Some(mib) => builder.memory_mib(mib),
+            // QEMU's other forms (`size=...,maxmem=...`) go to it as they are.
+            None => builder.args(["-m", memory]),
+        };
     }
     if let Some(log) = &options.console_log {
         builder = builder.console_log(log);
@@ -110,6 +114,18 @@ fn builder(options: &RunOptions) -> qemu_machine::MachineBuilder {
         builder = builder.keep_run_dir(KeepRunDir::Always);
     }
     builder.args(options.qemu_args.iter().cloned())
+}
+
+/// `-m`'s plain sizes in MiB, as QEMU reads them: a number of MiB, or one with an `M`, `G`
+/// or `T` suffix (the typed memory is what shared-memory devices such as virtiofs size by).
+fn memory_mib(text: &str) -> Option<u64> {
+    let (digits, scale) = match text.char_indices().last()? {
+        (i, 'M' | 'm') => (&text[..i], 1),
+        (i, 'G' | 'g') => (&text[..i], 1024),
+        (i, 'T' | 't') => (&text[..i], 1024 * 1024),
+        _ => (text, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(scale)
 }
 
 /// The QEMU command line `run` would start, as lines of shell: comments saying what
@@ -792,6 +808,23 @@ async fn power_down(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_memory_sizes_are_typed_and_others_left_to_qemu() {
+        assert_eq!(memory_mib("256"), Some(256));
+        assert_eq!(memory_mib("256M"), Some(256));
+        assert_eq!(memory_mib("2G"), Some(2048));
+        assert_eq!(memory_mib("1t"), Some(1 << 20));
+        for other in [
+            "",
+            "M",
+            "1.5G",
+            "size=1G,maxmem=4G",
+            "99999999999999999999T",
+        ] {
+            assert_eq!(memory_mib(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn commas_in_paths_are_doubled() {

@@ -341,6 +341,41 @@ fn share_is_accepted() {
     assert_eq!(text(&out.stdout).trim(), "1");
 }
 
+/// The run-my-tests-in-a-VM workflow on the project's guest: a virtiofs share is mounted,
+/// read, written (when writable) and refused writes (when read-only).
+#[test]
+fn virtiofs_shares_are_mounted_read_and_written_by_exec() {
+    let files = tempfile::tempdir().unwrap();
+    let (src, out_dir) = (files.path().join("src"), files.path().join("out"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::write(src.join("test.sh"), "echo tests ran\n").unwrap();
+    let src_spec = format!("{},tag=src,fs=virtiofs", src.display());
+    let out_spec = format!("{},tag=out,fs=virtiofs,readonly=off", out_dir.display());
+    let dirs = RunDirs::new();
+    let out = output_with_input(
+        dirs.run(&["--share", &src_spec, "--share", &out_spec])
+            .env("QEMU_MACHINE_VIRTIOFSD", qemu_test_support::virtiofsd())
+            .args([
+                "--exec",
+                "mkdir -p /src /out && mount -t virtiofs src /src && mount -t virtiofs out /out \
+                 && sh /src/test.sh > /out/result && cat /out/result \
+                 && ! touch /src/written 2>/dev/null",
+            ]),
+        b"",
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(text(&out.stdout), "tests ran\n");
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("result")).unwrap(),
+        "tests ran\n"
+    );
+    assert!(!src.join("written").exists());
+    assert_gone(pid_in(&stderr));
+    dirs.assert_empty();
+}
+
 #[test]
 fn exec_past_its_deadline_exits_124_with_the_console_tail() {
     let out = exec(&["--exec-timeout", "30"], "echo started; sleep 1000");

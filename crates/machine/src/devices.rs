@@ -347,6 +347,7 @@ pub(crate) struct Devices {
     disks: Vec<Disk>,
     nets: Vec<UserNet>,
     shares: Vec<Share9p>,
+    virtiofs: Vec<crate::virtiofs::VirtioFs>,
     entropy: bool,
 }
 
@@ -383,20 +384,36 @@ impl Devices {
         for share in &self.shares {
             share.validate()?;
         }
+        for share in &self.virtiofs {
+            share.validate()?;
+        }
         let mut tags: Vec<&str> = self.shares.iter().map(|s| s.tag.as_str()).collect();
+        tags.extend(self.virtiofs.iter().map(|s| s.tag()));
         tags.sort_unstable();
         if let Some(pair) = tags.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::config(format!(
-                "9p mount tag {:?} used twice",
-                pair[0]
-            )));
+            return Err(Error::config(format!("mount tag {:?} used twice", pair[0])));
         }
         Ok(())
     }
 
-    /// The arguments, once [`validate`](Self::validate)d (a path that is not UTF-8 is
-    /// left out here: validation refused it).
+    /// The virtiofs shares, in the order of their chardevs.
+    pub(crate) fn virtiofs(&self) -> &[crate::virtiofs::VirtioFs] {
+        &self.virtiofs
+    }
+
+    /// The arguments without a run dir: each virtiofs chardev names the socket it would
+    /// have there (at launch QEMU gets a connected socket by number instead).
     pub(crate) fn args(&self) -> Vec<String> {
+        let chardevs: Vec<String> = (0..self.virtiofs.len())
+            .map(|i| format!("path=RUN_DIR/virtiofs{i}.sock"))
+            .collect();
+        self.args_with(&chardevs)
+    }
+
+    /// The arguments, once [`validate`](Self::validate)d (a path that is not UTF-8 is
+    /// left out here: validation refused it), with `virtiofs_chardevs` addressing each
+    /// virtiofs share's daemon.
+    pub(crate) fn args_with(&self, virtiofs_chardevs: &[String]) -> Vec<String> {
         let mut argv: Vec<String> = Vec::new();
         let mut push = |a: &str, b: String| {
             argv.push(a.to_string());
@@ -490,6 +507,11 @@ impl Devices {
             );
             push("-device", "virtio-rng-pci,rng=qm-rng".into());
         }
+        argv.extend(crate::virtiofs::args(
+            &self.virtiofs,
+            self.memory_mib,
+            virtiofs_chardevs,
+        ));
         argv
     }
 }
@@ -614,6 +636,20 @@ impl MachineBuilder {
     /// ```
     pub fn share_9p(mut self, share: Share9p) -> Self {
         self.devices().shares.push(share);
+        self
+    }
+
+    /// Shares a host directory over virtiofs, served by a `virtiofsd` started and stopped
+    /// with the machine (see [`VirtioFs`](crate::virtiofs::VirtioFs)).
+    ///
+    /// ```
+    /// use qemu_machine::virtiofs::VirtioFs;
+    /// let builder = qemu_machine::Machine::builder("qemu-system-x86_64")
+    ///     .memory_mib(256)
+    ///     .share_virtiofs(VirtioFs::new("data", "/srv/data"));
+    /// ```
+    pub fn share_virtiofs(mut self, share: crate::virtiofs::VirtioFs) -> Self {
+        self.devices().virtiofs.push(share);
         self
     }
 

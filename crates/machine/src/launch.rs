@@ -37,6 +37,13 @@ impl ChildEnds {
         Ok((ours, fd))
     }
 
+    /// Hands `theirs` to the child under its current number.
+    fn add(&mut self, theirs: UnixStream) -> RawFd {
+        let fd = theirs.as_raw_fd();
+        self.0.push(theirs);
+        fd
+    }
+
     fn into_fds(self) -> Vec<OwnedFd> {
         self.0.into_iter().map(OwnedFd::from).collect()
     }
@@ -139,6 +146,13 @@ impl Machine {
         } else {
             None
         };
+        // Started before QEMU, which connects to them at once; killed if the launch stops.
+        let (daemons, virtiofs_ends) =
+            crate::virtiofs::start(self.config.devices.virtiofs(), run_dir.path()).await?;
+        let virtiofs = virtiofs_ends
+            .into_iter()
+            .map(|end| format!("fd={}", child_ends.add(end)))
+            .collect();
         let console_log = match &self.config.console_log {
             Some(path) if console.is_some() => Some(create_private(path)?),
             _ => None,
@@ -152,6 +166,7 @@ impl Machine {
                 qtest_fd: qtest.as_ref().map(|c| c.1),
                 qtest_accel,
                 guest_agent_fd: guest_agent.as_ref().map(|c| c.1),
+                virtiofs,
             },
         );
         tracing::debug!(machine = %name, "launching: {}", shell_words(&redact_argv(&argv)));
@@ -200,6 +215,7 @@ impl Machine {
             agent: None,
             run_dir,
             log_path,
+            daemons,
             quit_issued: false,
             signals_sent: Vec::new(),
             exit: None,

@@ -126,6 +126,12 @@ pub(crate) struct Running {
     pub(crate) agent: Option<GuestAgent>,
     pub(crate) run_dir: RunDir,
     pub(crate) log_path: PathBuf,
+    /// The virtiofs daemons: killed and reaped when this run is dropped.
+    #[expect(
+        dead_code,
+        reason = "held for its Drop, which kills and reaps the daemons"
+    )]
+    pub(crate) daemons: Vec<crate::virtiofs::Daemon>,
     /// A `quit` was accepted (sent by the user, or by a shutdown whose future was dropped):
     /// the next shutdown only waits for QEMU to exit.
     pub(crate) quit_issued: bool,
