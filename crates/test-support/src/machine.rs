@@ -45,6 +45,26 @@ pub fn linux_guest_dir() -> std::path::PathBuf {
         })
 }
 
+/// Where `FLAVOR=amd64 guests/build-linux-guest.sh` put the Linux test guest with Debian's
+/// generic kernel, which has 9p (the default cloud kernel has not):
+/// `$QEMU_MACHINE_LINUX_9P_GUEST`, else `.cache/guests/linux-amd64`. Fails, never skips,
+/// when it is not built.
+pub fn linux_9p_guest_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("QEMU_MACHINE_LINUX_9P_GUEST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.cache/guests/linux-amd64")
+        });
+    assert!(
+        dir.join("vmlinuz").exists() && dir.join("initrd.gz").exists(),
+        "the 9p test guest is not in {}: run FLAVOR=amd64 guests/build-linux-guest.sh \
+         (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
 /// The version of the Linux test guest's qemu-ga, as the build recorded it.
 pub fn linux_guest_agent_version() -> String {
     let path = linux_guest_dir().join("qemu-ga-version");
