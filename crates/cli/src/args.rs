@@ -46,6 +46,14 @@ pub(crate) enum Command {
     Qom(QomArgs),
     /// Talk to the guest agent.
     Ga(GaArgs),
+    /// Migrate a running VM to URI (e.g. unix:/path, tcp:host:port, exec:cat>file) and wait
+    /// for the end; a progress bar (bytes of RAM sent) on a terminal; the final
+    /// query-migrate as JSON. Exit 1 when it fails, 124 (and cancelled) after --timeout.
+    Migrate(MigrateArgs),
+    /// Wait for a block job (mirror, backup, stream, commit) to end, or with --ready to be
+    /// ready; a progress bar (offset of length) on a terminal; the job's last event as
+    /// JSON. Exit 1 when it fails or is cancelled, 124 after --timeout (the job goes on).
+    Job(JobArgs),
     /// Which accelerators a QEMU binary has, and which one `--accel auto` picks here.
     Accel(AccelArgs),
     /// The versions of this tool and of QEMU.
@@ -269,6 +277,33 @@ pub(crate) struct ExecArgs {
     /// Deadline in seconds for the connection, the greeting, and the command.
     #[arg(long, value_name = "S")]
     pub(crate) timeout: Option<f64>,
+}
+
+/// The arguments of `migrate`.
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    #[command(flatten)]
+    pub(crate) address: Address,
+    /// Where to: QEMU's migration URI (the destination was started with -incoming).
+    pub(crate) uri: String,
+    /// Deadline in seconds for the whole migration.
+    #[arg(long, value_name = "S", default_value_t = 600.0)]
+    pub(crate) timeout: f64,
+}
+
+/// The arguments of `job`.
+#[derive(Debug, Args)]
+pub(crate) struct JobArgs {
+    #[command(flatten)]
+    pub(crate) address: Address,
+    /// The job's id (its device); the one running job when not given.
+    pub(crate) id: Option<String>,
+    /// Return once the job is ready (a mirror in sync) instead of when it ends.
+    #[arg(long)]
+    pub(crate) ready: bool,
+    /// Deadline in seconds.
+    #[arg(long, value_name = "S", default_value_t = 600.0)]
+    pub(crate) timeout: f64,
 }
 
 /// The arguments of `events`.
