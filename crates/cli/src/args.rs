@@ -174,9 +174,10 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "PATH[,KEY=VALUE...]")]
     pub(crate) disk: Vec<String>,
     /// User-mode networking on a virtio-net card (repeatable):
-    /// user[,hostfwd=tcp:[127.0.0.1]:HOSTPORT-:GUESTPORT]... Forwards listen on 127.0.0.1;
-    /// HOSTPORT 0 picks a free port, printed after launch ("tcp 127.0.0.1:PORT -> guest
-    /// GUESTPORT").
+    /// user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]... Forwards listen on ADDR, an IPv4
+    /// address, 127.0.0.1 when empty (0.0.0.0 opens the guest's port to the network); a tcp
+    /// HOSTPORT 0 picks a free port; each forward is printed after launch ("tcp
+    /// 127.0.0.1:PORT -> guest GUESTPORT").
     #[arg(long, value_name = "user[,hostfwd=...]")]
     pub(crate) net: Vec<String>,
     /// Share a host directory (repeatable): DIR[,tag=TAG][,readonly=off][,fs=9p|virtiofs];

@@ -136,22 +136,23 @@ fn memory_mib(text: &str) -> Option<u64> {
 /// its command line without launching. So the generated part is rendered here, following
 /// the library's layout (binary, `-display none -vga none`, monitor, `-machine`, `-accel`,
 /// console, then the extra arguments), with the console and QEMU's own monitor on stdio
-/// instead. The built-in guest is refused: its disk image only exists once it launches.
+/// instead. For the built-in guest, whose disk image qemu-machine writes at launch, the
+/// script first writes it (`printf` of its boot sector, then `truncate` to its size) as
+/// `builtin-guest.img` in the current directory.
 fn dry_run_script(options: &RunOptions) -> Result<String, Failure> {
-    if options.kernel.is_none() && options.image.is_none() {
-        return Err(Failure::with_status(
-            "--dry-run needs --kernel or --image: the built-in guest's disk image is only \
-             written when it launches, so its command line cannot be run by hand",
-            2,
-        ));
-    }
+    let builtin = options.kernel.is_none() && options.image.is_none();
     let builder = builder(options);
     let mut argv = vec![builder.binary().to_string()];
     argv.extend(["-display", "none", "-vga", "none"].map(String::from));
     argv.extend(["-machine", "pc", "-accel"].map(String::from));
     argv.push(accel(options.accel).resolve().as_arg().to_string());
     argv.extend(["-serial", "mon:stdio"].map(String::from));
-    argv.extend(options.devices.render());
+    argv.extend(builder.device_args());
+    if builtin {
+        argv.extend(qemu_machine::guest::drive_args(std::path::Path::new(
+            BUILTIN_GUEST_IMAGE,
+        )));
+    }
     argv.extend(builder.extra_args().iter().cloned());
     let mut script = String::from(
         "# qemu-machine run hands QEMU its QMP monitor and serial console on socketpairs\n\
@@ -185,9 +186,25 @@ fn dry_run_script(options: &RunOptions) -> Result<String, Failure> {
             log.display()
         ));
     }
+    if builtin {
+        script.push_str(&format!(
+            "# The built-in guest's disk, written by qemu-machine at launch: its boot sector.\n\
+             printf '{}' > {BUILTIN_GUEST_IMAGE} && truncate -s {} {BUILTIN_GUEST_IMAGE}\n",
+            octal_escapes(&qemu_machine::guest::boot_sector()),
+            qemu_machine::guest::IMAGE_SIZE
+        ));
+    }
     script.push_str(&qemu_machine::shell_words(&argv));
     script.push('\n');
     Ok(script)
+}
+
+/// Where a `--dry-run` script of the built-in guest writes its disk image.
+const BUILTIN_GUEST_IMAGE: &str = "builtin-guest.img";
+
+/// `bytes` as a `printf` format that prints them: every byte as a POSIX octal escape.
+fn octal_escapes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:03o}")).collect()
 }
 
 /// How many chunks of typed input may wait for the guest before more is dropped.
@@ -576,11 +593,16 @@ async fn serve_extras(
     options: &RunOptions,
 ) -> Result<Option<std::path::PathBuf>, Failure> {
     for net in &options.devices.nets {
-        for &(_, guest_port) in &net.forwards {
-            let port = vm.host_port(guest_port).await?;
+        for forward in &net.forwards {
+            let (protocol, port) = match forward.udp {
+                false => ("tcp", vm.host_port(forward.guest_port).await?),
+                // UDP forwards name their port (the parser refuses 0 for them).
+                true => ("udp", forward.host_port),
+            };
+            let (host, guest_port) = (forward.address.to_string(), forward.guest_port);
             status(
-                &format!("qemu-machine: tcp 127.0.0.1:{port} -> guest {guest_port}"),
-                || json!({"status": "forward", "protocol": "tcp", "host": "127.0.0.1", "port": port, "guest_port": guest_port}),
+                &format!("qemu-machine: {protocol} {host}:{port} -> guest {guest_port}"),
+                || json!({"status": "forward", "protocol": protocol, "host": host, "port": port, "guest_port": guest_port}),
             );
         }
     }

@@ -225,12 +225,14 @@ fn is_block_device(path: &Path) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Forward {
     udp: bool,
+    address: std::net::Ipv4Addr,
     host_port: u16,
     guest_port: u16,
 }
 
 /// User-mode networking (slirp: the guest is 10.0.2.15, no privileges needed) on a
-/// `virtio-net-pci` card, with port forwards on the host's 127.0.0.1.
+/// `virtio-net-pci` card, with port forwards on the host's 127.0.0.1 (or another address
+/// when asked).
 ///
 /// ```
 /// let net = qemu_machine::devices::UserNet::new().forward_tcp(0, 22).forward_udp(5353, 53);
@@ -256,9 +258,27 @@ impl UserNet {
     /// ```
     /// let net = qemu_machine::devices::UserNet::new().forward_tcp(0, 8080);
     /// ```
-    pub fn forward_tcp(mut self, host_port: u16, guest_port: u16) -> UserNet {
+    pub fn forward_tcp(self, host_port: u16, guest_port: u16) -> UserNet {
+        self.forward_tcp_on(std::net::Ipv4Addr::LOCALHOST, host_port, guest_port)
+    }
+
+    /// Forwards TCP `address:host_port` to the guest's `guest_port`: another host
+    /// address than 127.0.0.1 (`0.0.0.0` is every interface: the guest's port is then open
+    /// to the network).
+    ///
+    /// ```
+    /// use std::net::Ipv4Addr;
+    /// let net = qemu_machine::devices::UserNet::new().forward_tcp_on(Ipv4Addr::UNSPECIFIED, 8080, 80);
+    /// ```
+    pub fn forward_tcp_on(
+        mut self,
+        address: std::net::Ipv4Addr,
+        host_port: u16,
+        guest_port: u16,
+    ) -> UserNet {
         self.forwards.push(Forward {
             udp: false,
+            address,
             host_port,
             guest_port,
         });
@@ -270,9 +290,26 @@ impl UserNet {
     /// ```
     /// let net = qemu_machine::devices::UserNet::new().forward_udp(5353, 53);
     /// ```
-    pub fn forward_udp(mut self, host_port: u16, guest_port: u16) -> UserNet {
+    pub fn forward_udp(self, host_port: u16, guest_port: u16) -> UserNet {
+        self.forward_udp_on(std::net::Ipv4Addr::LOCALHOST, host_port, guest_port)
+    }
+
+    /// Forwards UDP `address:host_port` to the guest's `guest_port` (see
+    /// [`forward_tcp_on`](Self::forward_tcp_on)).
+    ///
+    /// ```
+    /// use std::net::Ipv4Addr;
+    /// let net = qemu_machine::devices::UserNet::new().forward_udp_on(Ipv4Addr::LOCALHOST, 5353, 53);
+    /// ```
+    pub fn forward_udp_on(
+        mut self,
+        address: std::net::Ipv4Addr,
+        host_port: u16,
+        guest_port: u16,
+    ) -> UserNet {
         self.forwards.push(Forward {
             udp: true,
+            address,
             host_port,
             guest_port,
         });
@@ -474,8 +511,9 @@ impl Devices {
             let mut netdev = format!("user,id=qm-net{i}");
             for forward in &net.forwards {
                 netdev.push_str(&format!(
-                    ",hostfwd={}:127.0.0.1:{}-:{}",
+                    ",hostfwd={}:{}:{}-:{}",
                     if forward.udp { "udp" } else { "tcp" },
+                    forward.address,
                     forward.host_port,
                     forward.guest_port
                 ));
