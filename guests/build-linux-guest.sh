@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Linux test guest from Debian packages: a Debian kernel (the cloud one by default) and a busybox initramfs
 # with the virtio modules (virtiofs included), an ACPI power button handler and qemu-guest-agent.
+# With root=/dev/vda on the kernel command line its init boots the system on that disk
+# instead (the Debian guest of guests/build-debian-guest.sh).
 #
 #   guests/build-linux-guest.sh        # -> .cache/guests/linux/{vmlinuz,initrd.gz,version}
 #   FLAVOR=amd64 guests/build-linux-guest.sh   # -> .cache/guests/linux-amd64/...
@@ -135,6 +137,18 @@ mount -t tmpfs tmpfs /tmp
 for module in $(cat /etc/modules); do
     insmod "/lib/modules/$module.ko" 2>/dev/null
 done
+# root=/dev/vda (guests/build-debian-guest.sh): boot the system on that disk instead.
+case " $(cat /proc/cmdline) " in
+    *" root=/dev/vda "*)
+        mkdir -p /newroot
+        if mount -t ext4 /dev/vda /newroot; then
+            umount /run /tmp
+            for fs in dev proc sys; do mount --move "/$fs" "/newroot/$fs"; done
+            exec switch_root /newroot /sbin/init
+        fi
+        echo "cannot mount /dev/vda: staying in the initramfs"
+        ;;
+esac
 acpid -l /run/acpid.log
 for port in /sys/class/virtio-ports/*; do
     if [ "$(cat "$port/name" 2>/dev/null)" = org.qemu.guest_agent.0 ]; then

@@ -65,6 +65,37 @@ pub fn linux_9p_guest_dir() -> std::path::PathBuf {
     dir
 }
 
+/// The Debian 12 guest of `guests/build-debian-guest.sh` (systemd, a root autologin getty
+/// on ttyS0, qemu-guest-agent) on the Linux test guest's kernel: a builder that boots it
+/// with its disk in snapshot mode, and the guest agent channel. Fails, never skips, when the
+/// image is not built (`$QEMU_MACHINE_DEBIAN_GUEST` names another image).
+pub fn debian_guest(scratch: &Scratch) -> MachineBuilder {
+    let image = std::env::var_os("QEMU_MACHINE_DEBIAN_GUEST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.cache/guests/debian/rootfs.img")
+        });
+    assert!(
+        image.exists(),
+        "the Debian guest is not in {}: run guests/build-debian-guest.sh (scripts/test does)",
+        image.display()
+    );
+    let dir = linux_guest_dir();
+    scratch
+        .builder()
+        .machine_type("pc")
+        .accel(qemu_machine::Accel::KvmOrTcg)
+        .console(None, 0)
+        .guest_agent()
+        .memory_mib(512)
+        .kernel(dir.join("vmlinuz"))
+        .initrd(dir.join("initrd.gz"))
+        .kernel_cmdline("console=ttyS0 root=/dev/vda")
+        .disk(qemu_machine::devices::Disk::new(image).snapshot(true))
+        .args(["-no-reboot"])
+}
+
 /// The version of the Linux test guest's qemu-ga, as the build recorded it.
 pub fn linux_guest_agent_version() -> String {
     let path = linux_guest_dir().join("qemu-ga-version");
