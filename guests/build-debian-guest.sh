@@ -24,10 +24,13 @@ if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] && [ -f "$out/roo
     echo "debian guest up to date in $out"
     exit 0
 fi
-command -v mmdebstrap >/dev/null 2>&1 ||
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-remove mmdebstrap
-command -v mkfs.ext4 >/dev/null 2>&1 ||
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-remove e2fsprogs
+# Never removes anything; refreshes the package lists once if the package is unknown.
+install() {
+    local apt_install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-remove "$@")
+    as_root "${apt_install[@]}" || { as_root apt-get update -q && as_root "${apt_install[@]}"; }
+}
+command -v mmdebstrap >/dev/null 2>&1 || install mmdebstrap
+command -v mkfs.ext4 >/dev/null 2>&1 || install e2fsprogs
 
 work=$(mktemp -d)
 trap 'as_root rm -rf "$work"' EXIT
