@@ -59,6 +59,7 @@ mod sock;
 mod spawn;
 pub mod typed_qmp;
 pub mod usernet;
+mod watchdog;
 
 pub use accel::{is_kvm_pvm, kvm_really_usable, Accel};
 pub use argv::escape_option_value;

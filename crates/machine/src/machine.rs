@@ -31,7 +31,7 @@ use crate::output::{read_tail, ERROR_TAIL};
 use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
 use crate::shutdown::{wait_exit, REAP_TIMEOUT};
-use crate::spawn::signal_group;
+use crate::spawn::{kill_contained, Link};
 
 /// How long to wait for QEMU to finish exiting once it has closed its monitor.
 pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -114,8 +114,12 @@ impl Phase {
 /// A spawned QEMU and everything attached to it.
 #[derive(Debug)]
 pub(crate) struct Running {
+    /// The watchdog, which exits as QEMU did once QEMU and all it started are dead.
     pub(crate) child: Child,
+    /// QEMU's pid (the wrapper's when there is one), the leader of its process group.
     pub(crate) pid: u32,
+    /// Our end of the watchdog's link: dropping it ends the VM.
+    pub(crate) link: Link,
     pub(crate) argv: Vec<String>,
     pub(crate) qmp: Option<qmp::Client>,
     pub(crate) subscription: Option<qmp::Subscription>,
@@ -158,11 +162,21 @@ impl Running {
         }
     }
 
-    /// SIGKILL to the group and a synchronous reap (bounded), for when no runtime can be
-    /// relied on; then the sessions and the run dir go.
-    fn kill_now(mut self, keep_run_dir: bool) {
+    /// SIGKILL to QEMU's group, and its watchdog told to kill every descendant (those
+    /// that left the group too); recorded as sent by us.
+    pub(crate) fn sigkill(&mut self) {
+        if self.exit.is_some() {
+            // The watchdog was reaped: all it contained is dead, and the pid may be reused.
+            return;
+        }
         self.signals_sent.push(Signal::SIGKILL);
-        signal_group(self.pid, Signal::SIGKILL);
+        kill_contained(self.pid, &self.link);
+    }
+
+    /// SIGKILL to everything contained and a synchronous reap (bounded), for when no
+    /// runtime can be relied on; then the sessions and the run dir go.
+    fn kill_now(mut self, keep_run_dir: bool) {
+        self.sigkill();
         let deadline = crate::deadline::std_deadline_after(REAP_TIMEOUT);
         while std::time::Instant::now() < deadline {
             match self.child.try_wait() {
