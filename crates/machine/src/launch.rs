@@ -256,6 +256,9 @@ impl Machine {
         let secrets = secrets_of(&running.argv);
         let full_log =
             (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
+        if let Some(path) = full_log {
+            crate::log_file::scrub_kept_log(path, &secrets);
+        }
         let output = read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log);
         let log = read_tail(&running.log_path, LOG_TAIL, &secrets, full_log);
         let name = self.config.name.clone();

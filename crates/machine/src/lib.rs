@@ -46,6 +46,7 @@ pub mod guest_shell;
 pub mod hotplug;
 pub mod job;
 mod launch;
+mod log_file;
 mod machine;
 pub mod migration;
 mod output;

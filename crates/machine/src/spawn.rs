@@ -285,3 +285,42 @@ pub(crate) fn signal_group(pid: u32, signal: Signal) {
         let _ = killpg(Pid::from_raw(pid), signal);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cargo test -p qemu-machine --lib watchdog_spawn_cost -- --ignored --nocapture`:
+    /// spawn-to-reaped of `/bin/true`, under the watchdog and without it, interleaved so
+    /// that the host's load hits both alike; prints the medians.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check"]
+    async fn watchdog_spawn_cost() {
+        const ROUNDS: usize = 200;
+        let (mut contained, mut plain) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let start = std::time::Instant::now();
+            let mut command = std::process::Command::new("true");
+            command.stdin(Stdio::null());
+            let mut spawned = spawn_command(command, Vec::new(), Vec::new())
+                .await
+                .unwrap();
+            assert!(spawned.child.wait().await.unwrap().success());
+            contained.push(start.elapsed());
+
+            let start = std::time::Instant::now();
+            let mut command = tokio::process::Command::new("true");
+            command.stdin(Stdio::null()).process_group(0);
+            assert!(command.status().await.unwrap().success());
+            plain.push(start.elapsed());
+        }
+        contained.sort();
+        plain.sort();
+        let median = |v: &[std::time::Duration]| v[v.len() / 2].as_secs_f64() * 1e3;
+        println!(
+            "spawn → exit → reaped of `true`, median of {ROUNDS}: watchdog {:.3} ms, plain {:.3} ms",
+            median(&contained),
+            median(&plain)
+        );
+    }
+}

@@ -253,24 +253,28 @@ unsafe fn teardown(qemu: pid_t, mut qemu_status: Option<c_int>, signals: c_int) 
     // SAFETY: getpid, waitpid, poll, read: system calls on our own stack buffers.
     unsafe {
         let me = libc::getpid();
-        loop {
+        // Reaps every child that exited; true once none is left.
+        let reap_all = |qemu_status: &mut Option<c_int>| loop {
+            let mut status = 0;
+            let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+            if pid == qemu {
+                *qemu_status = Some(status);
+            }
+            if pid > 0 {
+                continue;
+            }
+            if pid == 0 {
+                return false;
+            }
+            if errno() != libc::EINTR {
+                return true; // ECHILD
+            }
+        };
+        // Usually QEMU was the only child: then /proc is never scanned.
+        while !reap_all(&mut qemu_status) {
             kill_children(me);
-            loop {
-                let mut status = 0;
-                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
-                if pid > 0 {
-                    if pid == qemu {
-                        qemu_status = Some(status);
-                    }
-                    continue;
-                }
-                if pid == 0 {
-                    break; // children left: wait for them below
-                }
-                if errno() == libc::EINTR {
-                    continue;
-                }
-                return qemu_status; // ECHILD: nothing left
+            if reap_all(&mut qemu_status) {
+                break;
             }
             let mut fd = libc::pollfd {
                 fd: signals,
@@ -282,6 +286,7 @@ unsafe fn teardown(qemu: pid_t, mut qemu_status: Option<c_int>, signals: c_int) 
                 drain_signals(signals);
             }
         }
+        qemu_status
     }
 }
 
