@@ -65,6 +65,17 @@ pub(crate) unsafe fn split(link: RawFd, inherit: &[RawFd]) -> io::Result<()> {
     if unsafe { prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    // QEMU's exit must leave a zombie to wait for (not be reaped by an inherited SIG_IGN),
+    // and must not run a handler inherited from the manager (it writes to the manager's
+    // descriptors). QEMU inherits the default too, as it would from a plain shell.
+    // SAFETY: sigaction is a system call; the structure is zeroed on our stack.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        if libc::sigaction(libc::SIGCHLD, &action, ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     let watchdog = unsafe { libc::getpid() };
     let qemu = unsafe { libc::fork() };
     if qemu < 0 {
@@ -118,9 +129,9 @@ unsafe fn prepare_qemu(watchdog: pid_t, inherit: &[RawFd]) -> io::Result<()> {
 ///
 /// Only in the watchdog (single-threaded, between fork and exec), `qemu` its child.
 unsafe fn run(link: RawFd, qemu: pid_t) -> ! {
-    // SAFETY: prctl, setrlimit, send, close_range/close, sigaction, sigprocmask, signalfd, poll, recv,
-    // read, waitid, waitpid, kill and _exit are system calls (through thin libc wrappers
-    // that neither allocate nor lock); every buffer is on this stack.
+    // SAFETY: prctl, setrlimit, send, close_range/close, sigaction, sigprocmask, signalfd,
+    // poll, recv, read, waitid, waitpid, kill and _exit are system calls (through thin libc
+    // wrappers that neither allocate nor lock); every buffer is on this stack.
     unsafe {
         prctl(libc::PR_SET_NAME, WATCHDOG_NAME.as_ptr() as c_ulong);
         // It holds a copy of the manager's memory: never dumped to a core file (this also

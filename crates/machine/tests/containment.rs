@@ -233,6 +233,8 @@ async fn a_signal_to_the_watchdog_ends_the_vm() {
     vm.launch().await.unwrap();
     let pid = vm.pid().unwrap();
     let watchdog = proc_stat(pid).unwrap().ppid;
+    let stat = proc_stat(watchdog).unwrap();
+    assert_eq!(stat.comm, WATCHDOG_COMM, "{stat:?}");
     kill(Pid::from_raw(watchdog as i32), Signal::SIGTERM).unwrap();
     let err = vm.wait(T).await.unwrap_err();
     // QEMU was SIGKILLed by the watchdog, which exits as QEMU did.
