@@ -46,6 +46,7 @@ pub mod guest_shell;
 pub mod hotplug;
 pub mod job;
 mod launch;
+mod log_file;
 mod machine;
 pub mod migration;
 mod output;
@@ -60,6 +61,7 @@ mod spawn;
 pub mod typed_qmp;
 pub mod usernet;
 pub mod virtiofs;
+mod watchdog;
 
 pub use accel::{is_kvm_pvm, kvm_really_usable, Accel};
 pub use argv::escape_option_value;

@@ -18,11 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-use tokio::process::Child;
-
 use crate::error::{Error, Result};
-use crate::spawn::{signal_group, spawn_command};
+use crate::spawn::{kill_contained, spawn_command, Contained};
 
 /// The longest virtiofs tag the Linux driver accepts.
 const MAX_TAG_BYTES: usize = 36;
@@ -206,22 +203,20 @@ pub(crate) fn args(
 /// A running `virtiofsd`: killed and reaped (bounded) when dropped, which happens when the
 /// machine's process is reaped, when its launch fails, or when the machine is dropped.
 #[derive(Debug)]
-pub(crate) struct Daemon {
-    child: Child,
-    pid: u32,
-}
+pub(crate) struct Daemon(Contained);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        signal_group(self.pid, Signal::SIGKILL);
+        let Contained { child, pid, link } = &mut self.0;
+        kill_contained(*pid, link);
         let deadline = crate::deadline::std_deadline_after(REAP_TIMEOUT);
         while Instant::now() < deadline {
-            match self.child.try_wait() {
+            match child.try_wait() {
                 Ok(Some(_)) | Err(_) => return,
                 Ok(None) => std::thread::sleep(Duration::from_millis(2)),
             }
         }
-        tracing::warn!(pid = self.pid, "virtiofsd not reaped after SIGKILL");
+        tracing::warn!(pid = *pid, "virtiofsd not reaped after SIGKILL");
     }
 }
 
@@ -284,9 +279,8 @@ async fn start_one(i: usize, share: &VirtioFs, run_dir: &Path) -> Result<(Daemon
                 e,
             )
         })?;
-    let pid = child.id().unwrap_or(0);
-    tracing::debug!(tag = share.tag, pid, daemon = %program.display(), "virtiofsd started");
-    Ok((Daemon { child, pid }, qemu_end))
+    tracing::debug!(tag = share.tag, pid = child.pid, daemon = %program.display(), "virtiofsd started");
+    Ok((Daemon(child), qemu_end))
 }
 
 /// Makes the daemon see `dir` read-only: a private mount namespace in which `dir` is a
