@@ -8,6 +8,8 @@
 //!   (`PR_SET_PDEATHSIG`); dropping a running [`Machine`] kills and reaps it; the private
 //!   run dir is removed.
 //! - [`fleet`]: many machines concurrently.
+//! - [`saved_state`]: a machine's whole state saved to a file and launched from it;
+//!   [`snapshot_cache`]: booted guests cached for test suites (restore, not boot).
 //!
 //! ```no_run
 //! # #[tokio::main]

@@ -167,14 +167,25 @@ pub(crate) fn migration_blockers(config: &Config) -> Vec<String> {
 
 /// A hash of everything in a configuration that a restore must match: the binary, the
 /// machine, the devices and the raw arguments. Names, directories, the monitor and logs
-/// may differ; so may `snapshot=on` on a writable disk (a restore adds it).
+/// may differ; so may `snapshot=on` on a writable disk and `-incoming` (a restore adds
+/// them), so that a restored machine's state can be saved again.
 pub(crate) fn fingerprint(config: &Config) -> String {
     let mut devices = config.devices.clone();
     devices.snapshot_writable_disks();
+    // A restored machine runs with `-incoming defer` added: it is the same machine.
+    let mut args: Vec<&String> = Vec::with_capacity(config.args.len());
+    let mut iter = config.args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "-incoming" || arg == "--incoming" {
+            iter.next();
+        } else {
+            args.push(arg);
+        }
+    }
     let material = format!(
         "qemu-machine state v{STATE_FORMAT}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{}\0{}\0{}\0{}",
         config.binary,
-        config.args,
+        args,
         config.machine_type,
         config.console,
         config.accel.map(|a| a.as_arg()),

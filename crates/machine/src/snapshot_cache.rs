@@ -55,6 +55,7 @@ use std::time::{Duration, SystemTime};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::MachineBuilder;
+use crate::console::Pattern;
 use crate::error::{Error, ErrorKind, Result};
 use crate::machine::Machine;
 use crate::saved_state::{self, StateInfo};
@@ -180,13 +181,18 @@ impl SnapshotCache {
         &self.dir
     }
 
-    /// The key of a configuration waited for until `ready` shows on its console.
+    /// The key of a configuration waited for until `ready` (a substring, or a
+    /// [`Pattern`]) shows on its console.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Io`] when a file the launch reads cannot be read.
-    pub fn key(&self, builder: &MachineBuilder, ready: &str) -> Result<String> {
+    pub fn key(&self, builder: &MachineBuilder, ready: impl Into<Pattern>) -> Result<String> {
         let config = &builder.config;
+        let ready = match ready.into() {
+            Pattern::Substring(bytes) => [b"substring:".as_slice(), &bytes].concat(),
+            Pattern::Regex(regex) => format!("regex:{}", regex.as_str()).into_bytes(),
+        };
         let mut hasher = blake3::Hasher::new();
         let mut add = |part: &[u8]| {
             hasher.update(&(part.len() as u64).to_le_bytes());
@@ -195,7 +201,7 @@ impl SnapshotCache {
         add(b"qemu-machine snapshot cache v1");
         add(env!("CARGO_PKG_VERSION").as_bytes());
         add(saved_state::fingerprint(config).as_bytes());
-        add(ready.as_bytes());
+        add(&ready);
         add(binary_identity(&config.binary).as_bytes());
         let mut inputs: Vec<PathBuf> = config
             .devices
@@ -220,7 +226,11 @@ impl SnapshotCache {
     /// # Errors
     ///
     /// As [`key`](Self::key).
-    pub fn lookup(&self, builder: &MachineBuilder, ready: &str) -> Result<Option<PathBuf>> {
+    pub fn lookup(
+        &self,
+        builder: &MachineBuilder,
+        ready: impl Into<Pattern>,
+    ) -> Result<Option<PathBuf>> {
         let path = self.state_path(&self.key(builder, ready)?);
         Ok(path.is_file().then_some(path))
     }
@@ -238,8 +248,14 @@ impl SnapshotCache {
     /// `ready` does not show; [`ErrorKind::Timeout`] when another process holds the
     /// entry's lock past [`lock_timeout`](Self::lock_timeout). QEMU is never left running
     /// on an error.
-    pub async fn launch(&self, vm: &mut Machine, ready: &str, timeout: Duration) -> Result<Warm> {
-        let key = self.key(vm.config(), ready)?;
+    pub async fn launch(
+        &self,
+        vm: &mut Machine,
+        ready: impl Into<Pattern>,
+        timeout: Duration,
+    ) -> Result<Warm> {
+        let ready = ready.into();
+        let key = self.key(vm.config(), ready.clone())?;
         let path = self.state_path(&key);
         if path.is_file() {
             match self.restore(vm, &path, timeout).await {
@@ -291,7 +307,7 @@ impl SnapshotCache {
         &self,
         vm: &mut Machine,
         path: &Path,
-        ready: &str,
+        ready: Pattern,
         timeout: Duration,
     ) -> Result<()> {
         let original = vm.config().clone();

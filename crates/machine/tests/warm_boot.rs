@@ -185,11 +185,21 @@ async fn the_snapshot_cache_builds_once_and_a_changed_initrd_misses() {
     let cache = SnapshotCache::new(cache_dir.path());
     let (builder, _) = linux_guest(&scratch);
 
+    // Two at once on an empty cache: one builds (under the entry's lock), the other waits
+    // for the lock and restores what the first built.
     let mut first = Machine::new(builder.clone());
-    let warm = cache.launch(&mut first, "guest# ", SAVE).await.unwrap();
-    assert_eq!(warm, Warm::Built);
+    let mut other = Machine::new(builder.clone());
+    let (a, b) = tokio::join!(
+        cache.launch(&mut first, "guest# ", SAVE),
+        cache.launch(&mut other, "guest# ", SAVE)
+    );
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort_by_key(|w| *w == Warm::Hit);
+    assert_eq!(outcomes, [Warm::Built, Warm::Hit]);
     assert_eq!(run(&first, "echo $((6*7))").await.trim(), "42");
+    assert_eq!(run(&other, "echo $((6*7))").await.trim(), "42");
     first.shutdown().await.unwrap();
+    other.shutdown().await.unwrap();
 
     let mut second = Machine::new(builder.clone());
     let warm = cache.launch(&mut second, "guest# ", SAVE).await.unwrap();
