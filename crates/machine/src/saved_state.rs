@@ -752,3 +752,73 @@ impl Machine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> StateInfo {
+        StateInfo {
+            format: STATE_FORMAT,
+            qemu_version: "7.2.22".into(),
+            fingerprint: "f".repeat(64),
+            stream_bytes: 4,
+            stream_blake3: blake3::hash(b"QEVM").to_hex().to_string(),
+            was_running: true,
+            disks: vec![],
+            save_ms: 12,
+        }
+    }
+
+    #[test]
+    fn a_header_reads_back_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.state");
+        let mut bytes = header_bytes(&info()).unwrap();
+        bytes.extend_from_slice(b"QEVM");
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_info(&path).unwrap(), info());
+
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(read_info(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+        std::fs::write(&path, &bytes[..100]).unwrap();
+        assert!(read_info(&path).unwrap_err().to_string().contains("header"));
+        let mut unfinished = bytes.clone();
+        unfinished[..STATE_MAGIC.len()].fill(0);
+        std::fs::write(&path, &unfinished).unwrap();
+        assert!(read_info(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("did not finish"));
+    }
+
+    #[test]
+    fn raw_9p_and_virtiofs_arguments_block_saving() {
+        let builder = Machine::builder("qemu-system-x86_64").args([
+            "-device",
+            "vhost-user-fs-pci,chardev=fs,tag=t",
+            "-virtfs",
+            "local,path=/srv,mount_tag=m,security_model=none",
+        ]);
+        let blockers = builder.migration_blockers();
+        assert_eq!(blockers.len(), 2, "{blockers:?}");
+        assert!(blockers[0].contains("virtiofs"));
+        assert!(blockers[1].contains("9p"));
+        assert!(Machine::builder("q")
+            .args(["-m", "1G"])
+            .migration_blockers()
+            .is_empty());
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_what_a_restore_adds() {
+        let builder = Machine::builder("q").args(["-m", "1G"]);
+        let restored = builder.clone().args(["-incoming", "defer"]);
+        assert_eq!(fingerprint(&builder.config), fingerprint(&restored.config));
+        let other = builder.clone().args(["-smp", "2"]);
+        assert_ne!(fingerprint(&builder.config), fingerprint(&other.config));
+    }
+}

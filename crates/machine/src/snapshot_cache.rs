@@ -1,5 +1,5 @@
 //! A cache of booted guests for test suites: boot once, save the state, restore it for
-//! every later use (see [`saved_state`](crate::saved_state)).
+//! every later use (see [`saved_state`]).
 //!
 //! An entry's key is a BLAKE3 hash of the launch configuration (binary, machine, devices,
 //! raw arguments), of the readiness pattern, of the QEMU binary's identity (path, size,
