@@ -83,7 +83,7 @@ pub const STATE_FORMAT: u32 = 1;
 /// The first bytes of a QEMU migration stream.
 const QEMU_STREAM_MAGIC: &[u8; 4] = b"QEVM";
 /// How often the migration's progress is asked.
-const POLL: Duration = Duration::from_millis(5);
+const POLL: Duration = Duration::from_millis(2);
 /// QEMU's default bandwidth limit (128 MiB/s) would make a 100 MiB save take most of a
 /// second; this one is no limit in effect.
 const MAX_BANDWIDTH: u64 = 1 << 40;

@@ -238,8 +238,8 @@ impl SnapshotCache {
     /// Launches `vm` from the cache: restores its entry when there is one ([`Warm::Hit`]);
     /// otherwise boots it, waits for `ready` on its console, saves the entry, shuts it
     /// down and restores it ([`Warm::Built`]). `timeout` bounds the boot and each
-    /// save or restore. An entry QEMU cannot load (another QEMU build behind the same
-    /// path, a damaged file) is rebuilt.
+    /// save or restore. An entry that cannot be restored (a damaged file, another QEMU
+    /// build behind the same path, a disk touched since) is rebuilt.
     ///
     /// # Errors
     ///
@@ -257,11 +257,17 @@ impl SnapshotCache {
         let ready = ready.into();
         let key = self.key(vm.config(), ready.clone())?;
         let path = self.state_path(&key);
-        if path.is_file() {
+        // The entry (by inode) that failed to restore here, if one did.
+        let mut unusable = None;
+        if let Ok(meta) = std::fs::metadata(&path) {
             match self.restore(vm, &path, timeout).await {
                 Ok(()) => return Ok(Warm::Hit),
-                Err(e) if matches!(e.kind(), ErrorKind::Migration { .. }) => {
+                // Damaged, from another QEMU build, or a disk touched since: rebuild.
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::Migration { .. } | ErrorKind::Config(_)) =>
+                {
                     tracing::warn!(path = %path.display(), "cache entry unusable, rebuilding: {e}");
+                    unusable = Some(meta.ino());
                 }
                 Err(e) => return Err(e),
             }
@@ -269,18 +275,14 @@ impl SnapshotCache {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
         let lock = self.lock(&key).await?;
-        // Another process may have built it while this one waited.
-        if path.is_file() {
-            match saved_state::read_info(&path) {
-                Ok(_) => {
-                    drop(lock);
-                    self.restore(vm, &path, timeout).await?;
-                    return Ok(Warm::Hit);
-                }
-                Err(_) => {
-                    let _ = std::fs::remove_file(&path);
-                }
+        if let Ok(meta) = std::fs::metadata(&path) {
+            // Another process built it while this one waited (or rebuilt the bad one).
+            if Some(meta.ino()) != unusable && saved_state::read_info(&path).is_ok() {
+                drop(lock);
+                self.restore(vm, &path, timeout).await?;
+                return Ok(Warm::Hit);
             }
+            let _ = std::fs::remove_file(&path);
         }
         let built = self.build(vm, &path, ready, timeout).await;
         drop(lock);

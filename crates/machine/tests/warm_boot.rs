@@ -29,6 +29,19 @@ async fn run(vm: &Machine, command: &str) -> String {
     done.output
 }
 
+/// The QEMU processes of this test binary whose command line mentions `marker` (the
+/// tests of this file run at once: each looks for its own).
+fn qemu_using(marker: &Path) -> Vec<u32> {
+    let marker = marker.to_string_lossy().into_owned();
+    qemu_children()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+        })
+        .collect()
+}
+
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -128,7 +141,7 @@ async fn restored_guests_answer_run_independently_and_damaged_states_are_refused
             path.display()
         );
         assert!(!bad.is_running());
-        assert!(qemu_children().is_empty(), "QEMU left running");
+        assert!(qemu_using(&disk).is_empty(), "QEMU left running");
     }
     assert_eq!(
         files_in(files.path()),
@@ -146,7 +159,7 @@ async fn restored_guests_answer_run_independently_and_damaged_states_are_refused
     let mut other = other;
     let err = other.launch_restored(&state, RESTORE).await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Config(_)), "{err}");
-    assert!(qemu_children().is_empty());
+    assert!(qemu_using(&disk).is_empty());
 }
 
 #[tokio::test]
@@ -211,6 +224,20 @@ async fn the_snapshot_cache_builds_once_and_a_changed_initrd_misses() {
         "a cache hit booted: {history}"
     );
     second.shutdown().await.unwrap();
+    let entries = cache.list().unwrap();
+    assert_eq!(entries.len(), 1);
+
+    // A damaged entry is rebuilt, not an error.
+    let mut bytes = std::fs::read(&entries[0].path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&entries[0].path, &bytes).unwrap();
+    drop(bytes);
+    let mut third = Machine::new(builder.clone());
+    let warm = cache.launch(&mut third, "guest# ", SAVE).await.unwrap();
+    assert_eq!(warm, Warm::Built);
+    assert_eq!(run(&third, "echo $((6*7))").await.trim(), "42");
+    third.shutdown().await.unwrap();
     assert_eq!(cache.list().unwrap().len(), 1);
 
     // The same guest with another initrd (a copy with a byte appended: gzip ignores it).
