@@ -579,6 +579,15 @@ pub(crate) async fn run(mut args: RunArgs) -> Outcome {
     if save_failed {
         return Ok(1);
     }
+    if let (Some(path), false) = (&warm.save_state, matches!(ending, Ending::Detached(_))) {
+        status(
+            &format!(
+                "qemu-machine: no state saved to {}: the VM exited by itself or stdout went away (only detaching saves)",
+                path.display()
+            ),
+            || json!({"status": "not-saved", "path": path}),
+        );
+    }
     Ok(exit.map_or(1, |status| {
         exit_status_code(
             status.code(),
