@@ -58,6 +58,9 @@ pub(crate) enum Command {
     Accel(AccelArgs),
     /// The versions of this tool and of QEMU.
     Version(VersionArgs),
+    /// The snapshot cache of `run --exec --warm` (and of the library's SnapshotCache):
+    /// list, clean or evict its entries.
+    Cache(CacheArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -232,9 +235,57 @@ pub(crate) struct RunArgs {
     /// option, over the --config file].
     #[arg(long, env = "QEMU")]
     pub(crate) binary: Option<String>,
+    /// On detach (Ctrl-] q or k, or the end of stdin), save the VM's whole state to FILE
+    /// (created 0600, atomically) instead of powering it off, then stop QEMU. Restore it
+    /// with --restore FILE and the same options. Not with 9p shares (QEMU cannot migrate
+    /// them).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["exec", "dry_run", "restore"])]
+    pub(crate) save_state: Option<PathBuf>,
+    /// Start the VM from a state saved with --save-state (give the same options it was
+    /// saved with) instead of booting it: it resumes where it was saved. Its writable disks
+    /// get temporary overlays: the saved disks are never written.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["dry_run", "warm"])]
+    pub(crate) restore: Option<PathBuf>,
+    /// With --exec: use the snapshot cache. The first run boots, waits for the prompt,
+    /// saves the booted guest in the cache and restores it; later runs with the same
+    /// options and files restore it at once. The VM is stopped with `quit` afterwards
+    /// (its writes go to overlays). Cache: $QEMU_MACHINE_SNAPSHOT_CACHE, else
+    /// $XDG_CACHE_HOME/qemu-machine/snapshots (see `qemu-machine cache`).
+    #[arg(long, requires = "exec", conflicts_with = "dry_run")]
+    pub(crate) warm: bool,
     /// Extra QEMU arguments, after `--` (they replace the --config file's qemu_args).
     #[arg(last = true, value_name = "QEMU_ARGS")]
     pub(crate) qemu_args: Vec<String>,
+}
+
+/// The arguments of `cache`.
+#[derive(Debug, Args)]
+pub(crate) struct CacheArgs {
+    #[command(subcommand)]
+    pub(crate) action: CacheAction,
+    /// The cache directory [default: $QEMU_MACHINE_SNAPSHOT_CACHE, else
+    /// $XDG_CACHE_HOME/qemu-machine/snapshots, else ~/.cache/qemu-machine/snapshots].
+    #[arg(long, value_name = "DIR", global = true)]
+    pub(crate) dir: Option<PathBuf>,
+    /// Output JSON.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+// What `cache` does; each variant's doc comment is its help.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CacheAction {
+    /// The entries, least recently used first: key, size, last use, QEMU version.
+    List,
+    /// Remove every entry (but those being built right now) and what interrupted builds
+    /// left.
+    Clean,
+    /// Remove the least recently used entries until the rest fit in --max-mib.
+    Evict {
+        /// The size limit in MiB [default: $QEMU_MACHINE_SNAPSHOT_CACHE_MAX_MIB, else 4096].
+        #[arg(long, value_name = "MIB")]
+        max_mib: Option<u64>,
+    },
 }
 
 /// The arguments of `shell`.

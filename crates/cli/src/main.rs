@@ -5,6 +5,7 @@
 //! line on stderr and the exit status.
 
 mod args;
+mod cache;
 mod config;
 mod devices;
 mod failure;
@@ -77,6 +78,7 @@ async fn dispatch(command: Command) -> Outcome {
         Command::Ga(args) => tools::ga(args).await,
         Command::Accel(args) => tools::accel(args).await,
         Command::Version(args) => tools::version(args).await,
+        Command::Cache(args) => cache::cache(args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::time::Duration;
 
+use qemu_machine::snapshot_cache::{SnapshotCache, Warm};
 use qemu_machine::{Accel, KeepRunDir, Machine};
 use qmp::{EventFilter, Multiplexer, Request};
 use serde_json::json;
@@ -297,9 +298,15 @@ fn attach(
 /// SIGTERM, SIGHUP, SIGINT and SIGQUIT shut the VM down gracefully, as Ctrl-] q does (a
 /// second one kills it), or abort the launch; then the terminal is restored, the `--qmp`
 /// socket and the run dir are removed, and the status is 128 + the signal's number.
-pub(crate) async fn run(args: RunArgs) -> Outcome {
+pub(crate) async fn run(mut args: RunArgs) -> Outcome {
     // Before anything can fail: with --json, so is the failure.
     crate::term::set_json(args.json);
+    // These are about this invocation, not the VM: not in --config files.
+    let warm = WarmOptions {
+        save_state: args.save_state.take(),
+        restore: args.restore.take(),
+        cache: args.warm,
+    };
     let options = RunOptions::from_args(args)?;
     if options.dry_run {
         print!("{}", dry_run_script(&options)?);
@@ -315,8 +322,22 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         claim_socket_path(path, "--ga")?;
     }
     let mut vm = Machine::new(builder(&options));
+    if warm.save_state.is_some() || warm.restore.is_some() || warm.cache {
+        if let Some(why) = vm.config().migration_blockers().first() {
+            return Err(Failure::with_status(
+                format!("--save-state, --restore and --warm cannot work here: {why}"),
+                2,
+            ));
+        }
+    }
+    let cache = match warm.cache {
+        true => Some(crate::cache::open(None)?),
+        false => None,
+    };
+    let prompt = qemu_machine::Pattern::regex(options.prompt.as_deref().unwrap_or(DEFAULT_PROMPT))
+        .map_err(|e| Failure::with_status(format!("--prompt: {e}"), 2))?;
     let (launched, aborted) = with_spinner("starting QEMU", async {
-        let launch = vm.launch();
+        let launch = start(&mut vm, &warm, cache.as_ref(), prompt, &options);
         tokio::pin!(launch);
         let mut aborted: Option<Caught> = None;
         loop {
@@ -342,7 +363,8 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         );
         return Ok(caught.exit_status());
     }
-    launched?;
+    let started = launched?;
+    started.report(&warm, cache.as_ref());
     let (client, mux, console) = match attach(&vm, &options) {
         Ok(attached) => attached,
         Err(failure) => {
@@ -373,8 +395,16 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
             || json!({"status": "launched", "pid": pid, "qmp": options.qmp, "exec": command}),
         );
         let event_printer = print_events(&client);
-        let result =
-            exec_in_guest(&mut vm, &client, &console, &options, &command, &mut signals).await;
+        let result = exec_in_guest(
+            &mut vm,
+            &client,
+            &console,
+            &options,
+            &command,
+            started,
+            &mut signals,
+        )
+        .await;
         if tokio::time::timeout(Duration::from_millis(500), event_printer)
             .await
             .is_err()
@@ -495,8 +525,28 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         );
     }
     let mut escalated: Option<Caught> = None;
+    let mut save_failed = false;
     let result = {
         let work = async {
+            let save_to = match ending {
+                Ending::Detached(_) => warm.save_state.as_deref(),
+                _ => None,
+            };
+            if let Some(path) = save_to {
+                match save(&mut vm, path, timeout).await {
+                    Ok(()) => return vm.shutdown_timeout(timeout).await,
+                    Err(e) => {
+                        save_failed = true;
+                        status(
+                            &format!(
+                                "qemu-machine: could not save the state: {e}; stopping the VM"
+                            ),
+                            || json!({"status": "save-failed", "message": e.to_string()}),
+                        );
+                        return vm.shutdown_timeout(timeout).await;
+                    }
+                }
+            }
             match stop {
                 None => vm.wait(timeout).await,
                 Some(Stop::Immediate) => vm.shutdown_timeout(timeout).await,
@@ -558,6 +608,18 @@ pub(crate) async fn run(args: RunArgs) -> Outcome {
         _ => None,
     }) {
         return Ok(caught.exit_status());
+    }
+    if save_failed {
+        return Ok(1);
+    }
+    if let (Some(path), false) = (&warm.save_state, matches!(ending, Ending::Detached(_))) {
+        status(
+            &format!(
+                "qemu-machine: no state saved to {}: the VM exited by itself or stdout went away (only detaching saves)",
+                path.display()
+            ),
+            || json!({"status": "not-saved", "path": path}),
+        );
     }
     Ok(exit.map_or(1, |status| {
         exit_status_code(
@@ -643,18 +705,25 @@ pub(crate) const EXEC_GUEST_FAILED: u8 = 125;
 /// `run --exec`: waits for the prompt, runs `command` with its output streamed to stdout,
 /// powers the guest off (the graceful ladder), and returns the command's status (124: the
 /// deadline passed; 125: the guest failed; 128 + N: signal N).
+#[allow(clippy::too_many_arguments)]
 async fn exec_in_guest(
     vm: &mut Machine,
     client: &qmp::Client,
     console: &qemu_machine::Console,
     options: &RunOptions,
     command: &str,
+    how: Started,
     signals: &mut Signals,
 ) -> Outcome {
     let prompt = qemu_machine::Pattern::regex(options.prompt.as_deref().unwrap_or(DEFAULT_PROMPT))
         .map_err(|e| Failure::with_status(format!("--prompt: {e}"), 2))?;
     let started = tokio::time::Instant::now();
     let work = async {
+        if how != Started::Booted {
+            // A restored shell printed its prompt before it was saved: an empty line
+            // makes it print one again.
+            console.send_line("").await?;
+        }
         console
             .expect_any(prompt, ["Kernel panic"], options.exec_timeout)
             .await?;
@@ -709,7 +778,10 @@ async fn exec_in_guest(
     let mut killed = false;
     let result = {
         let work = async {
-            if vm.is_running() {
+            if vm.is_running() && matches!(how, Started::CacheHit | Started::CacheBuilt) {
+                // A cached guest's writes go to overlays: nothing to shut down cleanly.
+                vm.shutdown_timeout(timeout).await
+            } else if vm.is_running() {
                 power_down(vm, client, options.shutdown_timeout, timeout).await
             } else {
                 vm.wait(timeout).await
@@ -742,6 +814,95 @@ async fn exec_in_guest(
     }
     report_exit(vm);
     Ok(code)
+}
+
+/// `--save-state`, `--restore` and `--warm`.
+struct WarmOptions {
+    save_state: Option<std::path::PathBuf>,
+    restore: Option<std::path::PathBuf>,
+    cache: bool,
+}
+
+/// How the VM was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Started {
+    /// Booted.
+    Booted,
+    /// From `--restore FILE`.
+    Restored,
+    /// From the snapshot cache's entry.
+    CacheHit,
+    /// Booted, saved into the cache, restored from it.
+    CacheBuilt,
+}
+
+impl Started {
+    /// A status line for a VM that did not simply boot.
+    fn report(self, warm: &WarmOptions, cache: Option<&SnapshotCache>) {
+        let dir = cache.map(|c| c.dir().to_path_buf());
+        match self {
+            Started::Booted => {}
+            Started::Restored => {
+                let path = warm.restore.as_deref().unwrap_or(std::path::Path::new(""));
+                status(
+                    &format!("qemu-machine: restored from {}", path.display()),
+                    || json!({"status": "restored", "path": path}),
+                );
+            }
+            Started::CacheHit => status(
+                "qemu-machine: snapshot cache hit: restored, not booted",
+                || json!({"status": "cache-hit", "dir": dir}),
+            ),
+            Started::CacheBuilt => status(
+                "qemu-machine: snapshot cache miss: booted, saved the entry, restored it",
+                || json!({"status": "cache-built", "dir": dir}),
+            ),
+        }
+    }
+}
+
+/// Launches the VM: boots it, restores `--restore FILE`, or goes through the snapshot
+/// cache (`--warm`: the entry is ready when the prompt shows).
+async fn start(
+    vm: &mut Machine,
+    warm: &WarmOptions,
+    cache: Option<&SnapshotCache>,
+    prompt: qemu_machine::Pattern,
+    options: &RunOptions,
+) -> qemu_machine::Result<Started> {
+    if let Some(path) = &warm.restore {
+        vm.launch_restored(path, options.timeout).await?;
+        return Ok(Started::Restored);
+    }
+    if let Some(cache) = cache {
+        return Ok(
+            match cache.launch(vm, prompt, options.exec_timeout).await? {
+                Warm::Hit => Started::CacheHit,
+                Warm::Built => Started::CacheBuilt,
+            },
+        );
+    }
+    vm.launch().await?;
+    Ok(Started::Booted)
+}
+
+/// `--save-state`: the guest's state to `path`, said on stderr.
+async fn save(
+    vm: &mut Machine,
+    path: &std::path::Path,
+    timeout: Duration,
+) -> qemu_machine::Result<()> {
+    let info = vm.save_state(path, timeout).await?;
+    let mib = info.file_bytes() as f64 / (1u64 << 20) as f64;
+    status(
+        &format!(
+            "qemu-machine: state saved to {} ({mib:.1} MiB in {} ms)",
+            path.display(),
+            info.save_ms
+        ),
+        || json!({"status": "state-saved", "path": path, "bytes": info.file_bytes(), "ms": info.save_ms}),
+    );
+    Ok(())
 }
 
 /// Says how QEMU ended (a status line, or a JSON object with `--json`), and returns it.

@@ -554,6 +554,64 @@ impl Devices {
     }
 }
 
+/// What saving and restoring a machine's state needs of its typed devices (see
+/// [`saved_state`](crate::saved_state)).
+impl Devices {
+    /// Why QEMU could not migrate these devices, one sentence each (empty: it can).
+    pub(crate) fn migration_blockers(&self) -> Vec<String> {
+        self.shares
+            .iter()
+            .map(|share| {
+                format!(
+                    "the 9p share {:?} ({}): QEMU cannot migrate a 9p export (virtio-9p \
+                     keeps host file handles the guest has open, so QEMU blocks migration \
+                     while it is mounted)",
+                    share.tag,
+                    share.path.display()
+                )
+            })
+            .collect()
+    }
+
+    /// The disks as `(drive id, image, writable, snapshot)`.
+    pub(crate) fn disk_files(&self) -> Vec<(String, &Path, bool, bool)> {
+        self.disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                (
+                    format!("qm-disk{i}"),
+                    d.file.as_path(),
+                    !d.read_only,
+                    d.snapshot,
+                )
+            })
+            .collect()
+    }
+
+    /// Every file a launch reads: kernel, initrd, disk images.
+    pub(crate) fn input_files(&self) -> Vec<&Path> {
+        let mut files: Vec<&Path> = self
+            .kernel
+            .iter()
+            .chain(&self.initrd)
+            .map(|p| p.as_path())
+            .collect();
+        files.extend(self.disks.iter().map(|d| d.file.as_path()));
+        files
+    }
+
+    /// Every writable disk becomes `snapshot=on`: QEMU's own temporary overlay takes the
+    /// writes, and the image stays as it was.
+    pub(crate) fn snapshot_writable_disks(&mut self) {
+        for disk in &mut self.disks {
+            if !disk.read_only {
+                disk.snapshot = true;
+            }
+        }
+    }
+}
+
 impl MachineBuilder {
     /// The QEMU arguments this builder's typed devices render to: the same ones, in the
     /// same order, that [`Machine::launch`] puts before the raw [`args`](Self::args). For

@@ -8,6 +8,8 @@
 //!   (`PR_SET_PDEATHSIG`); dropping a running [`Machine`] kills and reaps it; the private
 //!   run dir is removed.
 //! - [`fleet`]: many machines concurrently.
+//! - [`saved_state`]: a machine's whole state saved to a file and launched from it;
+//!   [`snapshot_cache`]: booted guests cached for test suites (restore, not boot).
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -55,7 +57,9 @@ pub mod qmp_log;
 pub mod qtest;
 pub mod report;
 mod run_dir;
+pub mod saved_state;
 mod shutdown;
+pub mod snapshot_cache;
 mod sock;
 mod spawn;
 pub mod typed_qmp;
