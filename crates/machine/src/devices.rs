@@ -559,18 +559,24 @@ impl Devices {
 impl Devices {
     /// Why QEMU could not migrate these devices, one sentence each (empty: it can).
     pub(crate) fn migration_blockers(&self) -> Vec<String> {
-        self.shares
-            .iter()
-            .map(|share| {
-                format!(
-                    "the 9p share {:?} ({}): QEMU cannot migrate a 9p export (virtio-9p \
-                     keeps host file handles the guest has open, so QEMU blocks migration \
-                     while it is mounted)",
-                    share.tag,
-                    share.path.display()
-                )
-            })
-            .collect()
+        let nine_p = self.shares.iter().map(|share| {
+            format!(
+                "the 9p share {:?} ({}): QEMU cannot migrate a 9p export (virtio-9p \
+                 keeps host file handles the guest has open, so QEMU blocks migration \
+                 while it is mounted)",
+                share.tag,
+                share.path.display()
+            )
+        });
+        let virtiofs = self.virtiofs.iter().map(|share| {
+            format!(
+                "the virtiofs share {:?} ({}): its state lives in virtiofsd, outside QEMU, \
+                 and QEMU refuses to migrate it",
+                share.tag,
+                share.path.display()
+            )
+        });
+        nine_p.chain(virtiofs).collect()
     }
 
     /// The disks as `(drive id, image, writable, snapshot)`.

@@ -796,6 +796,15 @@ mod tests {
     }
 
     #[test]
+    fn typed_virtiofs_shares_block_saving() {
+        let builder = crate::Machine::builder("q")
+            .share_virtiofs(crate::virtiofs::VirtioFs::new("src", "/srv/src"));
+        let blockers = builder.migration_blockers();
+        assert_eq!(blockers.len(), 1, "{blockers:?}");
+        assert!(blockers[0].contains("virtiofs share \"src\""), "{blockers:?}");
+    }
+
+    #[test]
     fn raw_9p_and_virtiofs_arguments_block_saving() {
         let builder = Machine::builder("qemu-system-x86_64").args([
             "-device",
