@@ -61,9 +61,11 @@ impl Signals {
     }
 }
 
-/// SIGKILLs every child of this process that leads a process group of its own (that is
-/// how the library starts QEMU); returns how many. Used when a launch is aborted: the
-/// library's launch watches its child, so it then fails fast and cleans up after itself.
+/// Ends every child of this process that leads a process group of its own: the library's
+/// per-VM watchdogs, which on SIGTERM kill QEMU, its group and every descendant, then exit
+/// as QEMU did (a SIGKILL would end only the watchdog, and a descendant that left QEMU's
+/// group would escape); returns how many. Used when a launch is aborted: the library's
+/// launch watches its child, so it then fails fast and cleans up after itself.
 pub(crate) fn kill_child_groups() -> usize {
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -86,7 +88,7 @@ pub(crate) fn kill_child_groups() -> usize {
         let pgrp = fields.next().and_then(|p| p.parse::<u32>().ok());
         if ppid == Some(me) && pgrp == Some(pid) {
             if let Ok(group) = i32::try_from(pid) {
-                if killpg(Pid::from_raw(group), Signal::SIGKILL).is_ok() {
+                if killpg(Pid::from_raw(group), Signal::SIGTERM).is_ok() {
                     killed += 1;
                 }
             }

@@ -801,7 +801,10 @@ mod tests {
             .share_virtiofs(crate::virtiofs::VirtioFs::new("src", "/srv/src"));
         let blockers = builder.migration_blockers();
         assert_eq!(blockers.len(), 1, "{blockers:?}");
-        assert!(blockers[0].contains("virtiofs share \"src\""), "{blockers:?}");
+        assert!(
+            blockers[0].contains("virtiofs share \"src\""),
+            "{blockers:?}"
+        );
     }
 
     #[test]
