@@ -207,7 +207,7 @@ fn bad_device_values_are_usage_errors_naming_the_key() {
     for (args, named) in [
         (&["--disk", "/x.img,if=floppy"][..], "key if"),
         (&["--disk", "/x.img,cache=none"][..], "\"cache\""),
-        (&["--net", "user,hostfwd=udp::1-:2"][..], "key hostfwd"),
+        (&["--net", "user,hostfwd=udp::0-:2"][..], "key hostfwd"),
         (&["--share", "/tmp,readonly=perhaps"][..], "key readonly"),
         (&["--smp", "0"][..], "--smp"),
         (&["--prompt", "(", "--exec", "true"][..], "--prompt"),
