@@ -165,10 +165,11 @@ pub(crate) fn migration_blockers(config: &Config) -> Vec<String> {
     blockers
 }
 
-/// A hash of everything in a configuration that a restore must match: the binary, the
-/// machine, the devices and the raw arguments. Names, directories, the monitor and logs
-/// may differ; so may `snapshot=on` on a writable disk and `-incoming` (a restore adds
-/// them), so that a restored machine's state can be saved again.
+/// A hash of everything in a configuration that a restore must match: the machine, the
+/// devices and the raw arguments. The binary may differ (its version is checked apart,
+/// with a clearer error), and so may names, directories, the monitor and logs,
+/// `snapshot=on` on a writable disk and `-incoming` (a restore adds them, and a restored
+/// machine's state can be saved again).
 pub(crate) fn fingerprint(config: &Config) -> String {
     let mut devices = config.devices.clone();
     devices.snapshot_writable_disks();
@@ -183,8 +184,7 @@ pub(crate) fn fingerprint(config: &Config) -> String {
         }
     }
     let material = format!(
-        "qemu-machine state v{STATE_FORMAT}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{}\0{}\0{}\0{}",
-        config.binary,
+        "qemu-machine state v{STATE_FORMAT}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{}\0{}\0{}\0{}",
         args,
         config.machine_type,
         config.console,
@@ -621,9 +621,9 @@ impl Machine {
         let config = &original.config;
         if fingerprint(config) != info.fingerprint {
             return Err(Error::config(format!(
-                "{} was saved from a machine configured differently (binary, machine type, \
-                 accelerator, devices or arguments); restore it with the configuration it \
-                 was saved with",
+                "{} was saved from a machine configured differently (machine type, \
+                 accelerator, memory, devices or arguments); restore it with the \
+                 configuration it was saved with",
                 path.display()
             )));
         }
