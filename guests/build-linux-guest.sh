@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# Builds the Linux test guest from Debian packages: the cloud kernel and a busybox initramfs
-# with the virtio modules, an ACPI power button handler and qemu-guest-agent.
+# Builds the Linux test guest from Debian packages: a Debian kernel (the cloud one by default) and a busybox initramfs
+# with the virtio modules (virtiofs included), an ACPI power button handler and qemu-guest-agent.
+# With root=/dev/vda on the kernel command line its init boots the system on that disk
+# instead (the Debian guest of guests/build-debian-guest.sh).
 #
 #   guests/build-linux-guest.sh        # -> .cache/guests/linux/{vmlinuz,initrd.gz,version}
+#   FLAVOR=amd64 guests/build-linux-guest.sh   # -> .cache/guests/linux-amd64/...
 #
+# FLAVOR picks the kernel: `cloud-amd64` (the default: small, fast to boot, virtiofs but no
+# 9p) or `amd64` (Debian's generic kernel, with 9p, for the 9p share tests).
 # Idempotent (does nothing when the packages have not changed) and byte-reproducible (same
-# packages, same bytes). The kernel package is resolved through the linux-image-cloud-amd64
+# packages, same bytes). The kernel package is resolved through the linux-image-$FLAVOR
 # metapackage, since its versioned name changes with security updates. Needs root (or
 # sudo) for apt-get and for the /dev/console node.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=${OUT:-$root/.cache/guests/linux}
+flavor=${FLAVOR:-cloud-amd64}
+case "$flavor" in
+    cloud-amd64) out=${OUT:-$root/.cache/guests/linux}; extra_modules=() ;;
+    amd64) out=${OUT:-$root/.cache/guests/linux-amd64}; extra_modules=(9p 9pnet_virtio) ;;
+    *) echo "FLAVOR must be cloud-amd64 or amd64, not $flavor" >&2; exit 2 ;;
+esac
 modules_wanted=(virtio_pci virtio_blk virtio_net virtio_console virtio_rng virtio_balloon
-    virtio_scsi sd_mod ata_piix button evdev)
+    virtio_scsi sd_mod ata_piix button evdev virtiofs "${extra_modules[@]}")
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -29,7 +39,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 resolve_kernel() {
-    apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+    apt-cache depends "linux-image-$flavor" 2>/dev/null |
         awk '/Depends: linux-image-[0-9]/ { print $2; exit }'
 }
 kernel_pkg=$(resolve_kernel)
@@ -37,7 +47,7 @@ if [ -z "$kernel_pkg" ]; then
     as_root apt-get update -q
     kernel_pkg=$(resolve_kernel)
 fi
-[ -n "$kernel_pkg" ] || { echo "cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+[ -n "$kernel_pkg" ] || { echo "cannot resolve linux-image-$flavor" >&2; exit 1; }
 kernel_version=${kernel_pkg#linux-image-}
 
 candidate() { apt-cache policy "$1" | awk '/Candidate:/ { print $2 }'; }
@@ -127,6 +137,18 @@ mount -t tmpfs tmpfs /tmp
 for module in $(cat /etc/modules); do
     insmod "/lib/modules/$module.ko" 2>/dev/null
 done
+# root=/dev/vda (guests/build-debian-guest.sh): boot the system on that disk instead.
+case " $(cat /proc/cmdline) " in
+    *" root=/dev/vda "*)
+        mkdir -p /newroot
+        if mount -t ext4 /dev/vda /newroot; then
+            umount /run /tmp
+            for fs in dev proc sys; do mount --move "/$fs" "/newroot/$fs"; done
+            exec switch_root /newroot /sbin/init
+        fi
+        echo "cannot mount /dev/vda: staying in the initramfs"
+        ;;
+esac
 acpid -l /run/acpid.log
 for port in /sys/class/virtio-ports/*; do
     if [ "$(cat "$port/name" 2>/dev/null)" = org.qemu.guest_agent.0 ]; then

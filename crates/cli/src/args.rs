@@ -46,6 +46,14 @@ pub(crate) enum Command {
     Qom(QomArgs),
     /// Talk to the guest agent.
     Ga(GaArgs),
+    /// Migrate a running VM to URI (e.g. unix:/path, tcp:host:port, exec:cat>file) and wait
+    /// for the end; a progress bar (bytes of RAM sent) on a terminal; the final
+    /// query-migrate as JSON. Exit 1 when it fails, 124 (and cancelled) after --timeout.
+    Migrate(MigrateArgs),
+    /// Wait for a block job (mirror, backup, stream, commit) to end, or with --ready to be
+    /// ready; a progress bar (offset of length) on a terminal; the job's last event as
+    /// JSON. Exit 1 when it fails or is cancelled, 124 after --timeout (the job goes on).
+    Job(JobArgs),
     /// Which accelerators a QEMU binary has, and which one `--accel auto` picks here.
     Accel(AccelArgs),
     /// The versions of this tool and of QEMU.
@@ -169,14 +177,17 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "PATH[,KEY=VALUE...]")]
     pub(crate) disk: Vec<String>,
     /// User-mode networking on a virtio-net card (repeatable):
-    /// user[,hostfwd=tcp:[127.0.0.1]:HOSTPORT-:GUESTPORT]... Forwards listen on 127.0.0.1;
-    /// HOSTPORT 0 picks a free port, printed after launch ("tcp 127.0.0.1:PORT -> guest
-    /// GUESTPORT").
+    /// user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]... Forwards listen on ADDR, an IPv4
+    /// address, 127.0.0.1 when empty (0.0.0.0 opens the guest's port to the network); a tcp
+    /// HOSTPORT 0 picks a free port; each forward is printed after launch ("tcp
+    /// 127.0.0.1:PORT -> guest GUESTPORT").
     #[arg(long, value_name = "user[,hostfwd=...]")]
     pub(crate) net: Vec<String>,
-    /// Share a host directory over 9p (repeatable): DIR[,tag=TAG][,readonly=off];
-    /// read-only unless readonly=off; tag "share" (then share1, share2...) unless given.
-    /// In a Linux guest: mount -t 9p -o trans=virtio TAG /mnt.
+    /// Share a host directory (repeatable): DIR[,tag=TAG][,readonly=off][,fs=9p|virtiofs];
+    /// read-only unless readonly=off; tag "share" (then share1, share2...) unless given;
+    /// 9p unless fs=virtiofs (served by a virtiofsd started and stopped with the VM:
+    /// $QEMU_MACHINE_VIRTIOFSD, else virtiofsd on PATH, /usr/libexec or /usr/lib/qemu).
+    /// In a Linux guest: mount -t 9p -o trans=virtio TAG /mnt, or mount -t virtiofs TAG /mnt.
     #[arg(long, value_name = "DIR[,KEY=VALUE...]")]
     pub(crate) share: Vec<String>,
     /// Serve the guest agent (qemu-ga in the guest) at this UNIX path (mode 0600) while
@@ -318,6 +329,33 @@ pub(crate) struct ExecArgs {
     /// Deadline in seconds for the connection, the greeting, and the command.
     #[arg(long, value_name = "S")]
     pub(crate) timeout: Option<f64>,
+}
+
+/// The arguments of `migrate`.
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    #[command(flatten)]
+    pub(crate) address: Address,
+    /// Where to: QEMU's migration URI (the destination was started with -incoming).
+    pub(crate) uri: String,
+    /// Deadline in seconds for the whole migration.
+    #[arg(long, value_name = "S", default_value_t = 600.0)]
+    pub(crate) timeout: f64,
+}
+
+/// The arguments of `job`.
+#[derive(Debug, Args)]
+pub(crate) struct JobArgs {
+    #[command(flatten)]
+    pub(crate) address: Address,
+    /// The job's id (its device); the one running job when not given.
+    pub(crate) id: Option<String>,
+    /// Return once the job is ready (a mirror in sync) instead of when it ends.
+    #[arg(long)]
+    pub(crate) ready: bool,
+    /// Deadline in seconds.
+    #[arg(long, value_name = "S", default_value_t = 600.0)]
+    pub(crate) timeout: f64,
 }
 
 /// The arguments of `events`.

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use qemu_machine::devices::{Disk, DiskInterface, Share9p, UserNet};
-use qemu_machine::{Machine, MachineBuilder};
+use qemu_machine::virtiofs::VirtioFs;
+use qemu_machine::MachineBuilder;
 
 use crate::failure::Failure;
 
@@ -126,12 +127,20 @@ impl DiskSpec {
     }
 }
 
-/// `--net user[,hostfwd=tcp:[127.0.0.1]:HOSTPORT-:GUESTPORT]...`: TCP forwards from the
-/// host's 127.0.0.1 (host port 0: any free one).
+/// `--net user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]...`: forwards from the host's
+/// ADDR (127.0.0.1 when empty; host port 0: any free one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NetSpec {
-    /// (host port, guest port) pairs.
-    pub(crate) forwards: Vec<(u16, u16)>,
+    pub(crate) forwards: Vec<HostForward>,
+}
+
+/// One `hostfwd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HostForward {
+    pub(crate) udp: bool,
+    pub(crate) address: std::net::Ipv4Addr,
+    pub(crate) host_port: u16,
+    pub(crate) guest_port: u16,
 }
 
 impl NetSpec {
@@ -158,28 +167,35 @@ impl NetSpec {
     fn to_user_net(&self) -> UserNet {
         self.forwards
             .iter()
-            .fold(UserNet::new(), |net, &(host, guest)| {
-                net.forward_tcp(host, guest)
+            .fold(UserNet::new(), |net, f| match f.udp {
+                false => net.forward_tcp_on(f.address, f.host_port, f.guest_port),
+                true => net.forward_udp_on(f.address, f.host_port, f.guest_port),
             })
     }
 }
 
-/// `tcp:[ADDR]:HOSTPORT-:GUESTPORT`, ADDR empty or 127.0.0.1.
-fn parse_hostfwd(value: &str) -> Result<(u16, u16), Failure> {
+/// `tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT`, ADDR an IPv4 address, 127.0.0.1 when empty
+/// (QEMU's own default, every interface, would open the guest to the network).
+fn parse_hostfwd(value: &str) -> Result<HostForward, Failure> {
     let bad = |why: &str| {
         usage(format!(
             "--net: bad value {value:?} for key hostfwd ({why}; the form is \
-             tcp:[127.0.0.1]:HOSTPORT-:GUESTPORT)"
+             tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT)"
         ))
     };
-    let rest = value
-        .strip_prefix("tcp:")
-        .ok_or_else(|| bad("only tcp forwards"))?;
+    let (udp, rest) = match (value.strip_prefix("tcp:"), value.strip_prefix("udp:")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return Err(bad("tcp or udp")),
+    };
     let (host, guest) = rest.split_once('-').ok_or_else(|| bad("no -:GUESTPORT"))?;
     let (address, host_port) = host.rsplit_once(':').ok_or_else(|| bad("no HOSTPORT"))?;
-    if !(address.is_empty() || address == "127.0.0.1") {
-        return Err(bad("forwards listen on 127.0.0.1 only"));
-    }
+    let address = match address {
+        "" => std::net::Ipv4Addr::LOCALHOST,
+        text => text
+            .parse()
+            .map_err(|_| bad("ADDR must be an IPv4 address"))?,
+    };
     let guest_port = guest
         .strip_prefix(':')
         .ok_or_else(|| bad("the guest address is always the guest's own"))?;
@@ -188,15 +204,25 @@ fn parse_hostfwd(value: &str) -> Result<(u16, u16), Failure> {
     if guest_port == 0 {
         return Err(bad("GUESTPORT 0"));
     }
-    Ok((host_port, guest_port))
+    if udp && host_port == 0 {
+        return Err(bad("a udp forward needs its HOSTPORT"));
+    }
+    Ok(HostForward {
+        udp,
+        address,
+        host_port,
+        guest_port,
+    })
 }
 
-/// `--share DIR[,tag=TAG][,readonly=off]`: 9p, read-only unless `readonly=off`.
+/// `--share DIR[,tag=TAG][,readonly=off][,fs=9p|virtiofs]`: 9p unless `fs=virtiofs`,
+/// read-only unless `readonly=off`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ShareSpec {
     pub(crate) dir: PathBuf,
     pub(crate) tag: Option<String>,
     pub(crate) writable: bool,
+    pub(crate) virtiofs: bool,
 }
 
 impl ShareSpec {
@@ -209,6 +235,7 @@ impl ShareSpec {
             dir: PathBuf::from(&parts[0]),
             tag: None,
             writable: false,
+            virtiofs: false,
         };
         for (key, value) in pairs("--share", &parts[1..])? {
             match key {
@@ -219,9 +246,20 @@ impl ShareSpec {
                     )))
                 }
                 "readonly" => share.writable = !switch("--share", key, value)?,
+                "fs" => {
+                    share.virtiofs = match value {
+                        "9p" => false,
+                        "virtiofs" => true,
+                        _ => {
+                            return Err(usage(format!(
+                                "--share: bad value {value:?} for key fs (9p, virtiofs)"
+                            )))
+                        }
+                    }
+                }
                 _ => {
                     return Err(usage(format!(
-                        "--share: unknown key {key:?} (tag, readonly)"
+                        "--share: unknown key {key:?} (tag, readonly, fs)"
                     )))
                 }
             }
@@ -272,15 +310,15 @@ impl DeviceOptions {
             builder = builder.user_net(net.to_user_net());
         }
         for (i, share) in self.shares.iter().enumerate() {
-            builder =
-                builder.share_9p(Share9p::new(share.tag(i), &share.dir).writable(share.writable));
+            builder = if share.virtiofs {
+                builder.share_virtiofs(
+                    VirtioFs::new(share.tag(i), &share.dir).writable(share.writable),
+                )
+            } else {
+                builder.share_9p(Share9p::new(share.tag(i), &share.dir).writable(share.writable))
+            };
         }
         builder
-    }
-
-    /// The arguments the library renders for them at launch (for `--dry-run`).
-    pub(crate) fn render(&self) -> Vec<String> {
-        self.apply(Machine::builder(String::new())).device_args()
     }
 }
 
@@ -311,13 +349,29 @@ mod tests {
 
     #[test]
     fn nets_parse_and_bad_forwards_are_named() {
-        let net = NetSpec::parse("user,hostfwd=tcp:127.0.0.1:0-:22,hostfwd=tcp::8080-:80").unwrap();
-        assert_eq!(net.forwards, [(0, 22), (8080, 80)]);
+        let net = NetSpec::parse(
+            "user,hostfwd=tcp:127.0.0.1:0-:22,hostfwd=tcp::8080-:80,hostfwd=udp:0.0.0.0:53-:5353",
+        )
+        .unwrap();
+        let forwards: Vec<_> = net
+            .forwards
+            .iter()
+            .map(|f| (f.udp, f.address.to_string(), f.host_port, f.guest_port))
+            .collect();
+        assert_eq!(
+            forwards,
+            [
+                (false, "127.0.0.1".into(), 0, 22),
+                (false, "127.0.0.1".into(), 8080, 80),
+                (true, "0.0.0.0".into(), 53, 5353)
+            ]
+        );
         assert_eq!(NetSpec::parse("user").unwrap().forwards, []);
         for (bad, named) in [
             ("tap", "network type"),
-            ("user,hostfwd=udp::1-:2", "key hostfwd"),
-            ("user,hostfwd=tcp:0.0.0.0:1-:2", "key hostfwd"),
+            ("user,hostfwd=sctp::1-:2", "key hostfwd"),
+            ("user,hostfwd=udp::0-:2", "needs its HOSTPORT"),
+            ("user,hostfwd=tcp:localhost:1-:2", "IPv4"),
             ("user,hostfwd=tcp::x-:2", "key hostfwd"),
             ("user,hostfwd=tcp::1-10.0.2.15:2", "key hostfwd"),
             ("user,restrict=on", "\"restrict\""),
@@ -336,6 +390,10 @@ mod tests {
         assert_eq!(share.tag(2), "share2");
         let share = ShareSpec::parse("/d,tag=src,readonly=off").unwrap();
         assert!(share.writable);
+        assert!(!share.virtiofs);
+        assert!(ShareSpec::parse("/d,fs=virtiofs").unwrap().virtiofs);
+        assert!(!ShareSpec::parse("/d,fs=9p").unwrap().virtiofs);
+        assert!(ShareSpec::parse("/d,fs=nfs").is_err());
         assert_eq!(share.tag(0), "src");
         for (bad, named) in [
             ("/d,tag=", "key tag"),

@@ -10,6 +10,7 @@ mod config;
 mod devices;
 mod failure;
 mod output;
+mod progress;
 mod qom;
 mod run;
 mod shell;
@@ -70,6 +71,8 @@ async fn dispatch(command: Command) -> Outcome {
         Command::Run(args) => run::run(*args).await,
         Command::Shell(args) => shell::shell(args).await,
         Command::Exec(args) => tools::exec(args).await,
+        Command::Migrate(args) => progress::migrate(args).await,
+        Command::Job(args) => progress::job(args).await,
         Command::Events(args) => tools::events(args).await,
         Command::Qom(args) => qom::qom(args).await,
         Command::Ga(args) => tools::ga(args).await,

@@ -102,7 +102,11 @@ fn builder(options: &RunOptions) -> qemu_machine::MachineBuilder {
         builder = builder.guest_agent();
     }
     if let Some(memory) = &options.memory {
-        builder = builder.args(["-m", memory]);
+        builder = match memory_mib(memory) {
+            Some(mib) => builder.memory_mib(mib),
+            // QEMU's other forms (`size=...,maxmem=...`) go to it as they are.
+            None => builder.args(["-m", memory]),
+        };
     }
     if let Some(log) = &options.console_log {
         builder = builder.console_log(log);
@@ -113,6 +117,18 @@ fn builder(options: &RunOptions) -> qemu_machine::MachineBuilder {
     builder.args(options.qemu_args.iter().cloned())
 }
 
+/// `-m`'s plain sizes in MiB, as QEMU reads them: a number of MiB, or one with an `M`, `G`
+/// or `T` suffix (the typed memory is what shared-memory devices such as virtiofs size by).
+fn memory_mib(text: &str) -> Option<u64> {
+    let (digits, scale) = match text.char_indices().last()? {
+        (i, 'M' | 'm') => (&text[..i], 1),
+        (i, 'G' | 'g') => (&text[..i], 1024),
+        (i, 'T' | 't') => (&text[..i], 1024 * 1024),
+        _ => (text, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(scale)
+}
+
 /// The QEMU command line `run` would start, as lines of shell: comments saying what
 /// differs from the real launch, then the command, shell-quoted.
 ///
@@ -121,22 +137,23 @@ fn builder(options: &RunOptions) -> qemu_machine::MachineBuilder {
 /// its command line without launching. So the generated part is rendered here, following
 /// the library's layout (binary, `-display none -vga none`, monitor, `-machine`, `-accel`,
 /// console, then the extra arguments), with the console and QEMU's own monitor on stdio
-/// instead. The built-in guest is refused: its disk image only exists once it launches.
+/// instead. For the built-in guest, whose disk image qemu-machine writes at launch, the
+/// script first writes it (`printf` of its boot sector, then `truncate` to its size) as
+/// `builtin-guest.img` in the current directory.
 fn dry_run_script(options: &RunOptions) -> Result<String, Failure> {
-    if options.kernel.is_none() && options.image.is_none() {
-        return Err(Failure::with_status(
-            "--dry-run needs --kernel or --image: the built-in guest's disk image is only \
-             written when it launches, so its command line cannot be run by hand",
-            2,
-        ));
-    }
+    let builtin = options.kernel.is_none() && options.image.is_none();
     let builder = builder(options);
     let mut argv = vec![builder.binary().to_string()];
     argv.extend(["-display", "none", "-vga", "none"].map(String::from));
     argv.extend(["-machine", "pc", "-accel"].map(String::from));
     argv.push(accel(options.accel).resolve().as_arg().to_string());
     argv.extend(["-serial", "mon:stdio"].map(String::from));
-    argv.extend(options.devices.render());
+    argv.extend(builder.device_args());
+    if builtin {
+        argv.extend(qemu_machine::guest::drive_args(std::path::Path::new(
+            BUILTIN_GUEST_IMAGE,
+        )));
+    }
     argv.extend(builder.extra_args().iter().cloned());
     let mut script = String::from(
         "# qemu-machine run hands QEMU its QMP monitor and serial console on socketpairs\n\
@@ -170,9 +187,25 @@ fn dry_run_script(options: &RunOptions) -> Result<String, Failure> {
             log.display()
         ));
     }
+    if builtin {
+        script.push_str(&format!(
+            "# The built-in guest's disk, written by qemu-machine at launch: its boot sector.\n\
+             printf '{}' > {BUILTIN_GUEST_IMAGE} && truncate -s {} {BUILTIN_GUEST_IMAGE}\n",
+            octal_escapes(&qemu_machine::guest::boot_sector()),
+            qemu_machine::guest::IMAGE_SIZE
+        ));
+    }
     script.push_str(&qemu_machine::shell_words(&argv));
     script.push('\n');
     Ok(script)
+}
+
+/// Where a `--dry-run` script of the built-in guest writes its disk image.
+const BUILTIN_GUEST_IMAGE: &str = "builtin-guest.img";
+
+/// `bytes` as a `printf` format that prints them: every byte as a POSIX octal escape.
+fn octal_escapes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:03o}")).collect()
 }
 
 /// How many chunks of typed input may wait for the guest before more is dropped.
@@ -622,11 +655,16 @@ async fn serve_extras(
     options: &RunOptions,
 ) -> Result<Option<std::path::PathBuf>, Failure> {
     for net in &options.devices.nets {
-        for &(_, guest_port) in &net.forwards {
-            let port = vm.host_port(guest_port).await?;
+        for forward in &net.forwards {
+            let (protocol, port) = match forward.udp {
+                false => ("tcp", vm.host_port(forward.guest_port).await?),
+                // UDP forwards name their port (the parser refuses 0 for them).
+                true => ("udp", forward.host_port),
+            };
+            let (host, guest_port) = (forward.address.to_string(), forward.guest_port);
             status(
-                &format!("qemu-machine: tcp 127.0.0.1:{port} -> guest {guest_port}"),
-                || json!({"status": "forward", "protocol": "tcp", "host": "127.0.0.1", "port": port, "guest_port": guest_port}),
+                &format!("qemu-machine: {protocol} {host}:{port} -> guest {guest_port}"),
+                || json!({"status": "forward", "protocol": protocol, "host": host, "port": port, "guest_port": guest_port}),
             );
         }
     }
@@ -953,6 +991,23 @@ async fn power_down(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_memory_sizes_are_typed_and_others_left_to_qemu() {
+        assert_eq!(memory_mib("256"), Some(256));
+        assert_eq!(memory_mib("256M"), Some(256));
+        assert_eq!(memory_mib("2G"), Some(2048));
+        assert_eq!(memory_mib("1t"), Some(1 << 20));
+        for other in [
+            "",
+            "M",
+            "1.5G",
+            "size=1G,maxmem=4G",
+            "99999999999999999999T",
+        ] {
+            assert_eq!(memory_mib(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn commas_in_paths_are_doubled() {

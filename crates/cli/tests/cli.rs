@@ -603,11 +603,34 @@ fn dry_run_prints_a_command_that_runs_by_hand() {
     qemu.expect("Linux version");
     drop(qemu);
 
-    // The built-in guest cannot be run by hand: refused, nothing printed on stdout.
+    // The built-in guest: the script writes its disk first, then boots it.
     let builtin = run(&["run", "--dry-run"], "");
-    assert_eq!(builtin.status.code(), Some(2));
-    assert!(builtin.stdout.is_empty());
-    assert!(text(&builtin.stderr).contains("--dry-run needs --kernel or --image"));
+    assert_eq!(builtin.status.code(), Some(0), "{}", text(&builtin.stderr));
+    let script = text(&builtin.stdout);
+    assert!(script.contains("printf '\\372"), "{script}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut qemu = qemu_test_support::cli::Piped::spawn(
+        Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir.path()),
+    );
+    qemu.expect("READY");
+    // Ctrl-X: the built-in guest leaves through isa-debug-exit.
+    qemu.send(&[qemu_machine::guest::DEBUG_EXIT]);
+    let status = qemu.wait_timeout(std::time::Duration::from_secs(30));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(qemu_machine::guest::DEBUG_EXIT_STATUS),
+        "{}",
+        qemu.output()
+    );
+    assert_eq!(
+        std::fs::metadata(dir.path().join("builtin-guest.img"))
+            .unwrap()
+            .len(),
+        qemu_machine::guest::IMAGE_SIZE
+    );
 }
 
 #[test]

@@ -341,6 +341,84 @@ fn share_is_accepted() {
     assert_eq!(text(&out.stdout).trim(), "1");
 }
 
+/// The run-my-tests-in-a-VM workflow on the project's guest: a virtiofs share is mounted,
+/// read, written (when writable) and refused writes (when read-only).
+#[test]
+fn virtiofs_shares_are_mounted_read_and_written_by_exec() {
+    let files = tempfile::tempdir().unwrap();
+    let (src, out_dir) = (files.path().join("src"), files.path().join("out"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::write(src.join("test.sh"), "echo tests ran\n").unwrap();
+    let src_spec = format!("{},tag=src,fs=virtiofs", src.display());
+    let out_spec = format!("{},tag=out,fs=virtiofs,readonly=off", out_dir.display());
+    let dirs = RunDirs::new();
+    let out = output_with_input(
+        dirs.run(&["--share", &src_spec, "--share", &out_spec])
+            .env("QEMU_MACHINE_VIRTIOFSD", qemu_test_support::virtiofsd())
+            .args([
+                "--exec",
+                "mkdir -p /src /out && mount -t virtiofs src /src && mount -t virtiofs out /out \
+                 && sh /src/test.sh > /out/result && cat /out/result \
+                 && ! touch /src/written 2>/dev/null",
+            ]),
+        b"",
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(text(&out.stdout), "tests ran\n");
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("result")).unwrap(),
+        "tests ran\n"
+    );
+    assert!(!src.join("written").exists());
+    assert_gone(pid_in(&stderr));
+    dirs.assert_empty();
+}
+
+/// `--exec` on a full Debian guest: systemd, a root autologin getty (bash's prompt and its
+/// bracketed-paste sequences), the default prompt pattern, a graceful power-off.
+#[test]
+fn exec_runs_on_a_systemd_debian_guest_with_the_default_prompt() {
+    let image = std::env::var_os("QEMU_MACHINE_DEBIAN_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/debian/rootfs.img")
+        });
+    assert!(
+        image.exists(),
+        "run guests/build-debian-guest.sh (scripts/test does)"
+    );
+    let guest = guest();
+    let dirs = RunDirs::new();
+    let disk = format!("{},snapshot=on", image.display());
+    let mut command = bin();
+    command.env("XDG_RUNTIME_DIR", dirs.0.path()).args([
+        "run".as_ref(),
+        "-m".as_ref(),
+        "512M".as_ref(),
+        "--kernel".as_ref(),
+        guest.join("vmlinuz").as_os_str(),
+        "--initrd".as_ref(),
+        guest.join("initrd.gz").as_os_str(),
+        "--append".as_ref(),
+        "console=ttyS0 root=/dev/vda".as_ref(),
+        "--disk".as_ref(),
+        disk.as_ref(),
+        "--exec-timeout".as_ref(),
+        "400".as_ref(),
+        "--exec".as_ref(),
+        "cat /proc/1/comm; uname -r; (exit 3)".as_ref(),
+    ]);
+    let out = output_with_input(&mut command, b"");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let kernel = std::fs::read_to_string(guest.join("version")).unwrap();
+    assert_eq!(text(&out.stdout), format!("systemd\n{}\n", kernel.trim()));
+    assert_gone(pid_in(&stderr));
+    dirs.assert_empty();
+}
+
 #[test]
 fn exec_past_its_deadline_exits_124_with_the_console_tail() {
     let out = exec(&["--exec-timeout", "30"], "echo started; sleep 1000");

@@ -49,6 +49,8 @@ pub(crate) struct Attachments<'a> {
     /// Add `-accel qtest` (only where the binary has it).
     pub(crate) qtest_accel: bool,
     pub(crate) guest_agent_fd: Option<RawFd>,
+    /// `fd=N` of QEMU's connected socket to each virtiofs share's daemon.
+    pub(crate) virtiofs: Vec<String>,
 }
 
 /// The full argv: wrapper + binary + `-display none -vga none` + monitor + `-machine` +
@@ -120,7 +122,7 @@ pub(crate) fn command_line(config: &Config, with: &Attachments<'_>) -> Vec<Strin
         }
         argv.extend(["-add-fd".into(), spec]);
     }
-    argv.extend(config.devices.args());
+    argv.extend(config.devices.args_with(&with.virtiofs));
     argv.extend(config.args.iter().cloned());
     argv
 }

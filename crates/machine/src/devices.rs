@@ -225,12 +225,14 @@ fn is_block_device(path: &Path) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Forward {
     udp: bool,
+    address: std::net::Ipv4Addr,
     host_port: u16,
     guest_port: u16,
 }
 
 /// User-mode networking (slirp: the guest is 10.0.2.15, no privileges needed) on a
-/// `virtio-net-pci` card, with port forwards on the host's 127.0.0.1.
+/// `virtio-net-pci` card, with port forwards on the host's 127.0.0.1 (or another address
+/// when asked).
 ///
 /// ```
 /// let net = qemu_machine::devices::UserNet::new().forward_tcp(0, 22).forward_udp(5353, 53);
@@ -256,9 +258,27 @@ impl UserNet {
     /// ```
     /// let net = qemu_machine::devices::UserNet::new().forward_tcp(0, 8080);
     /// ```
-    pub fn forward_tcp(mut self, host_port: u16, guest_port: u16) -> UserNet {
+    pub fn forward_tcp(self, host_port: u16, guest_port: u16) -> UserNet {
+        self.forward_tcp_on(std::net::Ipv4Addr::LOCALHOST, host_port, guest_port)
+    }
+
+    /// Forwards TCP `address:host_port` to the guest's `guest_port`: another host
+    /// address than 127.0.0.1 (`0.0.0.0` is every interface: the guest's port is then open
+    /// to the network).
+    ///
+    /// ```
+    /// use std::net::Ipv4Addr;
+    /// let net = qemu_machine::devices::UserNet::new().forward_tcp_on(Ipv4Addr::UNSPECIFIED, 8080, 80);
+    /// ```
+    pub fn forward_tcp_on(
+        mut self,
+        address: std::net::Ipv4Addr,
+        host_port: u16,
+        guest_port: u16,
+    ) -> UserNet {
         self.forwards.push(Forward {
             udp: false,
+            address,
             host_port,
             guest_port,
         });
@@ -270,9 +290,26 @@ impl UserNet {
     /// ```
     /// let net = qemu_machine::devices::UserNet::new().forward_udp(5353, 53);
     /// ```
-    pub fn forward_udp(mut self, host_port: u16, guest_port: u16) -> UserNet {
+    pub fn forward_udp(self, host_port: u16, guest_port: u16) -> UserNet {
+        self.forward_udp_on(std::net::Ipv4Addr::LOCALHOST, host_port, guest_port)
+    }
+
+    /// Forwards UDP `address:host_port` to the guest's `guest_port` (see
+    /// [`forward_tcp_on`](Self::forward_tcp_on)).
+    ///
+    /// ```
+    /// use std::net::Ipv4Addr;
+    /// let net = qemu_machine::devices::UserNet::new().forward_udp_on(Ipv4Addr::LOCALHOST, 5353, 53);
+    /// ```
+    pub fn forward_udp_on(
+        mut self,
+        address: std::net::Ipv4Addr,
+        host_port: u16,
+        guest_port: u16,
+    ) -> UserNet {
         self.forwards.push(Forward {
             udp: true,
+            address,
             host_port,
             guest_port,
         });
@@ -347,6 +384,7 @@ pub(crate) struct Devices {
     disks: Vec<Disk>,
     nets: Vec<UserNet>,
     shares: Vec<Share9p>,
+    virtiofs: Vec<crate::virtiofs::VirtioFs>,
     entropy: bool,
 }
 
@@ -383,20 +421,36 @@ impl Devices {
         for share in &self.shares {
             share.validate()?;
         }
+        for share in &self.virtiofs {
+            share.validate()?;
+        }
         let mut tags: Vec<&str> = self.shares.iter().map(|s| s.tag.as_str()).collect();
+        tags.extend(self.virtiofs.iter().map(|s| s.tag()));
         tags.sort_unstable();
         if let Some(pair) = tags.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::config(format!(
-                "9p mount tag {:?} used twice",
-                pair[0]
-            )));
+            return Err(Error::config(format!("mount tag {:?} used twice", pair[0])));
         }
         Ok(())
     }
 
-    /// The arguments, once [`validate`](Self::validate)d (a path that is not UTF-8 is
-    /// left out here: validation refused it).
+    /// The virtiofs shares, in the order of their chardevs.
+    pub(crate) fn virtiofs(&self) -> &[crate::virtiofs::VirtioFs] {
+        &self.virtiofs
+    }
+
+    /// The arguments without a run dir: each virtiofs chardev names the socket it would
+    /// have there (at launch QEMU gets a connected socket by number instead).
     pub(crate) fn args(&self) -> Vec<String> {
+        let chardevs: Vec<String> = (0..self.virtiofs.len())
+            .map(|i| format!("path=RUN_DIR/virtiofs{i}.sock"))
+            .collect();
+        self.args_with(&chardevs)
+    }
+
+    /// The arguments, once [`validate`](Self::validate)d (a path that is not UTF-8 is
+    /// left out here: validation refused it), with `virtiofs_chardevs` addressing each
+    /// virtiofs share's daemon.
+    pub(crate) fn args_with(&self, virtiofs_chardevs: &[String]) -> Vec<String> {
         let mut argv: Vec<String> = Vec::new();
         let mut push = |a: &str, b: String| {
             argv.push(a.to_string());
@@ -457,8 +511,9 @@ impl Devices {
             let mut netdev = format!("user,id=qm-net{i}");
             for forward in &net.forwards {
                 netdev.push_str(&format!(
-                    ",hostfwd={}:127.0.0.1:{}-:{}",
+                    ",hostfwd={}:{}:{}-:{}",
                     if forward.udp { "udp" } else { "tcp" },
+                    forward.address,
                     forward.host_port,
                     forward.guest_port
                 ));
@@ -490,6 +545,11 @@ impl Devices {
             );
             push("-device", "virtio-rng-pci,rng=qm-rng".into());
         }
+        argv.extend(crate::virtiofs::args(
+            &self.virtiofs,
+            self.memory_mib,
+            virtiofs_chardevs,
+        ));
         argv
     }
 }
@@ -672,6 +732,20 @@ impl MachineBuilder {
     /// ```
     pub fn share_9p(mut self, share: Share9p) -> Self {
         self.devices().shares.push(share);
+        self
+    }
+
+    /// Shares a host directory over virtiofs, served by a `virtiofsd` started and stopped
+    /// with the machine (see [`VirtioFs`](crate::virtiofs::VirtioFs)).
+    ///
+    /// ```
+    /// use qemu_machine::virtiofs::VirtioFs;
+    /// let builder = qemu_machine::Machine::builder("qemu-system-x86_64")
+    ///     .memory_mib(256)
+    ///     .share_virtiofs(VirtioFs::new("data", "/srv/data"));
+    /// ```
+    pub fn share_virtiofs(mut self, share: crate::virtiofs::VirtioFs) -> Self {
+        self.devices().virtiofs.push(share);
         self
     }
 

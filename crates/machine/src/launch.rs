@@ -5,7 +5,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use nix::sys::signal::Signal;
 use qmp::{EventFilter, Listener};
 
 use crate::argv::{command_line, Attachments, MonitorChardev};
@@ -20,8 +19,7 @@ use crate::probe::Probe;
 use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
 use crate::shutdown::{wait_exit, REAP_TIMEOUT};
-use crate::spawn::group_alive;
-use crate::spawn::{signal_group, spawn};
+use crate::spawn::spawn;
 
 /// The child's ends of its socketpairs, kept open until QEMU is spawned.
 #[derive(Default)]
@@ -35,6 +33,13 @@ impl ChildEnds {
         let fd = theirs.as_raw_fd();
         self.0.push(theirs);
         Ok((ours, fd))
+    }
+
+    /// Hands `theirs` to the child under its current number.
+    fn add(&mut self, theirs: UnixStream) -> RawFd {
+        let fd = theirs.as_raw_fd();
+        self.0.push(theirs);
+        fd
     }
 
     fn into_fds(self) -> Vec<OwnedFd> {
@@ -139,6 +144,13 @@ impl Machine {
         } else {
             None
         };
+        // Started before QEMU, which connects to them at once; killed if the launch stops.
+        let (daemons, virtiofs_ends) =
+            crate::virtiofs::start(self.config.devices.virtiofs(), run_dir.path()).await?;
+        let virtiofs = virtiofs_ends
+            .into_iter()
+            .map(|end| format!("fd={}", child_ends.add(end)))
+            .collect();
         let console_log = match &self.config.console_log {
             Some(path) if console.is_some() => Some(create_private(path)?),
             _ => None,
@@ -152,6 +164,7 @@ impl Machine {
                 qtest_fd: qtest.as_ref().map(|c| c.1),
                 qtest_accel,
                 guest_agent_fd: guest_agent.as_ref().map(|c| c.1),
+                virtiofs,
             },
         );
         tracing::debug!(machine = %name, "launching: {}", shell_words(&redact_argv(&argv)));
@@ -159,8 +172,8 @@ impl Machine {
         let add_fds: Vec<RawFd> = self.config.add_fds.iter().map(|a| a.fd).collect();
         // Cancel-safe: if this future is dropped here, the spawner kills and reaps the
         // child nobody will receive, and the run dir goes with `run_dir`.
-        let child = match spawn(&argv, child_ends.into_fds(), &add_fds, &log).await {
-            Ok(child) => child,
+        let contained = match spawn(&argv, child_ends.into_fds(), &add_fds, &log).await {
+            Ok(contained) => contained,
             Err(e) => {
                 let kept = run_dir.finish(self.config.keep_run_dir != KeepRunDir::Never);
                 let failure = LaunchFailure {
@@ -187,10 +200,10 @@ impl Machine {
                 return Err(Error::new(name, ErrorKind::Launch(Box::new(failure))));
             }
         };
-        let pid = child.id().unwrap_or(0);
         let mut running = Running {
-            child,
-            pid,
+            child: contained.child,
+            pid: contained.pid,
+            link: contained.link,
             argv,
             qmp: None,
             subscription: None,
@@ -200,6 +213,7 @@ impl Machine {
             agent: None,
             run_dir,
             log_path,
+            daemons,
             quit_issued: false,
             signals_sent: Vec::new(),
             exit: None,
@@ -239,27 +253,28 @@ impl Machine {
         Ok(())
     }
 
-    /// Ends a launch that failed after spawning: kills the whole process group at once (a
+    /// Ends a launch that failed after spawning: kills everything contained at once (a
     /// wrapper's children included; any grace was granted before, within the launch
-    /// deadline), reaps QEMU, finishes the run. The process stays in the phase until it is
+    /// deadline), reaps the watchdog, finishes the run. The process stays in the phase until it is
     /// reaped (or given up on), so this is cancel-safe too.
     async fn fail_launch(&mut self, reason: LaunchReason) -> Error {
         let Some(running) = self.phase.process_mut() else {
             unreachable!("fail_launch runs while launching")
         };
+        // Once the watchdog has exited, nothing it contained lingers (a wrapper's children
+        // included): it kills and reaps them all before it exits.
         if running.exit.is_none() {
-            running.signals_sent.push(Signal::SIGKILL);
-            signal_group(running.pid, Signal::SIGKILL);
+            running.sigkill();
             running.exit = wait_exit(&mut running.child, REAP_TIMEOUT).await;
-        } else if group_alive(running.pid) {
-            // QEMU (or its wrapper) exited, but something it started lingers in the group.
-            signal_group(running.pid, Signal::SIGKILL);
         }
         running.close_sessions();
         let keep = self.config.keep_run_dir != KeepRunDir::Never;
         let secrets = secrets_of(&running.argv);
         let full_log =
             (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
+        if let Some(path) = full_log {
+            crate::log_file::scrub_kept_log(path, &secrets);
+        }
         let output = read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log);
         let log = read_tail(&running.log_path, LOG_TAIL, &secrets, full_log);
         let name = self.config.name.clone();

@@ -48,6 +48,7 @@ pub mod guest_shell;
 pub mod hotplug;
 pub mod job;
 mod launch;
+mod log_file;
 mod machine;
 pub mod migration;
 mod output;
@@ -63,6 +64,8 @@ mod sock;
 mod spawn;
 pub mod typed_qmp;
 pub mod usernet;
+pub mod virtiofs;
+mod watchdog;
 
 pub use accel::{is_kvm_pvm, kvm_really_usable, Accel};
 pub use argv::escape_option_value;

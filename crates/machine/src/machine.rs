@@ -31,7 +31,7 @@ use crate::output::{read_tail, ERROR_TAIL};
 use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
 use crate::shutdown::{wait_exit, REAP_TIMEOUT};
-use crate::spawn::signal_group;
+use crate::spawn::{kill_contained, Link};
 
 /// How long to wait for QEMU to finish exiting once it has closed its monitor.
 pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -39,8 +39,11 @@ pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// A QEMU virtual machine, async form. See the crate docs for an example.
 ///
 /// Dropping a machine whose QEMU runs (or is being launched, or shut down) kills QEMU (its
-/// whole process group), reaps it and removes the run dir. Every `async` method is
-/// cancel-safe in that sense: dropping its future never orphans QEMU.
+/// whole process group, and every process it or its wrapper started), reaps it and
+/// removes the run dir. Every `async` method is cancel-safe in that sense: dropping its
+/// future never orphans QEMU. Each QEMU runs under a small watchdog process of its own,
+/// which kills all of that even when this process is SIGKILLed (see
+/// `docs/reliability.md`, "Containment").
 #[derive(Debug)]
 pub struct Machine {
     /// What the user configures (see [`config_mut`](Machine::config_mut)).
@@ -114,8 +117,12 @@ impl Phase {
 /// A spawned QEMU and everything attached to it.
 #[derive(Debug)]
 pub(crate) struct Running {
+    /// The watchdog, which exits as QEMU did once QEMU and all it started are dead.
     pub(crate) child: Child,
+    /// QEMU's pid (the wrapper's when there is one), the leader of its process group.
     pub(crate) pid: u32,
+    /// Our end of the watchdog's link: dropping it ends the VM.
+    pub(crate) link: Link,
     pub(crate) argv: Vec<String>,
     pub(crate) qmp: Option<qmp::Client>,
     pub(crate) subscription: Option<qmp::Subscription>,
@@ -126,6 +133,12 @@ pub(crate) struct Running {
     pub(crate) agent: Option<GuestAgent>,
     pub(crate) run_dir: RunDir,
     pub(crate) log_path: PathBuf,
+    /// The virtiofs daemons: killed and reaped when this run is dropped.
+    #[expect(
+        dead_code,
+        reason = "held for its Drop, which kills and reaps the daemons"
+    )]
+    pub(crate) daemons: Vec<crate::virtiofs::Daemon>,
     /// A `quit` was accepted (sent by the user, or by a shutdown whose future was dropped):
     /// the next shutdown only waits for QEMU to exit.
     pub(crate) quit_issued: bool,
@@ -158,11 +171,21 @@ impl Running {
         }
     }
 
-    /// SIGKILL to the group and a synchronous reap (bounded), for when no runtime can be
-    /// relied on; then the sessions and the run dir go.
-    fn kill_now(mut self, keep_run_dir: bool) {
+    /// SIGKILL to QEMU's group, and its watchdog told to kill every descendant (those
+    /// that left the group too); recorded as sent by us.
+    pub(crate) fn sigkill(&mut self) {
+        if self.exit.is_some() {
+            // The watchdog was reaped: all it contained is dead, and the pid may be reused.
+            return;
+        }
         self.signals_sent.push(Signal::SIGKILL);
-        signal_group(self.pid, Signal::SIGKILL);
+        kill_contained(self.pid, &self.link);
+    }
+
+    /// SIGKILL to everything contained and a synchronous reap (bounded), for when no
+    /// runtime can be relied on; then the sessions and the run dir go.
+    fn kill_now(mut self, keep_run_dir: bool, log_kept: bool) {
+        self.sigkill();
         let deadline = crate::deadline::std_deadline_after(REAP_TIMEOUT);
         while std::time::Instant::now() < deadline {
             match self.child.try_wait() {
@@ -173,6 +196,9 @@ impl Running {
         self.close_sessions();
         if let Some(console) = self.console.take() {
             console.stop();
+        }
+        if log_kept {
+            crate::log_file::scrub_kept_log(&self.log_path, &secrets_of(&self.argv));
         }
         self.run_dir.finish(keep_run_dir);
     }
@@ -266,7 +292,10 @@ impl Machine {
         }
     }
 
-    /// QEMU's pid while its process is ours (from spawn until it is reaped).
+    /// QEMU's pid while its process is ours (from spawn until it is reaped); with a
+    /// [`wrapper`](MachineBuilder::wrapper), the wrapper's (the process the command line
+    /// starts). It leads its own process group. Its parent is the machine's watchdog
+    /// (`qemu-watchdog` in `ps`), not this process.
     pub fn pid(&self) -> Option<u32> {
         self.phase.process().map(|r| r.pid)
     }
@@ -556,7 +585,7 @@ impl Drop for Machine {
                 "machine dropped while QEMU runs: killing it"
             );
             // Reaped here, synchronously: no runtime may be around any more.
-            running.kill_now(keep);
+            running.kill_now(keep, keep || self.config.log_dir.is_some());
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::accel::kvm_really_usable;
 use crate::error::{Error, ErrorKind, Result};
-use crate::spawn::{group_alive, signal_group, spawn_command};
+use crate::spawn::{signal_group, spawn_command};
 
 /// Deadline for one `qemu -X help` run.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -162,10 +162,13 @@ async fn ask(binary: &str, args: &[&str]) -> Result<String> {
         .stdout(Stdio::piped());
     let what = format!("{binary} {}", args.join(" "));
     // Through the spawner: its own process group, and it dies with us.
-    let mut child = spawn_command(command, Vec::new(), Vec::new())
+    let contained = spawn_command(command, Vec::new(), Vec::new())
         .await
         .map_err(|e| Error::io(format!("running `{what}`"), e))?;
-    let mut guard = GroupGuard(child.id().unwrap_or(0));
+    let mut child = contained.child;
+    // Dropped on every return: the watchdog then kills whatever is left.
+    let _link = contained.link;
+    let mut guard = GroupGuard(contained.pid);
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let run = async {
         let (stdout, stderr) = tokio::try_join!(read_capped(stdout), read_capped(stderr))?;
@@ -207,10 +210,8 @@ async fn ask(binary: &str, args: &[&str]) -> Result<String> {
             });
         }
     };
-    // It exited; only a child it left behind keeps the group alive.
-    if !group_alive(guard.0) {
-        guard.0 = 0;
-    }
+    // The watchdog exited: it killed and reaped everything first, and the pid may be reused.
+    guard.0 = 0;
     drop(guard);
     if !status.success() {
         return Err(failed(format!(

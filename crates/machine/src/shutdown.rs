@@ -16,7 +16,7 @@ use crate::error::{
 };
 use crate::machine::{Finished, Machine, Phase};
 use crate::output::{read_tail, ERROR_TAIL, LOG_TAIL};
-use crate::spawn::{group_alive, signal_group};
+use crate::spawn::signal_group;
 
 /// How long to wait, once QEMU has exited, for the console's last bytes.
 const CONSOLE_FLUSH: Duration = Duration::from_millis(500);
@@ -115,8 +115,7 @@ impl Machine {
         };
         let mut cause = None;
         if stop == Stop::Kill {
-            running.signals_sent.push(Signal::SIGKILL);
-            signal_group(running.pid, Signal::SIGKILL);
+            running.sigkill();
         } else if running.exit.is_none() {
             let deadline = crate::deadline::deadline_after(timeout);
             match stop {
@@ -150,8 +149,7 @@ impl Machine {
                 }
             }
             if cause.is_some() {
-                running.signals_sent.push(Signal::SIGKILL);
-                signal_group(running.pid, Signal::SIGKILL);
+                running.sigkill();
             }
         }
         if running.exit.is_none() {
@@ -186,9 +184,10 @@ impl Machine {
         let Some(running) = self.phase.process_mut() else {
             unreachable!("checked above")
         };
-        // A wrapper's children are in the group too; none may outlive the run.
-        if group_alive(running.pid) {
-            signal_group(running.pid, Signal::SIGKILL);
+        // A wrapper's children: the watchdog killed and reaped them all before it exited;
+        // if it was not reaped (stuck), it has been told to and its link closes below.
+        if running.exit.is_none() {
+            running.sigkill();
         }
         if let Some(signal) = running.exit.and_then(|s| s.signal()) {
             let sent = running.signals_sent.iter().any(|s| *s as i32 == signal);
@@ -210,6 +209,9 @@ impl Machine {
         let secrets = secrets_of(&running.argv);
         let full_log =
             (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
+        if let Some(path) = full_log {
+            crate::log_file::scrub_kept_log(path, &secrets);
+        }
         let log = read_tail(&running.log_path, LOG_TAIL, &secrets, full_log);
         let output = if cause.is_some() {
             read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log)

@@ -1,12 +1,13 @@
 //! Commands in the Linux test guest over the console (`Console::run`): streamed output,
-//! exit status, failure patterns, the deadline and the state it leaves.
+//! exit status, failure patterns, the deadline and the state it leaves; and in a systemd
+//! Debian guest with a root autologin getty (bash, bracketed paste).
 
 use qemu_test_support::machine as common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{linux_guest, wait_for_shell, Scratch};
+use common::{debian_guest, linux_guest, wait_for_shell, Scratch};
 use qemu_machine::{ErrorKind, Machine, RunOptions};
 
 const T: Duration = Duration::from_secs(30);
@@ -195,4 +196,63 @@ fn expect_any_takes_what_expect_takes() {
         theirs.write_all(b"done\n").unwrap();
         console.expect_any("done", no_failures, T).await.unwrap();
     });
+}
+
+#[tokio::test]
+async fn the_command_runner_works_on_a_systemd_debian_guest_with_an_autologin_getty() {
+    let scratch = Scratch::new();
+    let mut vm = Machine::new(debian_guest(&scratch));
+    vm.launch().await.unwrap();
+    let console = vm.console().unwrap();
+    // systemd under TCG on a loaded machine: give it time.
+    console
+        .expect_any(
+            qemu_machine::Pattern::regex(r"root@debian:~# ").unwrap(),
+            ["Kernel panic"],
+            Duration::from_secs(240),
+        )
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let seen: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let sink = seen.clone();
+    let done = console
+        .run(
+            "for i in 1 2 3; do echo line$i; sleep 1; done; uname -r",
+            RunOptions::new(T).on_output(move |_| sink.lock().unwrap().push(started.elapsed())),
+        )
+        .await
+        .unwrap();
+    let total = started.elapsed();
+    assert_eq!(done.status, 0, "{}", done.output);
+    // Bash's bracketed-paste and the echo are gone: nothing but what the command printed.
+    let version = common::linux_guest_dir().join("version");
+    let kernel = std::fs::read_to_string(version).unwrap();
+    assert_eq!(
+        done.output,
+        format!("line1\nline2\nline3\n{}\n", kernel.trim())
+    );
+    let first = seen.lock().unwrap()[0];
+    assert!(
+        first + Duration::from_millis(1500) < total,
+        "{first:?} of {total:?}"
+    );
+
+    let three = console
+        .run("(echo out; exit 3)", RunOptions::new(T))
+        .await
+        .unwrap();
+    assert_eq!((three.status, three.output.as_str()), (3, "out\n"));
+    let systemd = console
+        .run("cat /proc/1/comm", RunOptions::new(T))
+        .await
+        .unwrap();
+    assert_eq!(systemd.output, "systemd\n");
+
+    // Debian's qemu-guest-agent answers too.
+    let agent = vm.guest_agent(Duration::from_secs(120)).await.unwrap();
+    agent.ping().await.unwrap();
+    drop(agent);
+    vm.shutdown().await.unwrap();
 }

@@ -46,6 +46,49 @@ fn companion(variable: &str, name: &str) -> PathBuf {
         .unwrap_or_else(|| name.into())
 }
 
+/// A `virtiofsd` for virtiofs tests: `$QEMU_MACHINE_VIRTIOFSD`, else `virtiofsd` on `PATH`
+/// or where distributions install it, else QEMU 7.2's C daemon from Debian's package as
+/// `scripts/fetch-qemu 7.2` unpacks it (fetched here when missing: Debian 12 packages no
+/// other `virtiofsd`, and any daemon serves any QEMU over vhost-user).
+///
+/// # Panics
+///
+/// When no daemon is found and fetching QEMU 7.2 fails: a virtiofs test cannot run then,
+/// and must not pass by skipping.
+pub fn virtiofsd() -> PathBuf {
+    let found = std::env::var_os("QEMU_MACHINE_VIRTIOFSD")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("virtiofsd"))
+                .find(|p| p.is_file())
+        })
+        .or_else(|| {
+            ["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"]
+                .map(PathBuf::from)
+                .into_iter()
+                .find(|p| p.is_file())
+        });
+    if let Some(found) = found {
+        return found;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cached = repo.join(".cache/qemu/7.2/root/usr/lib/qemu/virtiofsd");
+    if !cached.is_file() {
+        let status = Command::new(repo.join("scripts/fetch-qemu"))
+            .arg("7.2")
+            .stdout(std::process::Stdio::null())
+            .status();
+        assert!(
+            matches!(status, Ok(s) if s.success()) && cached.is_file(),
+            "no virtiofsd, and `scripts/fetch-qemu 7.2` did not provide one ({status:?})"
+        );
+    }
+    cached
+}
+
 /// A QEMU version as `-version` prints it, with the full first line for reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuVersion {

@@ -10,5 +10,5 @@ pub mod cli;
 pub mod machine;
 pub mod processes;
 
-pub use binaries::{qemu, qemu_img, qemu_io, qemu_version, QemuVersion};
+pub use binaries::{qemu, qemu_img, qemu_io, qemu_version, virtiofsd, QemuVersion};
 pub use processes::{assert_group_gone, group_alive, open_fds, qemu_children, KillOnDrop};

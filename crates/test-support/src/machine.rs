@@ -45,6 +45,57 @@ pub fn linux_guest_dir() -> std::path::PathBuf {
         })
 }
 
+/// Where `FLAVOR=amd64 guests/build-linux-guest.sh` put the Linux test guest with Debian's
+/// generic kernel, which has 9p (the default cloud kernel has not):
+/// `$QEMU_MACHINE_LINUX_9P_GUEST`, else `.cache/guests/linux-amd64`. Fails, never skips,
+/// when it is not built.
+pub fn linux_9p_guest_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("QEMU_MACHINE_LINUX_9P_GUEST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.cache/guests/linux-amd64")
+        });
+    assert!(
+        dir.join("vmlinuz").exists() && dir.join("initrd.gz").exists(),
+        "the 9p test guest is not in {}: run FLAVOR=amd64 guests/build-linux-guest.sh \
+         (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// The Debian 12 guest of `guests/build-debian-guest.sh` (systemd, a root autologin getty
+/// on ttyS0, qemu-guest-agent) on the Linux test guest's kernel: a builder that boots it
+/// with its disk in snapshot mode, and the guest agent channel. Fails, never skips, when the
+/// image is not built (`$QEMU_MACHINE_DEBIAN_GUEST` names another image).
+pub fn debian_guest(scratch: &Scratch) -> MachineBuilder {
+    let image = std::env::var_os("QEMU_MACHINE_DEBIAN_GUEST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.cache/guests/debian/rootfs.img")
+        });
+    assert!(
+        image.exists(),
+        "the Debian guest is not in {}: run guests/build-debian-guest.sh (scripts/test does)",
+        image.display()
+    );
+    let dir = linux_guest_dir();
+    scratch
+        .builder()
+        .machine_type("pc")
+        .accel(qemu_machine::Accel::KvmOrTcg)
+        .console(None, 0)
+        .guest_agent()
+        .memory_mib(512)
+        .kernel(dir.join("vmlinuz"))
+        .initrd(dir.join("initrd.gz"))
+        .kernel_cmdline("console=ttyS0 root=/dev/vda")
+        .disk(qemu_machine::devices::Disk::new(image).snapshot(true))
+        .args(["-no-reboot"])
+}
+
 /// The version of the Linux test guest's qemu-ga, as the build recorded it.
 pub fn linux_guest_agent_version() -> String {
     let path = linux_guest_dir().join("qemu-ga-version");
