@@ -570,6 +570,13 @@ impl Devices {
                     share.path.display()
                 )
             })
+            .chain(self.virtiofs.iter().map(|share| {
+                format!(
+                    "the virtiofs share {:?}: its state lives in virtiofsd, outside QEMU, and \
+                     QEMU refuses to migrate a vhost-user-fs device",
+                    share.tag()
+                )
+            }))
             .collect()
     }
 

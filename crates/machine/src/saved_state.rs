@@ -811,6 +811,9 @@ mod tests {
             .args(["-m", "1G"])
             .migration_blockers()
             .is_empty());
+        let typed =
+            Machine::builder("q").share_virtiofs(crate::virtiofs::VirtioFs::new("t", "/srv"));
+        assert!(typed.migration_blockers()[0].contains("virtiofs share \"t\""));
     }
 
     #[test]
