@@ -386,6 +386,32 @@ fn header_bytes(info: &StateInfo) -> Result<Vec<u8>> {
     Ok(header)
 }
 
+/// Puts a machine's configuration back when dropped: the configuration a launch ran with
+/// stays the machine's even when that launch's future is dropped.
+struct RestoreConfig<'a> {
+    vm: &'a mut Machine,
+    original: Option<MachineBuilder>,
+}
+
+impl Drop for RestoreConfig<'_> {
+    fn drop(&mut self) {
+        if let Some(original) = self.original.take() {
+            *self.vm.config_mut() = original;
+        }
+    }
+}
+
+/// Launches `vm` with `for_this_launch` instead of its configuration, which is left as it
+/// was (also when this future is dropped).
+pub(crate) async fn launch_with(vm: &mut Machine, for_this_launch: MachineBuilder) -> Result<()> {
+    let original = std::mem::replace(vm.config_mut(), for_this_launch);
+    let guard = RestoreConfig {
+        vm,
+        original: Some(original),
+    };
+    guard.vm.launch().await
+}
+
 impl Machine {
     /// Saves the machine's whole state (RAM, CPUs, devices) to `path`, for
     /// [`launch_restored`](Self::launch_restored). The guest is paused first and stays
@@ -646,10 +672,7 @@ impl Machine {
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         let stream_bytes = info.stream_bytes;
         let hash = tokio::task::spawn_blocking(move || hash_stream(&hash_file, stream_bytes));
-        *self.config_mut() = restore;
-        let launched = self.launch().await;
-        *self.config_mut() = original;
-        launched?;
+        launch_with(self, restore).await?;
         let finished = self
             .finish_restore(path, &info, file, hash, deadline, timeout)
             .await;
