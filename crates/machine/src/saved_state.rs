@@ -165,10 +165,11 @@ pub(crate) fn migration_blockers(config: &Config) -> Vec<String> {
     blockers
 }
 
-/// A hash of everything in a configuration that a restore must match: the binary, the
-/// machine, the devices and the raw arguments. Names, directories, the monitor and logs
-/// may differ; so may `snapshot=on` on a writable disk and `-incoming` (a restore adds
-/// them), so that a restored machine's state can be saved again.
+/// A hash of everything in a configuration that a restore must match: the machine, the
+/// devices and the raw arguments. The binary may differ (its version is checked apart,
+/// with a clearer error), and so may names, directories, the monitor and logs,
+/// `snapshot=on` on a writable disk and `-incoming` (a restore adds them, and a restored
+/// machine's state can be saved again).
 pub(crate) fn fingerprint(config: &Config) -> String {
     let mut devices = config.devices.clone();
     devices.snapshot_writable_disks();
@@ -183,8 +184,7 @@ pub(crate) fn fingerprint(config: &Config) -> String {
         }
     }
     let material = format!(
-        "qemu-machine state v{STATE_FORMAT}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{}\0{}\0{}\0{}",
-        config.binary,
+        "qemu-machine state v{STATE_FORMAT}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{}\0{}\0{}\0{}",
         args,
         config.machine_type,
         config.console,
@@ -384,6 +384,32 @@ fn header_bytes(info: &StateInfo) -> Result<Vec<u8>> {
     }
     header.resize(HEADER_BYTES as usize, 0);
     Ok(header)
+}
+
+/// Puts a machine's configuration back when dropped: the configuration a launch ran with
+/// stays the machine's even when that launch's future is dropped.
+struct RestoreConfig<'a> {
+    vm: &'a mut Machine,
+    original: Option<MachineBuilder>,
+}
+
+impl Drop for RestoreConfig<'_> {
+    fn drop(&mut self) {
+        if let Some(original) = self.original.take() {
+            *self.vm.config_mut() = original;
+        }
+    }
+}
+
+/// Launches `vm` with `for_this_launch` instead of its configuration, which is left as it
+/// was (also when this future is dropped).
+pub(crate) async fn launch_with(vm: &mut Machine, for_this_launch: MachineBuilder) -> Result<()> {
+    let original = std::mem::replace(vm.config_mut(), for_this_launch);
+    let guard = RestoreConfig {
+        vm,
+        original: Some(original),
+    };
+    guard.vm.launch().await
 }
 
 impl Machine {
@@ -621,9 +647,9 @@ impl Machine {
         let config = &original.config;
         if fingerprint(config) != info.fingerprint {
             return Err(Error::config(format!(
-                "{} was saved from a machine configured differently (binary, machine type, \
-                 accelerator, devices or arguments); restore it with the configuration it \
-                 was saved with",
+                "{} was saved from a machine configured differently (machine type, \
+                 accelerator, memory, devices or arguments); restore it with the \
+                 configuration it was saved with",
                 path.display()
             )));
         }
@@ -646,10 +672,7 @@ impl Machine {
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         let stream_bytes = info.stream_bytes;
         let hash = tokio::task::spawn_blocking(move || hash_stream(&hash_file, stream_bytes));
-        *self.config_mut() = restore;
-        let launched = self.launch().await;
-        *self.config_mut() = original;
-        launched?;
+        launch_with(self, restore).await?;
         let finished = self
             .finish_restore(path, &info, file, hash, deadline, timeout)
             .await;
@@ -823,6 +846,9 @@ mod tests {
             .args(["-m", "1G"])
             .migration_blockers()
             .is_empty());
+        let typed =
+            Machine::builder("q").share_virtiofs(crate::virtiofs::VirtioFs::new("t", "/srv"));
+        assert!(typed.migration_blockers()[0].contains("virtiofs share \"t\""));
     }
 
     #[test]

@@ -312,13 +312,9 @@ impl SnapshotCache {
         ready: Pattern,
         timeout: Duration,
     ) -> Result<()> {
-        let original = vm.config().clone();
-        let mut build = original.clone();
+        let mut build = vm.config().clone();
         build.config.devices.snapshot_writable_disks();
-        *vm.config_mut() = build;
-        let launched = vm.launch().await;
-        *vm.config_mut() = original;
-        launched?;
+        saved_state::launch_with(vm, build).await?;
         tracing::debug!(path = %path.display(), "snapshot cache: booting to build an entry");
         vm.console()?.expect(ready, timeout).await?;
         vm.save_state(path, timeout).await?;

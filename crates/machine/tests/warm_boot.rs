@@ -154,6 +154,18 @@ async fn restored_guests_answer_run_independently_and_damaged_states_are_refused
         ]
     );
 
+    // A restore whose future is dropped leaves the configuration as it was, and dropping
+    // the machine ends its QEMU.
+    let mut cancelled = Machine::new(builder.clone());
+    let _ = tokio::time::timeout(
+        Duration::from_millis(50),
+        cancelled.launch_restored(&state, RESTORE),
+    )
+    .await;
+    assert_eq!(cancelled.config().extra_args(), builder.extra_args());
+    drop(cancelled);
+    assert!(qemu_using(&disk).is_empty(), "QEMU left running");
+
     // Another configuration is refused before QEMU starts.
     let other = Machine::new(builder.clone().args(["-smp", "2"]));
     let mut other = other;
