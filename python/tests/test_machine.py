@@ -272,3 +272,16 @@ def test_add_fd_and_send_fd_scm(qemu_binary, tmp_path):
             vm.cmd("getfd", fdname="passed")
             vm.send_fd_scm(fd=f.fileno())
             vm.cmd("getfd", fdname="passed2")
+
+
+def test_console_socket_standalone_adopts_an_fd():
+    ours, theirs = __import__("socket").socketpair()
+    sock = console_socket.ConsoleSocket(sock_fd=os.dup(ours.fileno()))
+    ours.close()
+    theirs.sendall(b"hello")
+    assert sock.recv(5) == b"hello"
+    sock.sendall(b"back")
+    assert theirs.recv(4) == b"back"
+    theirs.close()
+    assert sock.recv(1) == b""
+    sock.close()

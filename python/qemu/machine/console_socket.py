@@ -8,8 +8,11 @@ blocks on it whether or not anyone reads; this object reads from that buffer.
 """
 
 import io
+import os
 import socket
 from typing import Any, Optional
+
+from . import _engine
 
 # How long recv() waits for the first byte by default (QEMU's drained console: 300 s).
 DEFAULT_RECV_TIMEOUT = 300.0
@@ -53,7 +56,20 @@ class ConsoleSocket:
                  *, engine: Any = None):
         # pylint: disable=unused-argument
         if engine is None:
-            raise ValueError("ConsoleSocket needs the machine's console engine")
+            # Standalone use, as with QEMU's class: adopt sock_fd, or connect to address;
+            # the engine drains a copy of it from now on.
+            if (address is None) == (sock_fd is None):
+                raise ValueError("exactly one of address and sock_fd is needed")
+            if address is not None:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.connect(address)
+                    engine = _engine.Console(sock.fileno(), file)
+            else:
+                assert sock_fd is not None
+                try:
+                    engine = _engine.Console(sock_fd, file)
+                finally:
+                    os.close(sock_fd)
         self._engine = engine
         self._timeout: Optional[float] = DEFAULT_RECV_TIMEOUT
         self._closed = False

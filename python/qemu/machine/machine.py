@@ -627,13 +627,7 @@ class QEMUMachine:
         log_fd = None
         if self._qemu_log_file is not None:
             log_fd = self._qemu_log_file.fileno()
-        try:
-            self._popen = _Popen(self._qemu_full_args, self._pass_fds, log_fd)
-        except OSError as err:
-            if self._qemu_log_file is not None:
-                # As a failed exec would have shown it.
-                self._qemu_log_file.write(f"{err}\n".encode())
-            raise
+        self._popen = _Popen(self._qemu_full_args, self._pass_fds, log_fd)
         self._launched = True
         self._post_launch()
 
