@@ -4,10 +4,14 @@
 //! - [`Process`]: QEMU started from the command line Python built
 //!   ([`qemu_machine::argv_process`]): own process group, death with its parent, killed and
 //!   reaped when garbage-collected.
-//! - [`Qmp`]: a QMP session ([`qmp::blocking::Client`]) on our end of a socketpair, with
+//! - [`Qmp`]: a QMP session ([`qmp::Client`]) on our end of a socketpair, with
 //!   every event queued (bounded) from the greeting on.
 //! - [`Console`]: the serial console, drained all the time into a bounded ring
 //!   ([`qemu_machine::Console`]), so QEMU never blocks on it.
+//!
+//! The sessions and consoles run on one multi-threaded tokio runtime of this module's own
+//! (two workers), so that many Python threads, each waiting on its own machine (a fleet),
+//! are served at once.
 //!
 //! Every wait releases the GIL and runs in slices of at most [`SLICE`], checking for
 //! signals between them, so Ctrl-C raises `KeyboardInterrupt` within a slice; every wait
@@ -33,6 +37,27 @@ const SLICE: Duration = Duration::from_millis(50);
 const CONSOLE_BUFFER: usize = 4 * 1024 * 1024;
 /// Events kept for Python until it reads them; beyond that the session reports an overflow.
 const EVENT_QUEUE: usize = 65536;
+
+/// The module's runtime (made on first use).
+fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<std::io::Result<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("qemu-machine-py")
+                .enable_all()
+                .build()
+        })
+        .as_ref()
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the engine's runtime: {e}")))
+}
+
+/// Runs `future` on the module's runtime, blocking this (GIL-free) thread.
+fn block_on<F: std::future::Future>(future: F) -> PyResult<F::Output> {
+    Ok(runtime()?.block_on(future))
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -164,7 +189,7 @@ impl Process {
 /// A QMP session; see the module docs.
 #[pyclass(module = "qemu.machine._engine")]
 struct Qmp {
-    client: qmp::blocking::Client,
+    client: qmp::Client,
     events: Mutex<Option<qmp::Subscription>>,
     greeting: String,
 }
@@ -196,9 +221,9 @@ impl Qmp {
         // The greeting wait is one call into the engine: it cannot be sliced, but is bounded
         // by `timeout`, and QEMU's exit ends it at once (end of stream).
         let client = py
-            .allow_threads(|| qmp::blocking::Client::adopt_unix(builder, stream))
+            .allow_threads(|| block_on(builder.adopt_unix(stream)))?
             .map_err(qmp_error)?;
-        let events = client.as_async().take_initial_subscription();
+        let events = client.take_initial_subscription();
         let greeting = client
             .greeting()
             .and_then(|g| serde_json::to_string(g).ok())
@@ -234,13 +259,11 @@ impl Qmp {
                 .map_err(|e| PyValueError::new_err(format!("bad arguments: {e}")))?;
             request = request.arguments(value);
         }
-        let client = self.client.as_async().clone();
+        let client = self.client.clone();
         let mut call = Box::pin(async move { client.send(request).await });
         let response = sliced(py, timeout + SLICE, |slice| {
             let call = &mut call;
-            match qmp::blocking::block_on(async move { tokio::time::timeout(slice, call).await })
-                .map_err(qmp_error)?
-            {
+            match block_on(async move { tokio::time::timeout(slice, call).await })? {
                 Ok(result) => result.map(Some).map_err(qmp_error),
                 Err(_) => Ok(None),
             }
@@ -267,9 +290,7 @@ impl Qmp {
             if slice.is_zero() {
                 return Ok(None);
             }
-            match qmp::blocking::block_on(async { subscription.recv_timeout(slice).await })
-                .map_err(qmp_error)?
-            {
+            match block_on(async { subscription.recv_timeout(slice).await })? {
                 Ok(event) => Ok(Some(event.to_json().to_string())),
                 Err(qmp::Error::Timeout { .. }) => Ok(None),
                 Err(e) => Err(qmp_error(e)),
@@ -329,10 +350,9 @@ impl Console {
         let log = log_path
             .map(|path| File::create(&path).map_err(|e| PyOSError::new_err(format!("{path}: {e}"))))
             .transpose()?;
-        let console = qmp::blocking::block_on(async move {
+        let console = block_on(async move {
             qemu_machine::Console::start("console", stream, CONSOLE_BUFFER, log)
-        })
-        .map_err(qmp_error)?
+        })?
         .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         Ok(Console {
             console,
@@ -361,11 +381,7 @@ impl Console {
         let timeout = duration(timeout)?;
         let console = &self.console;
         let got = sliced(py, timeout, |slice| {
-            match qmp::blocking::block_on(async {
-                tokio::time::timeout(slice, console.read()).await
-            })
-            .map_err(qmp_error)?
-            {
+            match block_on(async { tokio::time::timeout(slice, console.read()).await })? {
                 Ok(Ok(bytes)) => Ok(Some(bytes)),
                 // Closed and all read: end of stream.
                 Ok(Err(_)) => Ok(Some(Vec::new())),
@@ -384,8 +400,7 @@ impl Console {
     fn sendall(&self, py: Python<'_>, data: Vec<u8>) -> PyResult<()> {
         let console = &self.console;
         py.allow_threads(|| {
-            qmp::blocking::block_on(async { console.write(&data).await })
-                .map_err(qmp_error)?
+            block_on(async { console.write(&data).await })?
                 .map_err(|e| PyOSError::new_err(e.to_string()))
         })
     }
