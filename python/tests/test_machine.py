@@ -285,3 +285,17 @@ def test_console_socket_standalone_adopts_an_fd():
     theirs.close()
     assert sock.recv(1) == b""
     sock.close()
+
+
+def test_a_machine_launched_from_a_thread_outlives_the_thread(qemu_binary):
+    # The death signal is tied to the forking thread: the engine forks on threads that
+    # live as long as the process, so the caller's thread may end.
+    vm = QEMUMachine(qemu_binary, args=["-machine", "none"])
+    thread = threading.Thread(target=vm.launch)
+    thread.start()
+    thread.join()
+    time.sleep(0.3)
+    with vm:
+        assert vm.is_running()
+        assert vm.qmp("query-status")["return"]["status"] == "running"
+    assert vm.exitcode() == 0
