@@ -33,6 +33,7 @@
 mod accel;
 mod agent_socket;
 mod argv;
+pub mod argv_process;
 pub mod blocking;
 mod config;
 pub mod console;
