@@ -1,10 +1,12 @@
 //! QEMU started from a command line built elsewhere (e.g. by the Python `qemu.machine`
 //! binding, whose subclasses compute the arguments), with the same containment as a
-//! [`Machine`](crate::Machine): its own process group, death with its parent
-//! (`PR_SET_PDEATHSIG`), only the named descriptors inherited, and a drop that kills and
-//! reaps it.
+//! [`Machine`](crate::Machine): spawned by the same spawner, under a per-VM watchdog that
+//! kills QEMU, its process group and every descendant when QEMU exits, when asked, or when
+//! this process dies (even by SIGKILL); only the named descriptors inherited; a drop that
+//! kills and reaps it.
 //!
-//! Blocking API, no async runtime needed. Waits use `pidfd_open` (exact wake-up on exit).
+//! Blocking API: call it outside an async context (it runs the spawn on a small runtime of
+//! its own). Waits use `pidfd_open` on the watchdog, which exits once everything is dead.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -21,19 +23,14 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use crate::shutdown::REAP_TIMEOUT;
-use crate::spawn::signal_group;
-
-/// Most spawner threads kept (each lives as long as the process: see [`spawn_on_keeper`]).
-const MAX_SPAWNERS: usize = 32;
+use crate::spawn::{kill_contained, signal_group, spawn_command, Contained};
 
 /// Where QEMU's stdout and stderr go.
 #[derive(Debug)]
@@ -48,77 +45,25 @@ pub enum Output<'a> {
 /// [module docs](self).
 #[derive(Debug)]
 pub struct ArgvProcess {
-    child: Child,
-    pid: u32,
-    /// Becomes readable when the process exits (`pidfd_open`); None on kernels without it.
+    contained: Contained,
+    /// Becomes readable when the watchdog exits (`pidfd_open`); None on kernels without it.
     pidfd: Option<OwnedFd>,
     status: Option<ExitStatus>,
 }
 
-type SpawnJob = (std::process::Command, mpsc::Sender<io::Result<Child>>);
-
-/// Idle spawner threads, each waiting for one job.
-fn idle_spawners() -> &'static Mutex<Vec<mpsc::Sender<SpawnJob>>> {
-    static IDLE: OnceLock<Mutex<Vec<mpsc::Sender<SpawnJob>>>> = OnceLock::new();
-    IDLE.get_or_init(|| Mutex::new(Vec::new()))
-}
-
-/// Spawns `command` on a thread that lives as long as the process: the kernel ties
-/// `PR_SET_PDEATHSIG` to the thread that forked, so a short-lived caller thread would
-/// take its QEMU with it. Unlike the machine's single spawner, several keeper threads
-/// (up to [`MAX_SPAWNERS`], made as needed, never ended) fork at once, so a fleet
-/// launched from many threads is not spawned one fork at a time.
-fn spawn_on_keeper(command: std::process::Command) -> io::Result<Child> {
-    let (reply, result) = mpsc::channel();
-    let mut job = Some((command, reply));
-    let idle = qmp::sync::lock_unpoisoned(idle_spawners()).pop();
-    if let Some(keeper) = idle {
-        match keeper.send(job.take().unwrap_or_else(|| unreachable!("taken once"))) {
-            Ok(()) => {}
-            Err(mpsc::SendError(back)) => job = Some(back),
-        }
+/// The runtime the spawner registers the watchdog's `Child` with (one worker thread, for
+/// the whole process).
+fn runtime() -> io::Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
     }
-    if let Some(job) = job {
-        let (jobs, queue) = mpsc::channel::<SpawnJob>();
-        let pending = Some(job);
-        std::thread::Builder::new()
-            .name("qemu-argv-spawner".into())
-            .spawn(move || keeper(pending, queue, jobs))?;
-    }
-    result
-        .recv()
-        .map_err(|_| io::Error::other("the spawner thread is gone"))?
-}
-
-/// A keeper thread: runs jobs, offering itself as idle after each (while there is room).
-fn keeper(
-    mut pending: Option<SpawnJob>,
-    queue: mpsc::Receiver<SpawnJob>,
-    me: mpsc::Sender<SpawnJob>,
-) {
-    loop {
-        let (mut command, reply) = match pending.take() {
-            Some(job) => job,
-            None => match queue.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
-        };
-        let child = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| command.spawn()))
-            .unwrap_or_else(|_| Err(io::Error::other("spawning QEMU panicked")));
-        drop(command);
-        if let Err(mpsc::SendError(Ok(mut orphan))) = reply.send(child) {
-            // The caller is gone: nobody owns this QEMU.
-            signal_group(orphan.id(), Signal::SIGKILL);
-            let _ = orphan.wait();
-        }
-        let mut idle = qmp::sync::lock_unpoisoned(idle_spawners());
-        if idle.len() < MAX_SPAWNERS {
-            idle.push(me.clone());
-        }
-        // Past the cap this thread stays, idle for good: its children must keep their
-        // death signal's thread alive.
-    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("qemu-argv-runtime")
+        .enable_all()
+        .build()?;
+    Ok(RUNTIME.get_or_init(|| runtime))
 }
 
 /// `pidfd_open(2)`: a descriptor that polls readable once `pid` exits.
@@ -135,8 +80,8 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 impl ArgvProcess {
     /// Spawns `argv` (program first) with stdin from /dev/null, output per `output`, and
     /// `inherit` kept open in the child under their numbers (everything else that is
-    /// close-on-exec stays closed, as usual), in a process group of its own, with
-    /// `PR_SET_PDEATHSIG(SIGKILL)` armed.
+    /// close-on-exec stays closed, as usual), in a process group of its own under its
+    /// watchdog (see the [module docs](self)).
     ///
     /// # Errors
     ///
@@ -147,48 +92,27 @@ impl ArgvProcess {
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command line"))?;
         let mut command = std::process::Command::new(program);
-        command.args(args).stdin(Stdio::null()).process_group(0);
+        command.args(args).stdin(Stdio::null());
         if let Output::File(log) = output {
             command.stdout(log.try_clone()?).stderr(log.try_clone()?);
         }
-        let inherit = inherit.to_vec();
-        let parent = nix::unistd::getpid();
-        // SAFETY: between fork and exec the closure makes only async-signal-safe system
-        // calls (prctl, getppid, fcntl) and allocates nothing: errors are raw errnos, and
-        // `inherit` was built before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
-                if nix::unistd::getppid() != parent {
-                    // The parent died before the death signal was armed.
-                    return Err(io::Error::from_raw_os_error(
-                        nix::errno::Errno::ESRCH as i32,
-                    ));
-                }
-                for fd in &inherit {
-                    nix::fcntl::fcntl(
-                        *fd,
-                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-                    )
-                    .map_err(io::Error::from)?;
-                }
-                Ok(())
-            });
-        }
-        let child = spawn_on_keeper(command)?;
-        let pid = child.id();
-        tracing::debug!(pid, "spawned QEMU from a given command line");
+        let contained =
+            runtime()?.block_on(spawn_command(command, Vec::new(), inherit.to_vec()))?;
+        tracing::debug!(
+            pid = contained.pid,
+            "spawned QEMU from a given command line"
+        );
+        let pidfd = contained.child.id().and_then(pidfd_open);
         Ok(ArgvProcess {
-            child,
-            pid,
-            pidfd: pidfd_open(pid),
+            contained,
+            pidfd,
             status: None,
         })
     }
 
     /// The process id (also its process group id).
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.contained.pid
     }
 
     /// The exit status if it has exited (reaping it), without waiting.
@@ -198,7 +122,7 @@ impl ArgvProcess {
     /// When `waitpid` fails.
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         if self.status.is_none() {
-            self.status = self.child.try_wait()?;
+            self.status = self.contained.child.try_wait()?;
         }
         Ok(self.status)
     }
@@ -243,7 +167,7 @@ impl ArgvProcess {
     /// Sends `signal` to its whole process group, unless it has been reaped already.
     pub fn signal(&self, signal: Signal) {
         if self.status.is_none() {
-            signal_group(self.pid, signal);
+            signal_group(self.contained.pid, signal);
         }
     }
 
@@ -252,9 +176,11 @@ impl ArgvProcess {
         self.signal(Signal::SIGTERM);
     }
 
-    /// SIGKILL to the group.
+    /// SIGKILL to the group, and the watchdog told to kill every descendant too.
     pub fn kill(&self) {
-        self.signal(Signal::SIGKILL);
+        if self.status.is_none() {
+            kill_contained(self.contained.pid, &self.contained.link);
+        }
     }
 }
 
@@ -264,13 +190,11 @@ impl Drop for ArgvProcess {
         if self.status.is_some() {
             return;
         }
-        tracing::debug!(pid = self.pid, "dropping a running QEMU: killing it");
-        signal_group(self.pid, Signal::SIGKILL);
+        let pid = self.contained.pid;
+        tracing::debug!(pid, "dropping a running QEMU: killing it");
+        self.kill();
         if !matches!(self.wait_timeout(REAP_TIMEOUT), Ok(Some(_))) {
-            tracing::warn!(
-                pid = self.pid,
-                "QEMU not reaped within {REAP_TIMEOUT:?} of SIGKILL"
-            );
+            tracing::warn!(pid, "QEMU not reaped within {REAP_TIMEOUT:?} of SIGKILL");
         }
     }
 }
@@ -297,6 +221,28 @@ mod tests {
         // Reaped by the drop: nothing of the group is left to signal.
         let group = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
         assert!(nix::sys::signal::killpg(group, None).is_err());
+    }
+
+    #[test]
+    fn what_a_wrapper_started_outside_its_group_dies_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pid");
+        let script = format!("setsid sleep 100 & echo $! > {}; wait", file.display());
+        let argv: Vec<String> = vec!["sh".into(), "-c".into(), script];
+        let p = ArgvProcess::spawn(&argv, &[], Output::Inherit).expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let escaped = loop {
+            if let Ok(pid) = std::fs::read_to_string(&file) {
+                if let Ok(pid) = pid.trim().parse::<u32>() {
+                    break pid;
+                }
+            }
+            assert!(Instant::now() < deadline, "the wrapper wrote no pid");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        drop(p);
+        // Reaped by the watchdog before it exited, and the drop waited for the watchdog.
+        assert!(!std::path::Path::new(&format!("/proc/{escaped}")).exists());
     }
 
     #[test]
