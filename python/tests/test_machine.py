@@ -195,8 +195,8 @@ def test_subclass_base_args_without_qtest(qemu_binary):
         assert "-S" in vm._qemu_full_args
 
 
-def test_keyboard_interrupt_during_a_wait_leaves_no_qemu(qemu_binary):
-    vm = QEMUMachine(qemu_binary, args=["-machine", "none"])
+def test_keyboard_interrupt_during_a_wait_leaves_no_qemu(qemu_binary, tmp_path):
+    vm = QEMUMachine(qemu_binary, args=["-machine", "none"], base_temp_dir=str(tmp_path))
     vm.launch()
     pid = vm._popen.pid
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
@@ -211,25 +211,29 @@ def test_keyboard_interrupt_during_a_wait_leaves_no_qemu(qemu_binary):
     assert gone(pid, 10)
     vm.shutdown()
     assert not vm.is_running()
+    assert os.listdir(tmp_path) == []
 
 
-def test_garbage_collected_machine_is_killed_and_reaped(qemu_binary):
-    vm = QEMUMachine(qemu_binary, args=["-machine", "none"])
+def test_garbage_collected_machine_is_killed_and_reaped(qemu_binary, tmp_path):
+    vm = QEMUMachine(qemu_binary, args=["-machine", "none"], base_temp_dir=str(tmp_path))
     vm.launch()
     pid = vm._popen.pid
+    assert os.listdir(tmp_path) != []
     del vm
     gc.collect()
     assert gone(pid, 15)
+    assert os.listdir(tmp_path) == []  # its temp dir went too
     # Reaped too: no zombie child of ours.
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 
 
-def test_no_orphan_after_the_interpreter_is_killed(qemu_binary):
+def test_no_orphan_after_the_interpreter_is_killed(qemu_binary, tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from qemu.machine import QEMUMachine
-        vm = QEMUMachine({qemu_binary!r}, args=["-machine", "none"])
+        vm = QEMUMachine({qemu_binary!r}, args=["-machine", "none"],
+                         base_temp_dir={str(tmp_path)!r})
         vm.launch()
         print(vm._popen.pid, flush=True)
         time.sleep(600)

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from types import TracebackType
 from typing import (
     Any,
@@ -290,6 +291,7 @@ class QEMUMachine:
         self._cons_sock_pair: Optional[
             Tuple[socket.socket, socket.socket]] = None
         self._temp_dir: Optional[str] = None
+        self._temp_dir_finalizer: Optional[weakref.finalize] = None
         self._base_temp_dir = base_temp_dir
         self._sock_dir = sock_dir
         self._log_dir = log_dir
@@ -565,6 +567,9 @@ class QEMUMachine:
         self._qemu_log_path = None
 
         if self._temp_dir is not None:
+            if self._temp_dir_finalizer is not None:
+                self._temp_dir_finalizer.detach()
+                self._temp_dir_finalizer = None
             shutil.rmtree(self._temp_dir)
             self._temp_dir = None
 
@@ -1047,6 +1052,10 @@ class QEMUMachine:
         if self._temp_dir is None:
             self._temp_dir = tempfile.mkdtemp(prefix="qemu-machine-",
                                               dir=self._base_temp_dir)
+            # Removed by _post_shutdown, or else when the machine is garbage-collected
+            # (or at exit), like the QEMU that the engine kills then.
+            self._temp_dir_finalizer = weakref.finalize(
+                self, shutil.rmtree, self._temp_dir, ignore_errors=True)
         return self._temp_dir
 
     @property
