@@ -6,8 +6,10 @@
 //!   manager goes (even by SIGKILL) or asks ([`Link::kill_all`]).
 //! - QEMU gets its own process group, so a wrapper and everything it started are signalled
 //!   together; the watchdog is not in it (it must outlive what it contains).
-//! - QEMU's `PR_SET_PDEATHSIG(SIGKILL)` points at the watchdog. All spawns still happen on
-//!   one thread that lives as long as the process.
+//! - QEMU's `PR_SET_PDEATHSIG(SIGKILL)` points at the watchdog (single-threaded, so the
+//!   kernel's tie of the death signal to the forking *thread* holds), and the watchdog
+//!   watches its link, not a thread of ours: spawns run on tokio's blocking pool, several
+//!   at once, on threads that may end afterwards.
 //! - Only the descriptors meant for QEMU lose CLOEXEC, in the grandchild, between fork and
 //!   exec; the watchdog closes all but its link.
 
@@ -16,8 +18,6 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
@@ -61,15 +61,8 @@ pub(crate) fn kill_contained(pid: u32, link: &Link) {
     link.kill_all();
 }
 
-enum Request {
-    Spawn(SpawnRequest),
-    /// A child spawned for a launch that was cancelled after the reply was sent: its group
-    /// was killed; reap it here.
-    Reap(Contained),
-}
-
 /// A spawned child on its way to the caller: if nobody takes it (the caller's future was
-/// dropped with the reply in flight), its group is killed and the spawner reaps it.
+/// dropped with the reply in flight), it is killed and reaped on a thread of its own.
 struct Spawned(Option<Contained>);
 
 impl Spawned {
@@ -86,8 +79,20 @@ impl Drop for Spawned {
                 "launch cancelled with QEMU spawned: killing it"
             );
             kill_contained(contained.pid, &contained.link);
-            if let Ok(spawner) = spawner() {
-                let _ = spawner.send(Request::Reap(contained));
+            let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+            let reaper = std::thread::Builder::new()
+                .name("qemu-reaper".into())
+                .spawn(move || {
+                    if let Ok(contained) = receiver.recv() {
+                        reap_unclaimed(contained);
+                    }
+                });
+            match reaper {
+                Ok(_) => {
+                    let _ = sender.send(contained);
+                }
+                // No thread to spare: reap here (it was killed, so this is short).
+                Err(_) => reap_unclaimed(contained),
             }
         }
     }
@@ -101,51 +106,26 @@ struct SpawnRequest {
     child_fds: Vec<OwnedFd>,
     /// The manager's end of the watchdog's link.
     link: OwnedFd,
-    runtime: Handle,
     reply: oneshot::Sender<io::Result<Spawned>>,
 }
 
-fn spawner() -> io::Result<mpsc::Sender<Request>> {
-    static SPAWNER: OnceLock<Mutex<Option<mpsc::Sender<Request>>>> = OnceLock::new();
-    let slot = SPAWNER.get_or_init(|| Mutex::new(None));
-    let mut slot = qmp::sync::lock_unpoisoned(slot);
-    if let Some(sender) = slot.as_ref() {
-        return Ok(sender.clone());
+/// Forks the watchdog (which forks QEMU) and hands the result to the caller. Runs on a
+/// blocking-pool thread: several launches fork at once, no async worker stalls in `fork`,
+/// and nothing is tied to the thread (QEMU's death signal points at its watchdog, and the
+/// watchdog watches its link, not this thread), so it may end afterwards.
+fn fork_contained(request: SpawnRequest) {
+    let mut command = tokio::process::Command::from(request.command);
+    let child = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| command.spawn()))
+        .unwrap_or_else(|_| Err(io::Error::other("spawning QEMU panicked")));
+    // The child has its copies now (or never will): ours must not stay open.
+    drop(request.child_fds);
+    let contained = child.and_then(|child| contain(child, request.link));
+    if let Err(Ok(mut spawned)) = request.reply.send(contained.map(|c| Spawned(Some(c)))) {
+        // The launch was cancelled while we spawned: nobody owns this QEMU.
+        if let Some(contained) = spawned.0.take() {
+            reap_unclaimed(contained);
+        }
     }
-    let (sender, requests) = mpsc::channel::<Request>();
-    std::thread::Builder::new()
-        .name("qemu-spawner".into())
-        .spawn(move || {
-            for request in requests {
-                let request = match request {
-                    Request::Spawn(request) => request,
-                    Request::Reap(child) => {
-                        reap_unclaimed(child);
-                        continue;
-                    }
-                };
-                let _runtime = request.runtime.enter();
-                // This thread must never end: every QEMU it forked dies with it (the death
-                // signal is tied to the forking thread), so a panic in `spawn` is an error.
-                let mut command = tokio::process::Command::from(request.command);
-                let child =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| command.spawn()))
-                        .unwrap_or_else(|_| Err(io::Error::other("spawning QEMU panicked")));
-                // The child has its copies now (or never will): ours must not stay open.
-                drop(request.child_fds);
-                let contained = child.and_then(|child| contain(child, request.link));
-                if let Err(Ok(mut spawned)) =
-                    request.reply.send(contained.map(|c| Spawned(Some(c))))
-                {
-                    // The launch was cancelled while we spawned: nobody owns this QEMU.
-                    if let Some(contained) = spawned.0.take() {
-                        reap_unclaimed(contained);
-                    }
-                }
-            }
-        })?;
-    *slot = Some(sender.clone());
-    Ok(sender)
 }
 
 /// Spawns `argv` with stdin from /dev/null, stdout and stderr into `log`, and `child_fds`
@@ -174,7 +154,7 @@ pub(crate) async fn spawn(
     spawn_command(command, child_fds, inherit).await
 }
 
-/// Spawns `command` (its stdio as set by the caller) on the spawner thread, under a
+/// Spawns `command` (its stdio as set by the caller) on a blocking-pool thread, under a
 /// watchdog, in a process group of its own and with the death signal armed; `inherit`
 /// (among them `child_fds`, closed here once the child has them) keep their numbers in the
 /// child.
@@ -208,19 +188,17 @@ pub(crate) async fn spawn_command(
         command.pre_exec(move || crate::watchdog::split(watchdog_end, &inherit));
     }
     let (reply, child) = oneshot::channel();
-    spawner()?
-        .send(Request::Spawn(SpawnRequest {
-            command,
-            child_fds,
-            link,
-            runtime: Handle::current(),
-            reply,
-        }))
-        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    let request = SpawnRequest {
+        command,
+        child_fds,
+        link,
+        reply,
+    };
+    Handle::current().spawn_blocking(move || fork_contained(request));
     // Cancel-safe: a child in flight when this future is dropped dies with its `Spawned`.
     child
         .await
-        .map_err(|_| io::Error::other("the spawner thread dropped the request"))?
+        .map_err(|_| io::Error::other("the runtime dropped the spawn (shutting down?)"))?
         .map(Spawned::take)
 }
 

@@ -70,7 +70,7 @@ fn nothing_is_left_behind() {
         .build()
         .unwrap();
     let scratch = Scratch::new();
-    // Warm up: the spawner thread, the signal driver and the blocking runtime open their
+    // Warm up: the blocking pool's threads, the signal driver and the blocking runtime open their
     // descriptors once, for the life of the process.
     runtime.block_on(every_path(&scratch));
     let mut warm = qemu_machine::blocking::Machine::new(scratch.builder().machine_type("none"));
