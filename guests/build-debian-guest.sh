@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds a full Debian 12 guest: systemd, a root autologin getty on ttyS0 and
-# qemu-guest-agent, on an ext4 disk image, booted with the Linux test guest's kernel and
-# initramfs (whose init switches to /dev/vda when the command line says root=/dev/vda).
+# Builds a full Debian guest of the host's release (Debian 12 here): systemd, a root
+# autologin getty on ttyS0 and qemu-guest-agent, on an ext4 disk image, booted with the
+# Linux test guest's kernel and initramfs (whose init switches to /dev/vda when the command
+# line says root=/dev/vda).
 #
 #   guests/build-debian-guest.sh   # -> .cache/guests/debian/rootfs.img (+ stamp)
 #
@@ -55,6 +56,8 @@ as_root mmdebstrap --quiet --variant=minbase \
 mkdir -p "$out"
 rm -f "$out/rootfs.img.tmp"
 as_root mkfs.ext4 -q -L debian -d "$work/rootfs" "$out/rootfs.img.tmp" 1G
+# Ours, not root's (when built through sudo), so that it can be attached writable.
+as_root chown "$(id -u):$(id -g)" "$out/rootfs.img.tmp"
 mv "$out/rootfs.img.tmp" "$out/rootfs.img"
 echo "$stamp" >"$out/stamp"
 echo "debian guest built in $out"

@@ -347,8 +347,12 @@ impl Console {
     #[pyo3(signature = (fd, log_path=None))]
     fn new(fd: RawFd, log_path: Option<String>) -> PyResult<Self> {
         let stream = UnixStream::from(dup_fd(fd)?);
+        // 0600, never through a symlink, as every file the Rust engine writes.
         let log = log_path
-            .map(|path| File::create(&path).map_err(|e| PyOSError::new_err(format!("{path}: {e}"))))
+            .map(|path| {
+                qmp::fsutil::create_private_file(std::path::Path::new(&path))
+                    .map_err(|e| PyOSError::new_err(format!("{path}: {e}")))
+            })
             .transpose()?;
         let console = block_on(async move {
             qemu_machine::Console::start("console", stream, CONSOLE_BUFFER, log)

@@ -186,7 +186,8 @@ pub(crate) struct RunArgs {
     /// Share a host directory (repeatable): DIR[,tag=TAG][,readonly=off][,fs=9p|virtiofs];
     /// read-only unless readonly=off; tag "share" (then share1, share2...) unless given;
     /// 9p unless fs=virtiofs (served by a virtiofsd started and stopped with the VM:
-    /// $QEMU_MACHINE_VIRTIOFSD, else virtiofsd on PATH, /usr/libexec or /usr/lib/qemu).
+    /// $QEMU_MACHINE_VIRTIOFSD, else virtiofsd on PATH, /usr/libexec, /usr/lib/qemu or
+    /// /usr/lib).
     /// In a Linux guest: mount -t 9p -o trans=virtio TAG /mnt, or mount -t virtiofs TAG /mnt.
     #[arg(long, value_name = "DIR[,KEY=VALUE...]")]
     pub(crate) share: Vec<String>,

@@ -22,22 +22,39 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The longest the connection and each command may take, within the whole deadline.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How far past the deadline a progress query may be answered: the deadline is then
+/// reported with what that answer says (a query cut at the deadline would say nothing).
+const POLL_GRACE: Duration = Duration::from_secs(5);
+
+/// How long `migrate_cancel` may take once the deadline has passed.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `name` with `arguments`, its answer cut off at `deadline` (the whole wait's).
+async fn ask(
+    client: &Client,
+    name: &str,
+    arguments: Value,
+    deadline: Instant,
+) -> Result<Value, Failure> {
+    match tokio::time::timeout_at(deadline, client.execute(name, arguments)).await {
+        Ok(answer) => answer.map_err(Failure::command),
+        Err(_) => Err(Failure::with_status(
+            format!("QEMU did not answer {name} before the deadline"),
+            124,
+        )),
+    }
+}
+
 /// `qemu-machine migrate`: starts a migration to `URI` and waits for it to complete.
 pub(crate) async fn migrate(args: MigrateArgs) -> Outcome {
     let timeout = seconds(args.timeout, "--timeout")?;
     // `seconds` caps it at LONGEST_TIMEOUT, which an Instant can hold (tested in args).
     let deadline = Instant::now() + timeout;
     let client = connect(&args.address, Some(timeout.min(COMMAND_TIMEOUT))).await?;
-    client
-        .execute("migrate", json!({ "uri": args.uri }))
-        .await
-        .map_err(Failure::command)?;
+    ask(&client, "migrate", json!({ "uri": args.uri }), deadline).await?;
     let bar = Bar::new("migrating");
     loop {
-        let info = client
-            .execute("query-migrate", Value::Null)
-            .await
-            .map_err(Failure::command)?;
+        let info = ask(&client, "query-migrate", Value::Null, deadline + POLL_GRACE).await?;
         let status = info["status"].as_str().unwrap_or("unknown");
         match status {
             "completed" => {
@@ -63,7 +80,11 @@ pub(crate) async fn migrate(args: MigrateArgs) -> Outcome {
         if Instant::now() >= deadline {
             bar.finish();
             // Left running, the migration would go on without anyone waiting for it.
-            let cancelled = client.execute("migrate_cancel", Value::Null).await.is_ok();
+            let cancel = client.execute("migrate_cancel", Value::Null);
+            let cancelled = matches!(
+                tokio::time::timeout(CANCEL_TIMEOUT, cancel).await,
+                Ok(Ok(_))
+            );
             return Err(Failure::with_status(
                 format!(
                     "migration not completed after {} s (status {status}, {sent} of {total} \
@@ -96,7 +117,7 @@ pub(crate) async fn job(args: JobArgs) -> Outcome {
     ]));
     let id = match args.id {
         Some(id) => id,
-        None => only_job(&client).await?,
+        None => only_job(&client, deadline).await?,
     };
     let bar = Bar::new(&id);
     loop {
@@ -104,10 +125,13 @@ pub(crate) async fn job(args: JobArgs) -> Outcome {
             bar.finish();
             return outcome;
         }
-        let jobs = client
-            .execute("query-block-jobs", Value::Null)
-            .await
-            .map_err(Failure::command)?;
+        let jobs = ask(
+            &client,
+            "query-block-jobs",
+            Value::Null,
+            deadline + POLL_GRACE,
+        )
+        .await?;
         let Some(job) = find(&jobs, &id) else {
             bar.finish();
             // QEMU sends the job's last event before the reply that no longer lists it.
@@ -177,11 +201,8 @@ fn how_it_ended(events: &mut qmp::Subscription, id: &str, ready: bool) -> Option
 }
 
 /// The id of the one block job there is; an error naming them when there are none or many.
-async fn only_job(client: &Client) -> Result<String, Failure> {
-    let jobs = client
-        .execute("query-block-jobs", Value::Null)
-        .await
-        .map_err(Failure::command)?;
+async fn only_job(client: &Client, deadline: Instant) -> Result<String, Failure> {
+    let jobs = ask(client, "query-block-jobs", Value::Null, deadline).await?;
     let ids: Vec<&str> = jobs
         .as_array()
         .map(|jobs| jobs.iter().filter_map(|j| j["device"].as_str()).collect())

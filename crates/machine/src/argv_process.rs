@@ -2,8 +2,9 @@
 //! binding, whose subclasses compute the arguments), with the same containment as a
 //! [`Machine`](crate::Machine): spawned by the same spawner, under a per-VM watchdog that
 //! kills QEMU, its process group and every descendant when QEMU exits, when asked, or when
-//! this process dies (even by SIGKILL); only the named descriptors inherited; a drop that
-//! kills and reaps it.
+//! this process dies (even by SIGKILL); the named descriptors inherited under their
+//! numbers (and, as with Python's `Popen(close_fds=False)`, any the caller left without
+//! close-on-exec: Rust opens everything close-on-exec); a drop that kills and reaps it.
 //!
 //! Blocking API: call it outside an async context (it runs the spawn on a small runtime of
 //! its own). Waits use `pidfd_open` on the watchdog, which exits once everything is dead.
@@ -54,16 +55,17 @@ pub struct ArgvProcess {
 /// The runtime the spawner registers the watchdog's `Child` with (one worker thread, for
 /// the whole process).
 fn runtime() -> io::Result<&'static tokio::runtime::Runtime> {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    if let Some(runtime) = RUNTIME.get() {
-        return Ok(runtime);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("qemu-argv-runtime")
-        .enable_all()
-        .build()?;
-    Ok(RUNTIME.get_or_init(|| runtime))
+    static RUNTIME: OnceLock<io::Result<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("qemu-argv-runtime")
+                .enable_all()
+                .build()
+        })
+        .as_ref()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start a runtime: {e}")))
 }
 
 /// `pidfd_open(2)`: a descriptor that polls readable once `pid` exits.
@@ -86,7 +88,7 @@ impl ArgvProcess {
     /// # Errors
     ///
     /// The spawn's error (e.g. `NotFound` for a missing program), `InvalidInput` for an
-    /// empty `argv`.
+    /// empty `argv`, `Other` when called from within an async runtime (it blocks).
     pub fn spawn(argv: &[String], inherit: &[RawFd], output: Output<'_>) -> io::Result<Self> {
         let (program, args) = argv
             .split_first()
@@ -95,6 +97,12 @@ impl ArgvProcess {
         command.args(args).stdin(Stdio::null());
         if let Output::File(log) = output {
             command.stdout(log.try_clone()?).stderr(log.try_clone()?);
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // block_on would panic there; async callers have `Machine`.
+            return Err(io::Error::other(
+                "ArgvProcess::spawn blocks: call it outside an async context",
+            ));
         }
         let contained =
             runtime()?.block_on(spawn_command(command, Vec::new(), inherit.to_vec()))?;
@@ -243,6 +251,21 @@ mod tests {
         drop(p);
         // Reaped by the watchdog before it exited, and the drop waited for the watchdog.
         assert!(!std::path::Path::new(&format!("/proc/{escaped}")).exists());
+    }
+
+    #[test]
+    fn inside_a_runtime_it_is_an_error_not_a_panic() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let argv: Vec<String> = vec!["true".into()];
+        let err = runtime
+            .block_on(async { ArgvProcess::spawn(&argv, &[], Output::Inherit) })
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("outside an async context"),
+            "{err}"
+        );
     }
 
     #[test]

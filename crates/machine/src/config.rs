@@ -436,6 +436,14 @@ impl Config {
             ));
         }
         self.devices.validate()?;
+        if !self.devices.virtiofs().is_empty() && self.args.iter().any(|a| a == "-m" || a == "--m")
+        {
+            // Its shared memory is sized by the typed memory; a later raw -m would differ.
+            return Err(Error::config(
+                "virtiofs shares size the guest's shared memory from memory_mib(): give the \
+                 memory there, not as a raw -m",
+            ));
+        }
         Ok(())
     }
 }

@@ -4,9 +4,13 @@
 //! - [`Machine`] (async) and [`blocking::Machine`]: launch QEMU with the seed's command line,
 //!   QMP over a socketpair (or server mode), events with sub-dict matching and one deadline,
 //!   the shutdown ladder (`quit` → SIGKILL) with an error that says why.
-//! - Supervision: QEMU gets its own process group and dies with its parent
-//!   (`PR_SET_PDEATHSIG`); dropping a running [`Machine`] kills and reaps it; the private
-//!   run dir is removed.
+//! - Supervision: QEMU runs in a process group of its own under a per-VM watchdog process
+//!   that kills it, its group and every descendant when QEMU exits, when asked, or when
+//!   this process dies (even by SIGKILL); dropping a running [`Machine`] kills and reaps it;
+//!   the private run dir is removed. [`argv_process`] gives the same to a command line
+//!   built elsewhere (the Python binding's).
+//! - [`devices`] and [`virtiofs`]: typed devices, and host directories over virtiofs with a
+//!   supervised `virtiofsd` per share.
 //! - [`fleet`]: many machines concurrently.
 //! - [`saved_state`]: a machine's whole state saved to a file and launched from it;
 //!   [`snapshot_cache`]: booted guests cached for test suites (restore, not boot).

@@ -186,13 +186,7 @@ impl Running {
     /// runtime can be relied on; then the sessions and the run dir go.
     fn kill_now(mut self, keep_run_dir: bool, log_kept: bool) {
         self.sigkill();
-        let deadline = crate::deadline::std_deadline_after(REAP_TIMEOUT);
-        while std::time::Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
+        crate::spawn::reap_child_within(&mut self.child, REAP_TIMEOUT);
         self.close_sessions();
         if let Some(console) = self.console.take() {
             console.stop();

@@ -224,14 +224,17 @@ fn contain(mut child: Child, link: OwnedFd) -> io::Result<Contained> {
     }
     // Closing the link makes the watchdog kill what it has and exit; reap it.
     drop(link);
-    if !reap_child(&mut child) {
+    if !reap_child_within(&mut child, UNCLAIMED_REAP_TIMEOUT) {
         let _ = child.start_kill();
-        reap_child(&mut child);
+        reap_child_within(&mut child, UNCLAIMED_REAP_TIMEOUT);
     }
     Err(io::Error::other(format!(
         "the watchdog did not report QEMU's pid ({got:?})"
     )))
 }
+
+/// How long a child nobody claimed is waited for after its kill.
+const UNCLAIMED_REAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Kills and reaps (bounded) a child whose launch future was dropped during the spawn.
 fn reap_unclaimed(mut contained: Contained) {
@@ -240,12 +243,13 @@ fn reap_unclaimed(mut contained: Contained) {
         "launch cancelled during spawn: killing QEMU"
     );
     kill_contained(contained.pid, &contained.link);
-    reap_child(&mut contained.child);
+    reap_child_within(&mut contained.child, UNCLAIMED_REAP_TIMEOUT);
 }
 
-/// Waits (bounded, blocking) until `child` is reaped; false if it was not.
-fn reap_child(child: &mut Child) -> bool {
-    let deadline = crate::deadline::std_deadline_after(std::time::Duration::from_secs(10));
+/// Waits (blocking, at most `timeout`) until `child` is reaped; false if it was not. For
+/// drops and cancelled launches, where there is no runtime to await on.
+pub(crate) fn reap_child_within(child: &mut Child, timeout: std::time::Duration) -> bool {
+    let deadline = crate::deadline::std_deadline_after(timeout);
     while std::time::Instant::now() < deadline {
         match child.try_wait() {
             Ok(Some(_)) | Err(_) => return true,

@@ -16,10 +16,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::spawn::{kill_contained, spawn_command, Contained};
+use crate::spawn::{kill_contained, reap_child_within, spawn_command, Contained};
 
 /// The longest virtiofs tag the Linux driver accepts.
 const MAX_TAG_BYTES: usize = 36;
@@ -153,7 +153,9 @@ impl VirtioFs {
 /// ```
 pub fn find_virtiofsd() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("QEMU_MACHINE_VIRTIOFSD").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path));
+        // Named but missing: not found, rather than a spawn error later.
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -209,14 +211,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let Contained { child, pid, link } = &mut self.0;
         kill_contained(*pid, link);
-        let deadline = crate::deadline::std_deadline_after(REAP_TIMEOUT);
-        while Instant::now() < deadline {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            }
+        if !reap_child_within(child, REAP_TIMEOUT) {
+            tracing::warn!(pid = *pid, "virtiofsd not reaped after SIGKILL");
         }
-        tracing::warn!(pid = *pid, "virtiofsd not reaped after SIGKILL");
     }
 }
 
@@ -241,6 +238,16 @@ async fn start_one(i: usize, share: &VirtioFs, run_dir: &Path) -> Result<(Daemon
         .path
         .canonicalize()
         .map_err(|e| Error::io(format!("resolving {}", share.path.display()), e))?;
+    // What virtiofsd gets is the resolved path: a symlink may lead to a name with a comma.
+    if source.as_os_str().as_bytes().contains(&b',') {
+        return Err(Error::config(format!(
+            "virtiofs share {}: virtiofsd cannot take a path with a comma ({})",
+            share.tag,
+            source.display()
+        )));
+    }
+    let mut source_option = std::ffi::OsString::from("source=");
+    source_option.push(source.as_os_str());
     let socket = run_dir.join(format!("virtiofs{i}.sock"));
     let io = |what: &str, e| Error::io(format!("virtiofs share {}: {what}", share.tag), e);
     // The run dir is 0700: nobody else can reach the socket in the moment it has a name.
@@ -254,7 +261,7 @@ async fn start_one(i: usize, share: &VirtioFs, run_dir: &Path) -> Result<(Daemon
     command
         .arg(format!("--fd={fd}"))
         .arg("-o")
-        .arg(format!("source={}", source.display()))
+        .arg(source_option)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| io("opening its log", e))?)
         .stderr(log);
@@ -264,7 +271,8 @@ async fn start_one(i: usize, share: &VirtioFs, run_dir: &Path) -> Result<(Daemon
     let child = spawn_command(command, vec![OwnedFd::from(listener)], vec![fd])
         .await
         .map_err(|e| {
-            let hint = if share.writable {
+            let denied = matches!(e.raw_os_error(), Some(nix::libc::EPERM | nix::libc::EACCES));
+            let hint = if share.writable || !denied {
                 ""
             } else {
                 " (a read-only share needs CAP_SYS_ADMIN for its read-only mount; \

@@ -284,6 +284,15 @@ async fn a_virtiofs_share_without_a_daemon_is_a_config_error_before_launch() {
     let err = vm.launch().await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Config(_)), "{err}");
     assert!(err.to_string().contains("does not exist"), "{err}");
+    let mut raw_memory = Machine::new(
+        scratch
+            .builder()
+            .share_virtiofs(VirtioFs::new("x", files.path()).daemon("/bin/true"))
+            .args(["-m", "512"]),
+    );
+    let err = raw_memory.launch().await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Config(_)), "{err}");
+    assert!(err.to_string().contains("memory_mib()"), "{err}");
 }
 
 #[tokio::test]

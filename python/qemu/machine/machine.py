@@ -540,6 +540,8 @@ class QEMUMachine:
         May also be called after a failed launch.
         """
         LOG.debug("Cleaning up after VM process")
+        # A failed launch may have left fd numbers here that the next launch must not pass.
+        self._pass_fds = []
         try:
             self._close_qmp_connection()
         except Exception as err:  # pylint: disable=broad-except

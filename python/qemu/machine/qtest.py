@@ -10,7 +10,7 @@ import os
 import socket
 from typing import List, Optional, Sequence, TextIO, Tuple, Union
 
-from .machine import QEMUMachine
+from .machine import FOREVER, QEMUMachine
 
 SocketAddrT = Union[str, Tuple[str, int]]
 
@@ -57,15 +57,23 @@ class QEMUQtestProtocol:
             family = socket.AF_UNIX
         return socket.socket(family, socket.SOCK_STREAM)
 
+    def _bound(self) -> None:
+        # Upstream waits forever here; ours at most FOREVER (unless settimeout() said).
+        if self._sock.gettimeout() is None:
+            self._sock.settimeout(FOREVER)
+
     def connect(self) -> None:
         """Connect to the qtest socket."""
+        self._bound()
         if self._address is not None:
             self._sock.connect(self._address)
         self._sockfile = self._sock.makefile(mode='r')
 
     def accept(self) -> None:
         """Await connection from QEMU."""
+        self._bound()
         self._sock, _ = self._sock.accept()
+        self._bound()
         self._sockfile = self._sock.makefile(mode='r')
 
     def cmd(self, qtest_cmd: str) -> str:
