@@ -65,17 +65,11 @@ pub(crate) unsafe fn split(link: RawFd, inherit: &[RawFd]) -> io::Result<()> {
     if unsafe { prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // QEMU's exit must leave a zombie to wait for (not be reaped by an inherited SIG_IGN),
-    // and must not run a handler inherited from the manager (it writes to the manager's
-    // descriptors). QEMU inherits the default too, as it would from a plain shell.
-    // SAFETY: sigaction is a system call; the structure is zeroed on our stack.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_DFL;
-        if libc::sigaction(libc::SIGCHLD, &action, ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    // Before the second fork, so that neither the watchdog nor QEMU (until its exec) ever
+    // runs a handler inherited from the manager (they write to the manager's descriptors),
+    // and a stop signal sent meanwhile waits, pending, for the watchdog's signalfd.
+    // SAFETY: only sigaction and sigprocmask on stack structures.
+    unsafe { quiet_signals() };
     let watchdog = unsafe { libc::getpid() };
     let qemu = unsafe { libc::fork() };
     if qemu < 0 {
@@ -118,6 +112,10 @@ unsafe fn prepare_qemu(watchdog: pid_t, inherit: &[RawFd]) -> io::Result<()> {
             if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
+        }
+        // QEMU gets the stop signals and SIGCHLD as usual (blocked only for the watchdog).
+        if libc::sigprocmask(libc::SIG_UNBLOCK, &watched_mask(), ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
         }
     }
     Ok(())
@@ -328,13 +326,23 @@ unsafe fn exit_as(status: c_int) -> ! {
     }
 }
 
-/// Restores every signal's default action (handlers inherited from the manager would
-/// write to its descriptors, closed or reused here), blocks SIGCHLD and the stop signals,
-/// and returns a signalfd reporting them (-1 if none could be made: then we poll).
+/// A signalfd reporting SIGCHLD and the stop signals, blocked since [`quiet_signals`]
+/// (-1 if none could be made: then we poll).
 unsafe fn watch_signals() -> c_int {
-    // SAFETY: sigaction, sigemptyset/sigaddset (on a stack sigset_t), sigprocmask and
-    // signalfd are system calls or pure functions; errors are ignored on purpose (an
-    // invalid signal number is refused, the rest cannot fail here).
+    // SAFETY: signalfd on a mask built on our stack (blocked since `quiet_signals`).
+    unsafe { libc::signalfd(-1, &watched_mask(), libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) }
+}
+
+/// Every signal back to its default action (QEMU's exit must also leave a zombie to wait
+/// for, not be reaped by an inherited SIG_IGN), and the watched ones blocked.
+///
+/// # Safety
+///
+/// Only between fork and exec (it changes the whole process's dispositions).
+unsafe fn quiet_signals() {
+    // SAFETY: sigaction and sigprocmask are system calls; the structures are on our stack;
+    // errors are ignored on purpose (an invalid signal number is refused, the rest cannot
+    // fail here).
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = libc::SIG_DFL;
@@ -343,15 +351,22 @@ unsafe fn watch_signals() -> c_int {
                 libc::sigaction(signal, &action, ptr::null_mut());
             }
         }
+        // Blocked, a SIGCHLD stays pending (even at its default action) for the signalfd.
+        libc::sigprocmask(libc::SIG_BLOCK, &watched_mask(), ptr::null_mut());
+    }
+}
+
+/// SIGCHLD and the stop signals: what the watchdog reads from its signalfd.
+fn watched_mask() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset only write the set on our stack.
+    unsafe {
         let mut mask: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut mask);
         libc::sigaddset(&mut mask, libc::SIGCHLD);
         for signal in STOP_SIGNALS {
             libc::sigaddset(&mut mask, signal);
         }
-        // Blocked, a SIGCHLD stays pending (even at its default action) for the signalfd.
-        libc::sigprocmask(libc::SIG_BLOCK, &mask, ptr::null_mut());
-        libc::signalfd(-1, &mask, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
+        mask
     }
 }
 
