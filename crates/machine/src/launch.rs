@@ -30,16 +30,17 @@ impl ChildEnds {
     fn socketpair(&mut self, what: &str) -> Result<(UnixStream, RawFd)> {
         let (ours, theirs) = UnixStream::pair()
             .map_err(|e| Error::io(format!("creating the {what} socketpair"), e))?;
-        let fd = theirs.as_raw_fd();
-        self.0.push(theirs);
-        Ok((ours, fd))
+        Ok((ours, self.add(theirs)?))
     }
 
-    /// Hands `theirs` to the child under its current number.
-    fn add(&mut self, theirs: UnixStream) -> RawFd {
+    /// Hands `theirs` to the child under its current number (above the standard streams').
+    fn add(&mut self, theirs: UnixStream) -> Result<RawFd> {
+        let theirs: UnixStream = crate::spawn::above_stdio(theirs.into())
+            .map_err(|e| Error::io("moving a socket above the standard streams", e))?
+            .into();
         let fd = theirs.as_raw_fd();
         self.0.push(theirs);
-        fd
+        Ok(fd)
     }
 
     fn into_fds(self) -> Vec<OwnedFd> {
@@ -149,8 +150,8 @@ impl Machine {
             crate::virtiofs::start(self.config.devices.virtiofs(), run_dir.path()).await?;
         let virtiofs = virtiofs_ends
             .into_iter()
-            .map(|end| format!("fd={}", child_ends.add(end)))
-            .collect();
+            .map(|end| Ok(format!("fd={}", child_ends.add(end)?)))
+            .collect::<Result<_>>()?;
         let console_log = match &self.config.console_log {
             Some(path) if console.is_some() => Some(create_private(path)?),
             _ => None,

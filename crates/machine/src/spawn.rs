@@ -172,11 +172,7 @@ pub(crate) async fn spawn_command(
         SockFlag::SOCK_CLOEXEC,
     )?;
     // Above the standard streams, which the child's stdio setup overwrites.
-    let theirs = if theirs.as_raw_fd() <= 2 {
-        above_stdio(theirs)?
-    } else {
-        theirs
-    };
+    let theirs = above_stdio(theirs)?;
     let watchdog_end = theirs.as_raw_fd();
     // Kept open until the fork is done, closed by the spawner after it.
     child_fds.push(theirs);
@@ -202,8 +198,13 @@ pub(crate) async fn spawn_command(
         .map(Spawned::take)
 }
 
-/// `fd` moved to a number above 2 (close-on-exec).
-fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+/// `fd` moved to a number above 2 (close-on-exec) if it has one of the standard streams'
+/// numbers (the manager runs with one closed): the child's stdio setup would overwrite it.
+/// For every descriptor a child inherits under its number.
+pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
     let moved = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
     // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(moved) })

@@ -256,6 +256,10 @@ async fn start_one(i: usize, share: &VirtioFs, run_dir: &Path) -> Result<(Daemon
     let _ = std::fs::remove_file(&socket);
     let qemu_end = qemu_end?;
     let log = crate::launch::create_private(&run_dir.join(format!("virtiofsd{i}.log")))?;
+    let listener = UnixListener::from(
+        crate::spawn::above_stdio(listener.into())
+            .map_err(|e| io("moving its socket above the standard streams", e))?,
+    );
     let fd = listener.as_raw_fd();
     let mut command = std::process::Command::new(&program);
     command
