@@ -136,9 +136,9 @@ impl DiskStamp {
 }
 
 impl StateInfo {
-    /// The total size of the file.
+    /// The total size of the file (saturating: a damaged header cannot overflow it).
     pub fn file_bytes(&self) -> u64 {
-        HEADER_BYTES + self.stream_bytes
+        HEADER_BYTES.saturating_add(self.stream_bytes)
     }
 }
 
@@ -275,6 +275,9 @@ fn open_state(path: &Path) -> Result<(StateInfo, File)> {
         .metadata()
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
         .len();
+    if HEADER_BYTES.checked_add(info.stream_bytes).is_none() {
+        return Err(corrupt(path, "its header's stream length is out of range"));
+    }
     if actual != info.file_bytes() {
         return Err(corrupt(
             path,
@@ -816,6 +819,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("did not finish"));
+    }
+
+    #[test]
+    fn an_overflowing_stream_length_is_corrupt_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.state");
+        let huge = StateInfo {
+            stream_bytes: u64::MAX,
+            ..info()
+        };
+        assert_eq!(huge.file_bytes(), u64::MAX);
+        let mut bytes = header_bytes(&huge).unwrap();
+        bytes.extend_from_slice(b"QEVM");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_info(&path).unwrap_err().to_string();
+        assert!(err.contains("out of range"), "{err}");
     }
 
     #[test]
