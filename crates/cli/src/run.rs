@@ -208,6 +208,10 @@ fn octal_escapes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("\\{b:03o}")).collect()
 }
 
+/// After a signal during a launch, how long the launch may take to fail on its own (its
+/// QEMU killed) before it is dropped.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
 /// How many chunks of typed input may wait for the guest before more is dropped.
 const INPUT_QUEUE: usize = 64;
 /// At most one "input dropped" status line per this long.
@@ -339,17 +343,22 @@ pub(crate) async fn run(mut args: RunArgs) -> Outcome {
     let (launched, aborted) = with_spinner("starting QEMU", async {
         let launch = start(&mut vm, &warm, cache.as_ref(), prompt, &options);
         tokio::pin!(launch);
-        let mut aborted: Option<Caught> = None;
+        let mut aborted: Option<(Caught, tokio::time::Instant)> = None;
         loop {
             tokio::select! {
-                result = &mut launch => break (result, aborted),
+                result = &mut launch => break (Some(result), aborted.map(|(caught, _)| caught)),
                 caught = signals.recv(), if aborted.is_none() => {
-                    aborted = Some(caught);
+                    aborted = Some((caught, tokio::time::Instant::now()));
                     kill_child_groups();
                 }
                 // QEMU may not be spawned yet when the signal comes: keep at it.
                 _ = tokio::time::sleep(Duration::from_millis(20)), if aborted.is_some() => {
                     kill_child_groups();
+                    // Nothing to kill (waiting for the snapshot cache's lock, hashing its
+                    // inputs): the launch is dropped instead, which is cancel-safe.
+                    if aborted.is_some_and(|(_, at)| at.elapsed() >= ABORT_GRACE) {
+                        break (None, aborted.map(|(caught, _)| caught));
+                    }
                 }
             }
         }
@@ -363,6 +372,9 @@ pub(crate) async fn run(mut args: RunArgs) -> Outcome {
         );
         return Ok(caught.exit_status());
     }
+    let Some(launched) = launched else {
+        return Err(Failure::new("the launch ended without a result"));
+    };
     let started = launched?;
     started.report(&warm, cache.as_ref());
     let (client, mux, console) = match attach(&vm, &options) {

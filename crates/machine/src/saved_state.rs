@@ -240,8 +240,9 @@ fn corrupt(path: &Path, why: impl std::fmt::Display) -> Error {
 
 /// Opens a state file and checks all but the stream's hash.
 fn open_state(path: &Path) -> Result<(StateInfo, File)> {
-    let mut file =
-        File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    // Refused at once if it is a FIFO or a device: it comes from outside.
+    let mut file = qmp::fsutil::open_regular(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let mut header = vec![0u8; HEADER_BYTES as usize];
     let got = read_full(&mut file, &mut header)
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
@@ -819,6 +820,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("did not finish"));
+    }
+
+    #[test]
+    fn a_fifo_as_state_file_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("state");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let started = std::time::Instant::now();
+        let err = read_info(&fifo).unwrap_err().to_string();
+        assert!(
+            err.contains("not a regular file") || err.contains("FIFO"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -255,7 +255,13 @@ impl SnapshotCache {
         timeout: Duration,
     ) -> Result<Warm> {
         let ready = ready.into();
-        let key = self.key(vm.config(), ready.clone())?;
+        // Hashing the inputs reads whole disk images: off the async workers, so that the
+        // caller's other work (a signal handler, say) goes on, and this future can be
+        // dropped meanwhile.
+        let (cache, builder, pattern) = (self.clone(), vm.config().clone(), ready.clone());
+        let key = tokio::task::spawn_blocking(move || cache.key(&builder, pattern))
+            .await
+            .map_err(|e| Error::io("hashing the launch's inputs", std::io::Error::other(e)))??;
         let path = self.state_path(&key);
         // The entry (by inode) that failed to restore here, if one did.
         let mut unusable = None;
@@ -278,28 +284,32 @@ impl SnapshotCache {
         if let Ok(meta) = std::fs::metadata(&path) {
             // Another process built it while this one waited (or rebuilt the bad one).
             if Some(meta.ino()) != unusable && saved_state::read_info(&path).is_ok() {
-                drop(lock);
+                // Restored under the lock: eviction skips locked entries.
                 self.restore(vm, &path, timeout).await?;
+                drop(lock);
                 return Ok(Warm::Hit);
             }
             let _ = std::fs::remove_file(&path);
         }
         let built = self.build(vm, &path, ready, timeout).await;
-        drop(lock);
         if let Err(e) = built {
+            drop(lock);
             let _ = vm.kill().await;
             return Err(e);
         }
+        // Under the lock, which `remove` respects: the entry just built is never evicted
+        // before it is restored.
         if let Err(e) = self.evict() {
             tracing::warn!(dir = %self.dir.display(), "evicting old snapshots failed: {e}");
         }
         vm.launch_restored(&path, timeout).await?;
+        drop(lock);
         Ok(Warm::Built)
     }
 
     async fn restore(&self, vm: &mut Machine, path: &Path, timeout: Duration) -> Result<()> {
         // Least recently used is by modification time: a hit refreshes it.
-        if let Ok(file) = File::open(path) {
+        if let Ok(file) = qmp::fsutil::open_regular(path) {
             let _ = file.set_modified(SystemTime::now());
         }
         vm.launch_restored(path, timeout).await.map(drop)
@@ -541,7 +551,7 @@ fn content_hash(path: &Path) -> Result<String> {
     if let Some(hash) = qmp::sync::lock_unpoisoned(memo).get(&id) {
         return Ok(hash.clone());
     }
-    let mut file = File::open(path).map_err(io)?;
+    let mut file = qmp::fsutil::open_regular(path).map_err(io)?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

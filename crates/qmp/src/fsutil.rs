@@ -139,6 +139,37 @@ pub fn open_private_append(path: impl AsRef<Path>) -> io::Result<File> {
             return Err(e);
         }
     };
+    let file = regular_and_blocking(file, path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// Opens `path` for reading, refusing a FIFO, socket or device at once (opened with
+/// `O_NONBLOCK`, checked with `fstat`, then made blocking again): a file that comes from
+/// outside (a saved state, a cache entry) can never block its reader forever.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let fifo = dir.path().join("fifo");
+/// nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU)?;
+/// assert!(qmp::fsutil::open_regular(&fifo).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// Any I/O error, or `InvalidInput` naming the kind when `path` is not a regular file.
+pub fn open_regular(path: impl AsRef<Path>) -> io::Result<File> {
+    let path = path.as_ref();
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    regular_and_blocking(file, path)
+}
+
+/// `file` (opened with `O_NONBLOCK`) made blocking, if it is a regular file.
+fn regular_and_blocking(file: File, path: &Path) -> io::Result<File> {
     let metadata = file.metadata()?;
     if !metadata.file_type().is_file() {
         return Err(not_regular(path, metadata.file_type()));
@@ -148,6 +179,5 @@ pub fn open_private_append(path: impl AsRef<Path>) -> io::Result<File> {
     let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
         .map_err(io::Error::from)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     Ok(file)
 }
