@@ -421,7 +421,9 @@ impl Machine {
     /// [`launch_restored`](Self::launch_restored). The guest is paused first and stays
     /// paused afterwards (QEMU's `postmigrate`): shut the machine down, or `cont` to go on.
     /// The file appears at `path` atomically (0600) once complete; a failed save leaves
-    /// nothing behind and resumes a guest that ran.
+    /// nothing behind and resumes a guest that ran; the migration bandwidth limit it lifts
+    /// is put back. If this future is dropped mid-save, the partial file is removed but the
+    /// guest stays paused (`cont` resumes it).
     ///
     /// See the [module docs](crate::saved_state) for an example and for what is refused.
     ///
@@ -476,10 +478,24 @@ impl Machine {
         if was_running {
             self.cmd("stop", json!({})).await?;
         }
+        // save_paused lifts the migration bandwidth limit; the machine gets its own back.
+        let bandwidth = self
+            .cmd("query-migrate-parameters", json!({}))
+            .await?
+            .get("max-bandwidth")
+            .and_then(Value::as_u64);
         let started = Instant::now();
         let result = self
             .save_paused(path, &version, was_running, disks, deadline, timeout)
             .await;
+        if let Some(bandwidth) = bandwidth {
+            let _ = self
+                .cmd(
+                    "migrate-set-parameters",
+                    json!({"max-bandwidth": bandwidth}),
+                )
+                .await;
+        }
         match result {
             Ok(mut info) => {
                 info.save_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
