@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use qemu_machine::snapshot_cache::{SnapshotCache, DEFAULT_MAX_BYTES};
+use qemu_machine::snapshot_cache::SnapshotCache;
 use serde_json::json;
 
 use crate::args::{CacheAction, CacheArgs};
@@ -58,15 +58,9 @@ pub(crate) fn cache(args: CacheArgs) -> Outcome {
             report(args.json, "removed", removed, &cache);
         }
         CacheAction::Evict { max_mib } => {
-            let max = max_mib.map_or_else(
-                || {
-                    std::env::var(qemu_machine::snapshot_cache::CACHE_MAX_ENV)
-                        .ok()
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map_or(DEFAULT_MAX_BYTES, |m| m.saturating_mul(1 << 20))
-                },
-                |m| m.saturating_mul(1 << 20),
-            );
+            let max = max_mib.map_or_else(qemu_machine::snapshot_cache::max_bytes_from_env, |m| {
+                m.saturating_mul(1 << 20)
+            });
             let removed = cache.max_bytes(max).evict()?;
             report(args.json, "evicted", removed, &open(args.dir.as_deref())?);
         }

@@ -537,30 +537,12 @@ impl Machine {
         )
         .await?;
         // QEMU's own descriptor: write-only (QEMU 9's fdsets match the access mode).
-        let mut for_qemu = std::fs::OpenOptions::new()
+        let for_qemu = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&partial_path)
             .map_err(io)?;
-        let (uri, fdset) = if major >= 9 {
-            let added = self
-                .request(qmp::Request::new("add-fd").fd(for_qemu.into()))
-                .await?;
-            let set = added["fdset-id"].as_u64().unwrap_or(0);
-            (
-                format!("file:/dev/fdset/{set},offset={HEADER_BYTES}"),
-                Some(set),
-            )
-        } else {
-            for_qemu.seek(SeekFrom::Start(HEADER_BYTES)).map_err(io)?;
-            self.request(
-                qmp::Request::new("getfd")
-                    .arguments(json!({"fdname": FD_NAME}))
-                    .fd(for_qemu.into()),
-            )
-            .await?;
-            (format!("fd:{FD_NAME}"), None)
-        };
+        let (uri, fdset) = self.hand_stream(for_qemu, major, &partial_path).await?;
         let migrated = self.migrate_out(&uri, deadline, timeout).await;
         if let Some(set) = fdset {
             let _ = self.cmd("remove-fd", json!({"fdset-id": set})).await;
@@ -709,7 +691,7 @@ impl Machine {
         &mut self,
         path: &Path,
         info: &StateInfo,
-        mut file: File,
+        file: File,
         hash: tokio::task::JoinHandle<std::io::Result<String>>,
         deadline: Instant,
         timeout: Duration,
@@ -735,26 +717,7 @@ impl Machine {
                 "its stream does not match the checksum in its header (the file is corrupt)",
             ));
         }
-        let (uri, fdset) = if major >= 9 {
-            let added = self
-                .request(qmp::Request::new("add-fd").fd(file.into()))
-                .await?;
-            let set = added["fdset-id"].as_u64().unwrap_or(0);
-            (
-                format!("file:/dev/fdset/{set},offset={HEADER_BYTES}"),
-                Some(set),
-            )
-        } else {
-            file.seek(SeekFrom::Start(HEADER_BYTES))
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            self.request(
-                qmp::Request::new("getfd")
-                    .arguments(json!({"fdname": FD_NAME}))
-                    .fd(file.into()),
-            )
-            .await?;
-            (format!("fd:{FD_NAME}"), None)
-        };
+        let (uri, fdset) = self.hand_stream(file, major, path).await?;
         let loading = async {
             self.cmd("migrate-incoming", json!({"uri": uri})).await?;
             loop {
@@ -793,6 +756,39 @@ impl Machine {
             self.cmd("cont", json!({})).await?;
         }
         Ok(())
+    }
+}
+
+impl Machine {
+    /// Hands QEMU `file` (a state file) and returns the migration URI of its stream, which
+    /// starts after the header, and the fdset to remove afterwards: `add-fd` +
+    /// `file:/dev/fdset/N,offset=...` on QEMU 9.0 and later (10.0 deprecates `fd:` to a
+    /// file), `getfd` + `fd:NAME` from the header's end before (7.2 has no `file:` URI).
+    async fn hand_stream(
+        &mut self,
+        mut file: File,
+        major: u64,
+        path: &Path,
+    ) -> Result<(String, Option<u64>)> {
+        if major >= 9 {
+            let added = self
+                .request(qmp::Request::new("add-fd").fd(file.into()))
+                .await?;
+            let set = added["fdset-id"].as_u64().unwrap_or(0);
+            return Ok((
+                format!("file:/dev/fdset/{set},offset={HEADER_BYTES}"),
+                Some(set),
+            ));
+        }
+        file.seek(SeekFrom::Start(HEADER_BYTES))
+            .map_err(|e| Error::io(format!("positioning {}", path.display()), e))?;
+        self.request(
+            qmp::Request::new("getfd")
+                .arguments(json!({"fdname": FD_NAME}))
+                .fd(file.into()),
+        )
+        .await?;
+        Ok((format!("fd:{FD_NAME}"), None))
     }
 }
 

@@ -46,7 +46,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -95,6 +94,19 @@ pub struct Entry {
     pub info: Option<StateInfo>,
 }
 
+/// The size bound `$QEMU_MACHINE_SNAPSHOT_CACHE_MAX_MIB` asks for, in bytes, or
+/// [`DEFAULT_MAX_BYTES`].
+///
+/// ```
+/// assert!(qemu_machine::snapshot_cache::max_bytes_from_env() > 0);
+/// ```
+pub fn max_bytes_from_env() -> u64 {
+    std::env::var(CACHE_MAX_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_MAX_BYTES, |mib| mib.saturating_mul(1 << 20))
+}
+
 /// A snapshot cache in one directory. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct SnapshotCache {
@@ -129,13 +141,9 @@ impl SnapshotCache {
     /// assert_eq!(cache.dir(), std::path::Path::new("/tmp/snapshots"));
     /// ```
     pub fn new(dir: impl Into<PathBuf>) -> SnapshotCache {
-        let max_bytes = std::env::var(CACHE_MAX_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(DEFAULT_MAX_BYTES, |mib| mib.saturating_mul(1 << 20));
         SnapshotCache {
             dir: dir.into(),
-            max_bytes,
+            max_bytes: max_bytes_from_env(),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
@@ -551,19 +559,9 @@ fn content_hash(path: &Path) -> Result<String> {
     if let Some(hash) = qmp::sync::lock_unpoisoned(memo).get(&id) {
         return Ok(hash.clone());
     }
-    let mut file = qmp::fsutil::open_regular(path).map_err(io)?;
+    let file = qmp::fsutil::open_regular(path).map_err(io)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
-        }
-    }
+    hasher.update_reader(file).map_err(io)?;
     let hash = hasher.finalize().to_hex().to_string();
     qmp::sync::lock_unpoisoned(memo).insert(id, hash.clone());
     Ok(hash)
