@@ -343,18 +343,27 @@ impl SnapshotCache {
     async fn lock(&self, key: &str) -> Result<Flock<File>> {
         let lock_path = self.dir.join(format!("{key}.lock"));
         let deadline = crate::deadline::deadline_after(self.lock_timeout);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                .open(&lock_path)
+                .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))
+        };
+        let mut file = open()?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(lock),
+                // Still the file at that name? `remove` and `clean` unlink lock files: a lock
+                // on an unlinked one would not keep out a process that made a new one.
+                Ok(lock) if same_file(&lock, &lock_path) => return Ok(lock),
+                Ok(stale) => {
+                    drop(stale);
+                    file = open()?;
+                }
                 Err((back, nix::errno::Errno::EWOULDBLOCK)) => file = back,
                 Err((_, errno)) => {
                     return Err(Error::io(
@@ -476,6 +485,14 @@ impl SnapshotCache {
             }
         }
         Ok(removed)
+    }
+}
+
+/// Whether the open `file` is the one at `path` now (same device and inode).
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }
 
