@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 use qemu_test_support::cli::{
     assert_gone, output_with_input, pid_in, wait_with_output, OnPty, Qemu,
 };
+use qemu_test_support::guests::linux_guest_dir;
 use qemu_test_support::KillOnDrop;
 
 fn bin() -> Command {
@@ -46,16 +47,6 @@ fn listening_events(args: &[&str]) -> KillOnDrop {
         text(&first[..n])
     );
     events
-}
-
-/// Where `guests/build-linux-guest.sh` put the Linux test guest: `$QEMU_MACHINE_LINUX_GUEST`,
-/// else `.cache/guests/linux` in this checkout.
-fn linux_guest_dir() -> PathBuf {
-    std::env::var_os("QEMU_MACHINE_LINUX_GUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/linux")
-        })
 }
 
 #[test]

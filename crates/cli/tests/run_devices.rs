@@ -22,16 +22,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn guest() -> PathBuf {
-    let dir = std::env::var_os("QEMU_MACHINE_LINUX_GUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/linux")
-        });
-    assert!(
-        dir.join("vmlinuz").exists(),
-        "the Linux test guest is not built: run guests/build-linux-guest.sh (scripts/test does)"
-    );
-    dir
+    qemu_test_support::guests::built_linux_guest_dir()
 }
 
 /// Where run dirs go for one test: checked empty at the end.
@@ -380,15 +371,7 @@ fn virtiofs_shares_are_mounted_read_and_written_by_exec() {
 /// bracketed-paste sequences), the default prompt pattern, a graceful power-off.
 #[test]
 fn exec_runs_on_a_systemd_debian_guest_with_the_default_prompt() {
-    let image = std::env::var_os("QEMU_MACHINE_DEBIAN_GUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/debian/rootfs.img")
-        });
-    assert!(
-        image.exists(),
-        "run guests/build-debian-guest.sh (scripts/test does)"
-    );
+    let image = qemu_test_support::guests::debian_guest_image();
     let guest = guest();
     let dirs = RunDirs::new();
     let disk = format!("{},snapshot=on", image.display());

@@ -21,16 +21,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn guest_dir() -> PathBuf {
-    let dir = std::env::var_os("QEMU_MACHINE_LINUX_GUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/linux")
-        });
-    assert!(
-        dir.join("vmlinuz").exists(),
-        "the Linux test guest is not built: run guests/build-linux-guest.sh (scripts/test does)"
-    );
-    dir
+    qemu_test_support::guests::built_linux_guest_dir()
 }
 
 /// `run` with the Linux test guest, then `extra`.

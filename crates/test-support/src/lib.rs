@@ -1,11 +1,13 @@
 //! What the workspace's tests, examples and benchmarks share: which QEMU build to run
-//! ([`binaries`]), and checks that nothing is left behind ([`processes`]); with the
+//! ([`binaries`]), where the test guests are ([`guests`]), and checks that nothing is left
+//! behind ([`processes`]); with the
 //! feature `machine`, the machine crate's test helpers (the `machine` module).
 //!
 //! Dev-only: no library of the workspace depends on it.
 
 pub mod binaries;
 pub mod cli;
+pub mod guests;
 #[cfg(feature = "machine")]
 pub mod machine;
 pub mod processes;

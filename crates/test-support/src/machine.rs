@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use qemu_machine::{Machine, MachineBuilder};
 
+pub use crate::guests::{linux_9p_guest_dir, linux_guest_dir};
 pub use crate::{assert_group_gone as assert_gone, group_alive, open_fds, qemu, qemu_children};
 
 /// The default deadline of a test's waits.
@@ -36,51 +37,12 @@ pub fn linux_guest(scratch: &Scratch) -> (MachineBuilder, String) {
     (builder, version.trim().to_string())
 }
 
-/// Where `guests/build-linux-guest.sh` put the Linux test guest.
-pub fn linux_guest_dir() -> std::path::PathBuf {
-    std::env::var_os("QEMU_MACHINE_LINUX_GUEST")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/guests/linux")
-        })
-}
-
-/// Where `FLAVOR=amd64 guests/build-linux-guest.sh` put the Linux test guest with Debian's
-/// generic kernel, which has 9p (the default cloud kernel has not):
-/// `$QEMU_MACHINE_LINUX_9P_GUEST`, else `.cache/guests/linux-amd64`. Fails, never skips,
-/// when it is not built.
-pub fn linux_9p_guest_dir() -> std::path::PathBuf {
-    let dir = std::env::var_os("QEMU_MACHINE_LINUX_9P_GUEST")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.cache/guests/linux-amd64")
-        });
-    assert!(
-        dir.join("vmlinuz").exists() && dir.join("initrd.gz").exists(),
-        "the 9p test guest is not in {}: run FLAVOR=amd64 guests/build-linux-guest.sh \
-         (scripts/test does)",
-        dir.display()
-    );
-    dir
-}
-
 /// The Debian 12 guest of `guests/build-debian-guest.sh` (systemd, a root autologin getty
 /// on ttyS0, qemu-guest-agent) on the Linux test guest's kernel: a builder that boots it
 /// with its disk in snapshot mode, and the guest agent channel. Fails, never skips, when the
 /// image is not built (`$QEMU_MACHINE_DEBIAN_GUEST` names another image).
 pub fn debian_guest(scratch: &Scratch) -> MachineBuilder {
-    let image = std::env::var_os("QEMU_MACHINE_DEBIAN_GUEST")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.cache/guests/debian/rootfs.img")
-        });
-    assert!(
-        image.exists(),
-        "the Debian guest is not in {}: run guests/build-debian-guest.sh (scripts/test does)",
-        image.display()
-    );
+    let image = crate::guests::debian_guest_image();
     let dir = linux_guest_dir();
     scratch
         .builder()
