@@ -209,6 +209,35 @@ async fn nine_p_shares_are_accepted_by_qemu() {
     vm.shutdown().await.unwrap();
 }
 
+/// Mounts the shares tagged `ro` and `rw` with `mount` (the command up to the tag) on
+/// /mnt/ro and /mnt/rw: the host's `hello` is read from `ro` (the host dir `ro`), a write
+/// there is refused and absent on the host, and a file written to `rw` is read on the host.
+async fn use_shares(vm: &Machine, mount: &str, ro: &std::path::Path, rw: &std::path::Path) {
+    run(
+        vm,
+        &format!("mkdir -p /mnt/ro /mnt/rw && {mount} ro /mnt/ro && {mount} rw /mnt/rw"),
+    )
+    .await;
+    assert_eq!(
+        run(vm, "cat /mnt/ro/hello").await.output.trim(),
+        "from-host"
+    );
+    let refused = vm
+        .console()
+        .unwrap()
+        .run("echo x > /mnt/ro/new", RunOptions::new(T))
+        .await
+        .unwrap();
+    assert_ne!(refused.status, 0, "{}", refused.output);
+    assert!(refused.output.contains("Read-only"), "{}", refused.output);
+    assert!(!ro.join("new").exists());
+    run(vm, "echo from-guest > /mnt/rw/written && sync").await;
+    assert_eq!(
+        std::fs::read_to_string(rw.join("written")).unwrap(),
+        "from-guest\n"
+    );
+}
+
 /// The pids of running processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -244,29 +273,7 @@ async fn virtiofs_shares_are_read_and_written_in_the_guest_and_their_daemons_go_
     let daemons = processes_mentioning(&marker);
     assert!(daemons.len() >= 2, "two daemons run: {daemons:?}");
     wait_for_shell(&vm).await;
-    run(
-        &vm,
-        "mkdir -p /mnt/ro /mnt/rw && mount -t virtiofs ro /mnt/ro && mount -t virtiofs rw /mnt/rw",
-    )
-    .await;
-    assert_eq!(
-        run(&vm, "cat /mnt/ro/hello").await.output.trim(),
-        "from-host"
-    );
-    let refused = vm
-        .console()
-        .unwrap()
-        .run("echo x > /mnt/ro/new", RunOptions::new(T))
-        .await
-        .unwrap();
-    assert_ne!(refused.status, 0, "{}", refused.output);
-    assert!(refused.output.contains("Read-only"), "{}", refused.output);
-    assert!(!ro.join("new").exists());
-    run(&vm, "echo from-guest > /mnt/rw/written && sync").await;
-    assert_eq!(
-        std::fs::read_to_string(rw.join("written")).unwrap(),
-        "from-guest\n"
-    );
+    use_shares(&vm, "mount -t virtiofs", &ro, &rw).await;
     vm.shutdown().await.unwrap();
     // The daemons were killed and reaped with the machine.
     assert_eq!(processes_mentioning(&marker), Vec::<u32>::new());
@@ -310,29 +317,12 @@ async fn nine_p_shares_are_read_and_written_in_the_guest_and_read_only_refuses_w
     );
     vm.launch().await.unwrap();
     wait_for_shell(&vm).await;
-    let mount = "mount -t 9p -o trans=virtio,version=9p2000.L";
-    run(
+    use_shares(
         &vm,
-        &format!("mkdir -p /mnt/ro /mnt/rw && {mount} ro /mnt/ro && {mount} rw /mnt/rw"),
+        "mount -t 9p -o trans=virtio,version=9p2000.L",
+        &ro,
+        &rw,
     )
     .await;
-    assert_eq!(
-        run(&vm, "cat /mnt/ro/hello").await.output.trim(),
-        "from-host"
-    );
-    let refused = vm
-        .console()
-        .unwrap()
-        .run("echo x > /mnt/ro/new", RunOptions::new(T))
-        .await
-        .unwrap();
-    assert_ne!(refused.status, 0, "{}", refused.output);
-    assert!(refused.output.contains("Read-only"), "{}", refused.output);
-    assert!(!ro.join("new").exists());
-    run(&vm, "echo from-guest > /mnt/rw/written && sync").await;
-    assert_eq!(
-        std::fs::read_to_string(rw.join("written")).unwrap(),
-        "from-guest\n"
-    );
     vm.shutdown().await.unwrap();
 }
