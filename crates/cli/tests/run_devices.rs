@@ -35,18 +35,23 @@ impl RunDirs {
 
     /// `qemu-machine run` booting the Linux guest, its run dir in here, then `args`.
     fn run(&self, args: &[&str]) -> Command {
+        self.run_with("256M", "console=ttyS0 quiet panic=-1", args)
+    }
+
+    /// [`run`](Self::run) with this memory and kernel command line.
+    fn run_with(&self, memory: &str, append: &str, args: &[&str]) -> Command {
         let guest = guest();
         let mut command = bin();
         command.env("XDG_RUNTIME_DIR", self.0.path()).args([
             "run".as_ref(),
             "-m".as_ref(),
-            "256M".as_ref(),
+            memory.as_ref(),
             "--kernel".as_ref(),
             guest.join("vmlinuz").as_os_str(),
             "--initrd".as_ref(),
             guest.join("initrd.gz").as_os_str(),
             "--append".as_ref(),
-            "console=ttyS0 quiet panic=-1".as_ref(),
+            append.as_ref(),
         ]);
         command.args(args);
         command
@@ -375,24 +380,18 @@ fn exec_runs_on_a_systemd_debian_guest_with_the_default_prompt() {
     let guest = guest();
     let dirs = RunDirs::new();
     let disk = format!("{},snapshot=on", image.display());
-    let mut command = bin();
-    command.env("XDG_RUNTIME_DIR", dirs.0.path()).args([
-        "run".as_ref(),
-        "-m".as_ref(),
-        "512M".as_ref(),
-        "--kernel".as_ref(),
-        guest.join("vmlinuz").as_os_str(),
-        "--initrd".as_ref(),
-        guest.join("initrd.gz").as_os_str(),
-        "--append".as_ref(),
-        "console=ttyS0 root=/dev/vda".as_ref(),
-        "--disk".as_ref(),
-        disk.as_ref(),
-        "--exec-timeout".as_ref(),
-        "400".as_ref(),
-        "--exec".as_ref(),
-        "cat /proc/1/comm; uname -r; (exit 3)".as_ref(),
-    ]);
+    let mut command = dirs.run_with(
+        "512M",
+        "console=ttyS0 root=/dev/vda",
+        &[
+            "--disk",
+            &disk,
+            "--exec-timeout",
+            "400",
+            "--exec",
+            "cat /proc/1/comm; uname -r; (exit 3)",
+        ],
+    );
     let out = output_with_input(&mut command, b"");
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
