@@ -825,6 +825,17 @@ class QEMUMachine:
             return {k.replace('_', '-'): v for k, v in args.items()}
         return args
 
+    def _call_args(self, args_dict: Optional[Dict[str, object]],
+                   conv_keys: Optional[bool],
+                   args: Dict[str, Any]) -> Dict[str, object]:
+        """The arguments of qmp() and cmd(): `args_dict` as given, or the keyword
+        arguments with '_' turned into '-' unless conv_keys=False."""
+        if args_dict is not None:
+            assert not args
+            assert conv_keys is None
+            return self._qmp_args(False, args_dict)
+        return self._qmp_args(True if conv_keys is None else conv_keys, args)
+
     def qmp(self, cmd: str,
             args_dict: Optional[Dict[str, object]] = None,
             conv_keys: Optional[bool] = None,
@@ -832,16 +843,7 @@ class QEMUMachine:
         """
         Invoke a QMP command and return the response dict
         """
-        if args_dict is not None:
-            assert not args
-            assert conv_keys is None
-            args = args_dict
-            conv_keys = False
-
-        if conv_keys is None:
-            conv_keys = True
-
-        qmp_args = self._qmp_args(conv_keys, args)
+        qmp_args = self._call_args(args_dict, conv_keys, args)
         ret = self._interruptible(self._qmp.cmd_raw, cmd, args=qmp_args)
         if cmd == 'quit' and 'error' not in ret and 'return' in ret:
             self._quit_issued = True
@@ -856,16 +858,7 @@ class QEMUMachine:
         On success return the response dict.
         On failure raise an exception (qemu.qmp.qmp_client.ExecuteError).
         """
-        if args_dict is not None:
-            assert not args
-            assert conv_keys is None
-            args = args_dict
-            conv_keys = False
-
-        if conv_keys is None:
-            conv_keys = True
-
-        qmp_args = self._qmp_args(conv_keys, args)
+        qmp_args = self._call_args(args_dict, conv_keys, args)
         ret = self._interruptible(self._qmp.cmd, cmd, **qmp_args)
         if cmd == 'quit':
             self._quit_issued = True
