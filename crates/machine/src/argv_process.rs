@@ -7,7 +7,7 @@
 //! close-on-exec: Rust opens everything close-on-exec); a drop that kills and reaps it.
 //!
 //! Blocking API: call it outside an async context (it runs the spawn on a small runtime of
-//! its own). Waits use `pidfd_open` on the watchdog, which exits once everything is dead.
+//! its own). Waits poll the watchdog's pidfd: it exits once everything is dead.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -23,15 +23,15 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::{ExitStatus, Stdio};
+use std::os::fd::{AsRawFd, RawFd};
+use std::process::ExitStatus;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use crate::shutdown::REAP_TIMEOUT;
-use crate::spawn::{kill_contained, signal_group, spawn_command, Contained};
+use crate::spawn::{kill_contained, signal_group, spawn_command, ChildIo, Contained, Program};
 
 /// Where QEMU's stdout and stderr go.
 #[derive(Debug)]
@@ -47,8 +47,6 @@ pub enum Output<'a> {
 #[derive(Debug)]
 pub struct ArgvProcess {
     contained: Contained,
-    /// Becomes readable when the watchdog exits (`pidfd_open`); None on kernels without it.
-    pidfd: Option<OwnedFd>,
     status: Option<ExitStatus>,
 }
 
@@ -68,17 +66,6 @@ fn runtime() -> io::Result<&'static tokio::runtime::Runtime> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot start a runtime: {e}")))
 }
 
-/// `pidfd_open(2)`: a descriptor that polls readable once `pid` exits.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    let pid = nix::libc::pid_t::try_from(pid).ok()?;
-    // SAFETY: a plain system call with integer arguments; the result is a new descriptor
-    // we own, or -1.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
-    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 impl ArgvProcess {
     /// Spawns `argv` (program first) with stdin from /dev/null, output per `output`, and
     /// `inherit` kept open in the child under their numbers (everything else that is
@@ -90,13 +77,17 @@ impl ArgvProcess {
     /// The spawn's error (e.g. `NotFound` for a missing program), `InvalidInput` for an
     /// empty `argv`, `Other` when called from within an async runtime (it blocks).
     pub fn spawn(argv: &[String], inherit: &[RawFd], output: Output<'_>) -> io::Result<Self> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command line"))?;
-        let mut command = std::process::Command::new(program);
-        command.args(args).stdin(Stdio::null());
+        if argv.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "empty command line",
+            ));
+        }
+        let mut program = Program::new(argv);
         if let Output::File(log) = output {
-            command.stdout(log.try_clone()?).stderr(log.try_clone()?);
+            program = program
+                .stdout(ChildIo::Fd(log.try_clone()?.into()))
+                .stderr(ChildIo::Fd(log.try_clone()?.into()));
         }
         if tokio::runtime::Handle::try_current().is_ok() {
             // block_on would panic there; async callers have `Machine`.
@@ -105,15 +96,13 @@ impl ArgvProcess {
             ));
         }
         let contained =
-            runtime()?.block_on(spawn_command(command, Vec::new(), inherit.to_vec()))?;
+            runtime()?.block_on(spawn_command(program, Vec::new(), inherit.to_vec()))?;
         tracing::debug!(
             pid = contained.pid,
             "spawned QEMU from a given command line"
         );
-        let pidfd = contained.child.id().and_then(pidfd_open);
         Ok(ArgvProcess {
             contained,
-            pidfd,
             status: None,
         })
     }
@@ -151,7 +140,7 @@ impl ArgvProcess {
             if left.is_zero() {
                 return Ok(None);
             }
-            match &self.pidfd {
+            match self.contained.child.pidfd() {
                 Some(pidfd) => {
                     let mut poll = nix::libc::pollfd {
                         fd: pidfd.as_raw_fd(),

@@ -60,6 +60,7 @@ mod output;
 pub mod probe;
 pub mod qmp_log;
 pub mod qtest;
+mod raw_syscall;
 pub mod report;
 mod run_dir;
 pub mod saved_state;
@@ -71,6 +72,7 @@ pub mod typed_qmp;
 pub mod usernet;
 pub mod virtiofs;
 mod watchdog;
+mod watchdog_child;
 
 pub use accel::{is_kvm_pvm, kvm_really_usable, Accel};
 pub use argv::escape_option_value;

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use crate::spawn::WatchdogChild as Child;
 use nix::sys::signal::Signal;
 use qmp::{Event, Request};
 use serde_json::Value;
-use tokio::process::Child;
 
 use crate::config::{Config, KeepRunDir, MachineBuilder};
 use crate::console::Console;

@@ -2,7 +2,6 @@
 //! asked once per binary and cached.
 
 use std::collections::{BTreeSet, HashMap};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::accel::kvm_really_usable;
 use crate::error::{Error, ErrorKind, Result};
-use crate::spawn::{signal_group, spawn_command};
+use crate::spawn::{signal_group, spawn_command, ChildIo, Program};
 
 /// Deadline for one `qemu -X help` run.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -118,6 +117,13 @@ impl Probe {
     }
 }
 
+/// A pipe: our read end (non-blocking, for the runtime) and the child's write end.
+fn pipe() -> io::Result<(tokio::net::unix::pipe::Receiver, std::os::fd::OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let read = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
+    Ok((read, write))
+}
+
 /// Kills a probe's process group unless disarmed: a probe whose future is dropped, or
 /// that failed, leaves nothing behind.
 struct GroupGuard(u32);
@@ -151,25 +157,27 @@ async fn read_capped(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> io::R
 }
 
 async fn ask(binary: &str, args: &[&str]) -> Result<String> {
-    let mut command = std::process::Command::new(binary);
-    command.args(args);
+    let mut argv = vec![binary];
+    argv.extend_from_slice(args);
     if args[0] != "--version" {
-        command.args(["-nodefaults", "-display", "none"]);
+        argv.extend(["-nodefaults", "-display", "none"]);
     }
-    command
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped());
     let what = format!("{binary} {}", args.join(" "));
+    let io_error = |e| Error::io(format!("running `{what}`"), e);
+    let (stdout, stdout_end) = pipe().map_err(io_error)?;
+    let (stderr, stderr_end) = pipe().map_err(io_error)?;
+    let program = Program::new(argv)
+        .stdout(ChildIo::Fd(stdout_end))
+        .stderr(ChildIo::Fd(stderr_end));
     // Through the spawner: its own process group, and it dies with us.
-    let contained = spawn_command(command, Vec::new(), Vec::new())
+    let contained = spawn_command(program, Vec::new(), Vec::new())
         .await
-        .map_err(|e| Error::io(format!("running `{what}`"), e))?;
+        .map_err(io_error)?;
     let mut child = contained.child;
     // Dropped on every return: the watchdog then kills whatever is left.
     let _link = contained.link;
     let mut guard = GroupGuard(contained.pid);
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (stdout, stderr) = (Some(stdout), Some(stderr));
     let run = async {
         let (stdout, stderr) = tokio::try_join!(read_capped(stdout), read_capped(stderr))?;
         let status = child.wait().await?;

@@ -5,9 +5,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use crate::spawn::WatchdogChild as Child;
 use nix::sys::signal::Signal;
 use qmp::Request;
-use tokio::process::Child;
 use tokio::time::Instant;
 
 use crate::config::{KeepRunDir, DEFAULT_SHUTDOWN_TIMEOUT};

@@ -9,17 +9,14 @@
 //! read-only bind mount in a mount namespace of the daemon's own, which needs
 //! `CAP_SYS_ADMIN` (the namespace sandbox of the C daemon needs it anyway).
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::spawn::{kill_contained, reap_child_within, spawn_command, Contained};
+use crate::spawn::{kill_contained, reap_child_within, spawn_command, ChildIo, Contained, Program};
 
 /// The longest virtiofs tag the Linux driver accepts.
 const MAX_TAG_BYTES: usize = 36;
@@ -261,16 +258,19 @@ async fn start_one(i: usize, share: &VirtioFs, run_dir: &Path) -> Result<(Daemon
             .map_err(|e| io("moving its socket above the standard streams", e))?,
     );
     let fd = listener.as_raw_fd();
-    let mut command = std::process::Command::new(&program);
-    command
-        .arg(format!("--fd={fd}"))
-        .arg("-o")
-        .arg(source_option)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| io("opening its log", e))?)
-        .stderr(log);
+    let mut argv = vec![program.as_os_str().to_os_string()];
+    argv.push(format!("--fd={fd}").into());
+    argv.push("-o".into());
+    argv.push(source_option);
+    let mut command = Program::new(argv)
+        .stdout(ChildIo::Fd(
+            log.try_clone()
+                .map_err(|e| io("opening its log", e))?
+                .into(),
+        ))
+        .stderr(ChildIo::Fd(log.into()));
     if !share.writable {
-        read_only_view(&mut command, &source)?;
+        command = command.read_only(&source);
     }
     let child = spawn_command(command, vec![OwnedFd::from(listener)], vec![fd])
         .await
@@ -293,46 +293,6 @@ async fn start_one(i: usize, share: &VirtioFs, run_dir: &Path) -> Result<(Daemon
         })?;
     tracing::debug!(tag = share.tag, pid = child.pid, daemon = %program.display(), "virtiofsd started");
     Ok((Daemon(child), qemu_end))
-}
-
-/// Makes the daemon see `dir` read-only: a private mount namespace in which `dir` is a
-/// read-only bind mount of itself.
-fn read_only_view(command: &mut std::process::Command, dir: &Path) -> Result<()> {
-    use nix::mount::{mount, MsFlags};
-    let dir = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| Error::config(format!("{} contains a NUL byte", dir.display())))?;
-    // SAFETY: between fork and exec the closure makes only system calls (unshare, mount)
-    // on a C string built before the fork; `&CStr` paths are passed without allocating,
-    // and every error is a raw errno stored inline in `io::Error`.
-    unsafe {
-        command.pre_exec(move || {
-            let none: Option<&std::ffi::CStr> = None;
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-            mount(
-                none,
-                c"/",
-                none,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                none,
-            )?;
-            mount(
-                Some(dir.as_c_str()),
-                dir.as_c_str(),
-                none,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                none,
-            )?;
-            mount(
-                none,
-                dir.as_c_str(),
-                none,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                none,
-            )?;
-            Ok(())
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

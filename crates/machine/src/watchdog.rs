@@ -1,18 +1,22 @@
 //! The per-VM watchdog: a process between the manager and QEMU that contains QEMU (or its
 //! wrapper) and everything they start, even when the manager is SIGKILLed.
 //!
-//! The spawner forks a child (`std::process::Command`, own process group); in `pre_exec`
-//! that child becomes the watchdog ([`split`]): it makes itself a child subreaper and forks
-//! again. The grandchild returns from `pre_exec` and execs QEMU or the wrapper, in a
-//! process group of its own, with `PR_SET_PDEATHSIG(SIGKILL)` aimed at the watchdog. The
-//! watchdog never returns from `pre_exec`: it reports the grandchild's pid on its link
-//! (one end of a socketpair whose other end only the manager holds), closes every other
+//! The spawner ([`spawn`](crate::spawn)) `clone`s the watchdog with `CLONE_VM` onto a stack
+//! of its own ([`watchdog_main`]): it shares the manager's memory instead of copying it, so
+//! a launch costs the same whatever the manager's size, and the manager's pages never turn
+//! copy-on-write for as long as the VM runs (a forked watchdog made each launch of a 30 MB
+//! Python process cost ~4 ms, and of a 200 MB one ~37 ms). The watchdog makes itself a
+//! child subreaper and starts QEMU (or the wrapper) the way `posix_spawn` does
+//! (`CLONE_VM | CLONE_VFORK`, [`qemu_main`]): in a process group of its own, with
+//! `PR_SET_PDEATHSIG(SIGKILL)` aimed at the watchdog, and exactly the named descriptors
+//! kept across exec. It reports QEMU's pid (or why it could not start it) on its link (one
+//! end of a socketpair whose other end only the manager holds), closes every other
 //! descriptor, and waits ([`run`]) for one of:
 //!
-//! - QEMU (the grandchild) exits: it kills its process group and every descendant left
-//!   (a wrapper's children, orphans reparented to it as subreaper, processes that left
-//!   the group with `setsid`), reaps them all, and exits *as QEMU did* (same exit code, or
-//!   killed by the same signal), so the manager's `Child` reports QEMU's status;
+//! - QEMU exits: it kills QEMU's process group and every descendant left (a wrapper's
+//!   children, orphans reparented to it as subreaper, processes that left the group with
+//!   `setsid`), reaps them all, leaves QEMU's wait status in the status slot the manager
+//!   gave it, and exits; the manager reports that status as the VM's;
 //! - the link ends (the manager died, even by SIGKILL, or dropped the machine) or the
 //!   manager writes a byte on it: the same teardown, starting with SIGKILL to the group;
 //! - SIGTERM, SIGINT, SIGHUP or SIGQUIT to the watchdog itself: the same teardown.
@@ -23,15 +27,21 @@
 //! statuses). The death signal alone reaches only the process it was set in (the wrapper),
 //! and a process group misses whatever leaves it.
 //!
-//! Everything here runs between fork and exec of a multithreaded process: only
-//! async-signal-safe system calls, no allocation, no locks, fixed buffers on the stack.
-//! The watchdog itself is single-threaded (a fork copies only the forking thread).
+//! The watchdog runs in the manager's memory, at the same time as the manager, with the
+//! thread pointer of the thread that spawned it. So everything here: makes only system
+//! calls that return their errors ([`raw_syscall`](crate::raw_syscall)) and never touches
+//! `errno` or other thread-local state; allocates nothing and takes no lock; uses only its
+//! own stack, the [`Plan`] (read-only, alive until the report) and its status slot; never
+//! re-raises a signal or dumps core (a core dump would stop every process sharing the
+//! memory, the manager included, on kernels before 5.16).
 
-use std::io;
+use std::ffi::{c_void, CString};
 use std::os::fd::RawFd;
-use std::ptr;
+use std::sync::atomic::{AtomicI32, Ordering};
 
-use nix::libc::{self, c_int, c_long, c_uint, c_ulong, pid_t};
+use nix::libc::{self, c_char, c_int, c_long, c_uint, pid_t};
+
+use crate::raw_syscall::syscall;
 
 /// The watchdog's name in `ps` and `/proc/<pid>/comm`.
 pub(crate) const WATCHDOG_NAME: &std::ffi::CStr = c"qemu-watchdog";
@@ -41,113 +51,278 @@ const STOP_SIGNALS: [c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, lib
 
 /// While tearing down, how long to wait for a SIGCHLD before scanning for descendants again
 /// (a SIGCHLD wakes it sooner); also the poll period if `signalfd` is unavailable.
-const RESCAN_MS: c_int = 20;
+const RESCAN_MS: usize = 20;
 
-/// The status of a process killed by SIGKILL (what `waitpid` would report).
-const KILLED: c_int = libc::SIGKILL;
+/// The wait status of a process killed by SIGKILL.
+pub(crate) const KILLED: c_int = libc::SIGKILL;
 
-/// Runs in the spawner's child, between fork and exec: turns it into the watchdog and
-/// forks the process that will exec QEMU. Returns only in that grandchild (`Ok` once it is
-/// ready to exec, or the errno of what failed) or in the watchdog before the second fork
-/// (then the spawn fails with that errno). `link` is the watchdog's end of its socketpair
-/// (close-on-exec, so the grandchild's exec closes its copy); `inherit` are the descriptors
-/// QEMU keeps across exec.
-///
-/// # Safety
-///
-/// Only in a child process between fork and exec (from `pre_exec`), with `link` open.
-pub(crate) unsafe fn split(link: RawFd, inherit: &[RawFd]) -> io::Result<()> {
-    // SAFETY (for the calls below): prctl, getpid, fork and setpgid are system calls; the
-    // errors are raw errnos (`last_os_error` stores the number inline: no allocation).
-    // fork runs in a process whose only thread is this one (the spawner's fork copied only
-    // its own thread), so no lock fork's handlers take can be held by another thread, and
-    // glibc re-initialised its own locks in this child after the first fork.
-    if unsafe { prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Before the second fork, so that neither the watchdog nor QEMU (until its exec) ever
-    // runs a handler inherited from the manager (they write to the manager's descriptors),
-    // and a stop signal sent meanwhile waits, pending, for the watchdog's signalfd.
-    // SAFETY: only sigaction and sigprocmask on stack structures.
-    unsafe { quiet_signals() };
-    let watchdog = unsafe { libc::getpid() };
-    let qemu = unsafe { libc::fork() };
-    if qemu < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if qemu == 0 {
-        // SAFETY: we are the grandchild, between fork and exec (this function's contract).
-        return unsafe { prepare_qemu(watchdog, inherit) };
-    }
-    // Whichever of the two runs first puts the grandchild in its group (it does so itself
-    // too); EACCES once it has exec'd, by which time its own call was made. So the group
-    // exists before the pid is reported.
-    // SAFETY: setpgid is a system call on our own child.
-    unsafe { libc::setpgid(qemu, qemu) };
-    // SAFETY: we are the watchdog, single-threaded, between fork and exec; `run` never
-    // returns, so std's exec path never runs here.
-    unsafe { run(link, qemu) }
+/// What the status slot holds until the watchdog writes QEMU's status into it.
+pub(crate) const NO_STATUS: c_int = c_int::MIN;
+
+/// Everything the watchdog and QEMU's child need, built by the spawner before the clone and
+/// kept alive (unchanged) until the watchdog's report: only `exec_errno` and `watchdog` are
+/// written, before the report.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// The watchdog's end of its link.
+    pub(crate) link: RawFd,
+    /// The descriptors to make QEMU's stdin, stdout and stderr; -1 keeps the manager's.
+    pub(crate) stdio: [RawFd; 3],
+    /// Descriptors QEMU keeps across exec, under their numbers.
+    pub(crate) inherit: Vec<RawFd>,
+    /// The program's path (already looked up in `PATH`).
+    pub(crate) path: CString,
+    /// `argv` and `envp`: NUL-terminated arrays of pointers into `strings`.
+    pub(crate) argv: Vec<*const c_char>,
+    pub(crate) envp: Vec<*const c_char>,
+    /// Owns what `argv` and `envp` point to (never read: kept for them).
+    pub(crate) _strings: Vec<CString>,
+    /// A directory the program must see read-only: the watchdog makes it so in a mount
+    /// namespace of its own before starting the program.
+    pub(crate) read_only: Option<CString>,
+    /// The top of QEMU's child's stack (until its exec).
+    pub(crate) qemu_stack: usize,
+    /// Where the watchdog leaves QEMU's wait status (in the stack mapping, which the
+    /// manager keeps until the watchdog is reaped).
+    pub(crate) status: *const AtomicI32,
+    /// The errno of a failed exec or setup in QEMU's child (0: none).
+    pub(crate) exec_errno: AtomicI32,
+    /// The watchdog's pid, for QEMU's child to check its parent.
+    pub(crate) watchdog: AtomicI32,
 }
 
-/// The grandchild, before it execs QEMU: a process group of its own, killed if the
-/// watchdog goes, and `inherit` kept open across exec.
+/// One system call whose error is ignored (best effort, or nothing left to do about it).
 ///
 /// # Safety
 ///
-/// Only in the grandchild between fork and exec.
-unsafe fn prepare_qemu(watchdog: pid_t, inherit: &[RawFd]) -> io::Result<()> {
-    // SAFETY: setpgid, prctl, getppid and fcntl are system calls; errors are raw errnos.
+/// As [`syscall`].
+#[inline(always)]
+unsafe fn call(number: c_long, args: [usize; 6]) -> Result<usize, c_int> {
+    // SAFETY: per this function's contract.
+    unsafe { syscall(number, args) }
+}
+
+/// Up to six arguments, zero-padded.
+macro_rules! args {
+    ($($a:expr),* $(,)?) => {{
+        let mut all = [0usize; 6];
+        let given: &[usize] = &[$($a as usize),*];
+        let mut i = 0;
+        while i < given.len() {
+            all[i] = given[i];
+            i += 1;
+        }
+        all
+    }};
+}
+
+/// Ends this process (its thread group only: the manager shares its memory, not its group).
+fn exit(code: c_int) -> ! {
+    loop {
+        // SAFETY: exit_group takes no pointer and does not return.
+        let _ = unsafe { call(libc::SYS_exit_group, args![code]) };
+    }
+}
+
+/// The watchdog's entry point, on the stack the spawner gave it; never returns.
+///
+/// Contract (a `clone` callback cannot be an `unsafe fn`): only as the function of a `clone(CLONE_VM)` child, with `plan` pointing to a [`Plan`]
+/// the manager keeps alive and unchanged until the report arrives on its link, and whose
+/// status slot it keeps mapped until this process is reaped.
+pub(crate) extern "C" fn watchdog_main(plan: *mut c_void) -> c_int {
+    // SAFETY: the spawner passes its live plan (see the contract above).
+    let plan = unsafe { &*(plan as *const Plan) };
+    // Copied now: the plan is gone once the report is sent.
+    let link = plan.link;
+    let status = plan.status;
+    // SAFETY: we are the freshly cloned watchdog, `plan` alive until `report`.
+    match unsafe { start(plan) } {
+        Ok(qemu) => {
+            report(link, qemu, 0);
+            // SAFETY: the status slot stays mapped until we are reaped.
+            unsafe { run(link, qemu, &*status) }
+        }
+        Err(errno) => {
+            report(link, 0, errno);
+            exit(127)
+        }
+    }
+}
+
+/// Tells the manager QEMU's pid (or 0 and the errno of what failed).
+fn report(link: RawFd, pid: pid_t, errno: c_int) {
+    let mut message = [0u8; 8];
+    message[..4].copy_from_slice(&pid.to_ne_bytes());
+    message[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: sendto of a buffer on our stack, of its length.
+    let _ = unsafe {
+        call(
+            libc::SYS_sendto,
+            args![
+                link,
+                message.as_ptr(),
+                message.len(),
+                libc::MSG_NOSIGNAL,
+                0,
+                0
+            ],
+        )
+    };
+}
+
+/// Sets the watchdog up and starts QEMU; QEMU's pid, or the errno of what failed.
+///
+/// # Safety
+///
+/// Only in the freshly cloned watchdog.
+unsafe fn start(plan: &Plan) -> Result<pid_t, c_int> {
+    // SAFETY (for the calls below): system calls on our own process, with pointers to the
+    // plan (alive) or to our stack.
     unsafe {
-        if libc::setpgid(0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::getppid() != watchdog {
-            // The watchdog died before the death signal was armed.
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
-        }
-        for &fd in inherit {
-            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                return Err(io::Error::last_os_error());
+        for (target, &fd) in plan.stdio.iter().enumerate() {
+            if fd >= 0 {
+                call(libc::SYS_dup3, args![fd, target, 0])?;
             }
         }
-        // QEMU gets the stop signals and SIGCHLD as usual (blocked only for the watchdog).
-        if libc::sigprocmask(libc::SIG_UNBLOCK, &watched_mask(), ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
+        // A group of its own, away from the manager's (a terminal's ^C must not reach it).
+        call(libc::SYS_setpgid, args![0, 0])?;
+        call(
+            libc::SYS_prctl,
+            args![libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0],
+        )?;
+        // Before QEMU starts, so that neither the watchdog nor QEMU (until its exec) ever runs
+        // a handler inherited from the manager, and a stop signal sent meanwhile waits,
+        // pending, for the watchdog's signalfd.
+        quiet_signals()?;
+        if let Some(dir) = &plan.read_only {
+            read_only_view(dir)?;
         }
+        let me = call(libc::SYS_getpid, args![])? as pid_t;
+        plan.watchdog.store(me, Ordering::SeqCst);
+        // As posix_spawn does: QEMU's child runs in our memory, on a stack of its own, and
+        // we wait until it has exec'd (or failed).
+        let qemu = libc::clone(
+            qemu_main,
+            plan.qemu_stack as *mut c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            plan as *const Plan as *mut c_void,
+        );
+        if qemu <= 0 {
+            // libc's clone stored its error in errno, which is not ours to read.
+            return Err(libc::EAGAIN);
+        }
+        let failed = plan.exec_errno.load(Ordering::SeqCst);
+        if failed != 0 {
+            let _ = call(libc::SYS_wait4, args![qemu, 0, 0, 0]);
+            return Err(failed);
+        }
+        // The child made its group itself; this only fails (EACCES) once it has exec'd.
+        let _ = call(libc::SYS_setpgid, args![qemu, qemu]);
+        Ok(qemu)
+    }
+}
+
+/// QEMU's child, until its exec: a process group of its own, killed if the watchdog goes,
+/// `inherit` kept open across exec, no signal blocked. Exits 127 (its errno in the plan)
+/// if any of that or the exec fails.
+///
+/// Contract: only as the function of the watchdog's `clone(CLONE_VM | CLONE_VFORK)`, with `plan` its
+/// plan.
+extern "C" fn qemu_main(plan: *mut c_void) -> c_int {
+    // SAFETY: the watchdog passes its plan (see the contract above).
+    let plan = unsafe { &*(plan as *const Plan) };
+    // SAFETY: system calls on our own process, with pointers into the plan.
+    let errno = unsafe {
+        let exec = || -> Result<usize, c_int> {
+            call(libc::SYS_setpgid, args![0, 0])?;
+            call(
+                libc::SYS_prctl,
+                args![libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0],
+            )?;
+            if call(libc::SYS_getppid, args![])? as pid_t != plan.watchdog.load(Ordering::SeqCst) {
+                // The watchdog died before the death signal was armed.
+                return Err(libc::ESRCH);
+            }
+            for &fd in &plan.inherit {
+                call(libc::SYS_fcntl, args![fd, libc::F_SETFD, 0])?;
+            }
+            let none: u64 = 0;
+            call(
+                libc::SYS_rt_sigprocmask,
+                args![libc::SIG_SETMASK, &none as *const u64, 0, 8],
+            )?;
+            call(
+                libc::SYS_execve,
+                args![plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()],
+            )
+        };
+        match exec() {
+            Err(errno) => errno,
+            Ok(_) => libc::EINVAL,
+        }
+    };
+    plan.exec_errno.store(errno, Ordering::SeqCst);
+    exit(127)
+}
+
+/// A private mount namespace in which `dir` is a read-only bind mount of itself.
+///
+/// # Safety
+///
+/// Only in the watchdog, before QEMU's child starts.
+unsafe fn read_only_view(dir: &CString) -> Result<(), c_int> {
+    let none = std::ptr::null::<c_char>();
+    // SAFETY: unshare and mount with NUL-terminated strings that outlive the calls.
+    unsafe {
+        call(libc::SYS_unshare, args![libc::CLONE_NEWNS])?;
+        call(
+            libc::SYS_mount,
+            args![
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                none
+            ],
+        )?;
+        call(
+            libc::SYS_mount,
+            args![
+                dir.as_ptr(),
+                dir.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                none
+            ],
+        )?;
+        call(
+            libc::SYS_mount,
+            args![
+                none,
+                dir.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                none
+            ],
+        )?;
     }
     Ok(())
 }
 
-/// The watchdog's life after the second fork; never returns.
+/// The watchdog's life once QEMU runs; never returns.
 ///
 /// # Safety
 ///
-/// Only in the watchdog (single-threaded, between fork and exec), `qemu` its child.
-unsafe fn run(link: RawFd, qemu: pid_t) -> ! {
-    // SAFETY: prctl, setrlimit, send, close_range/close, sigaction, sigprocmask, signalfd,
-    // poll, recv, read, waitid, waitpid, kill and _exit are system calls (through thin libc
-    // wrappers that neither allocate nor lock); every buffer is on this stack.
+/// Only in the watchdog, `qemu` its child.
+unsafe fn run(link: RawFd, qemu: pid_t, status: &AtomicI32) -> ! {
+    // SAFETY: system calls with pointers to our stack.
     unsafe {
-        prctl(libc::PR_SET_NAME, WATCHDOG_NAME.as_ptr() as c_ulong);
-        // It holds a copy of the manager's memory: never dumped to a core file (this also
-        // covers the signal it re-raises to exit as QEMU did).
-        let no_core = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-        let pid = qemu.to_ne_bytes();
-        libc::send(
-            link,
-            pid.as_ptr().cast(),
-            pid.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        let _ = call(
+            libc::SYS_prctl,
+            args![libc::PR_SET_NAME, WATCHDOG_NAME.as_ptr(), 0, 0, 0],
         );
-        // Copies of the manager's descriptors (other VMs' links, sockets, std's exec-error
-        // pipe) must not stay open here: that would keep peers from seeing EOF.
+        // Copies of the manager's descriptors (other VMs' links, sockets) must not stay
+        // open here: that would keep peers from seeing EOF.
         close_all_but(link);
         let signals = watch_signals();
         let mut fds = [
@@ -162,25 +337,26 @@ unsafe fn run(link: RawFd, qemu: pid_t) -> ! {
                 revents: 0,
             },
         ];
-        let (count, timeout) = if signals >= 0 {
-            (2, -1)
-        } else {
-            (1, RESCAN_MS)
-        };
         loop {
             if qemu_exited(qemu) {
                 // The zombie still holds the pid, so the group id cannot be reused yet.
-                libc::kill(-qemu, libc::SIGKILL);
-                let mut status = KILLED;
-                let mut reaped = None;
-                if libc::waitpid(qemu, &mut status, 0) == qemu {
-                    reaped = Some(status);
-                }
-                let status = teardown(qemu, reaped, signals);
-                exit_as(status.unwrap_or(KILLED));
+                let _ = call(libc::SYS_kill, args![-qemu, libc::SIGKILL]);
+                let mut raw = KILLED;
+                let reaped = match call(libc::SYS_wait4, args![qemu, &mut raw as *mut c_int, 0, 0])
+                {
+                    Ok(pid) if pid as pid_t == qemu => Some(raw),
+                    _ => None,
+                };
+                let end = teardown(qemu, reaped, signals);
+                status.store(end.unwrap_or(KILLED), Ordering::SeqCst);
+                exit(0);
             }
-            let ready = libc::poll(fds.as_mut_ptr(), count, timeout);
-            if ready < 0 {
+            let ready = if signals >= 0 {
+                poll(&mut fds, None)
+            } else {
+                poll(&mut fds[..1], Some(RESCAN_MS))
+            };
+            if ready.is_err() {
                 continue; // EINTR
             }
             if fds[0].revents != 0 && link_says_stop(link) {
@@ -193,62 +369,68 @@ unsafe fn run(link: RawFd, qemu: pid_t) -> ! {
                 break;
             }
         }
-        libc::kill(-qemu, libc::SIGKILL);
-        let status = teardown(qemu, None, signals);
-        exit_as(status.unwrap_or(KILLED))
+        let _ = call(libc::SYS_kill, args![-qemu, libc::SIGKILL]);
+        let end = teardown(qemu, None, signals);
+        status.store(end.unwrap_or(KILLED), Ordering::SeqCst);
+        exit(0)
     }
 }
 
-/// prctl with one argument (the others zero), all passed as the `unsigned long`s the
-/// variadic call reads.
-///
-/// # Safety
-///
-/// As `prctl(2)` for `option` (a pointer argument must be valid).
-unsafe fn prctl(option: c_int, arg: c_ulong) -> c_int {
-    // SAFETY: per this function's contract; prctl is a system call.
-    unsafe { libc::prctl(option, arg, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong) }
-}
-
-/// This thread's errno (read without allocating: the error holds the raw number).
-fn errno() -> c_int {
-    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+/// `ppoll` on `fds` (negative descriptors ignored), at most `ms` milliseconds (None:
+/// forever); the number ready.
+fn poll(fds: &mut [libc::pollfd], ms: Option<usize>) -> Result<usize, c_int> {
+    let timeout = ms.map(|ms| libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as c_long,
+    });
+    let timeout_ptr = timeout
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: ppoll on a slice of pollfds and a timespec on our stack; no signal mask.
+    unsafe {
+        call(
+            libc::SYS_ppoll,
+            args![fds.as_mut_ptr(), fds.len(), timeout_ptr, 0, 8],
+        )
+    }
 }
 
 /// The link is readable: EOF or an error (the manager is gone) or a byte (the manager asks
 /// for the end) mean stop; only a spurious wake-up does not.
-unsafe fn link_says_stop(link: RawFd) -> bool {
+fn link_says_stop(link: RawFd) -> bool {
     let mut buf = [0u8; 16];
-    // SAFETY: recv into a buffer on our stack, of its length.
-    let n = unsafe { libc::recv(link, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    if n >= 0 {
-        return true;
-    }
-    let errno = errno();
-    !(errno == libc::EAGAIN || errno == libc::EINTR)
+    // SAFETY: recvfrom into a buffer on our stack, of its length.
+    let got = unsafe {
+        call(
+            libc::SYS_recvfrom,
+            args![link, buf.as_mut_ptr(), buf.len(), libc::MSG_DONTWAIT, 0, 0],
+        )
+    };
+    !matches!(got, Err(libc::EAGAIN | libc::EINTR))
 }
 
 /// True when QEMU has exited (not reaped yet: it is left a zombie). Reaps, as init would,
 /// any other child that exited meanwhile (orphans reparented to us).
-unsafe fn qemu_exited(qemu: pid_t) -> bool {
+fn qemu_exited(qemu: pid_t) -> bool {
     loop {
         // SAFETY: waitid writes into a zeroed siginfo_t on our stack; si_pid reads it.
         unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
             let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
-            if libc::waitid(libc::P_ALL, 0, &mut info, flags) != 0 {
-                match errno() {
-                    libc::EINTR => continue,
-                    // No child at all: QEMU is gone (cannot happen while it is unreaped).
-                    _ => return true,
-                }
+            match call(
+                libc::SYS_waitid,
+                args![libc::P_ALL, 0, &mut info as *mut libc::siginfo_t, flags, 0],
+            ) {
+                Err(libc::EINTR) => continue,
+                // No child at all: QEMU is gone (cannot happen while it is unreaped).
+                Err(_) => return true,
+                Ok(_) => {}
             }
             match info.si_pid() {
                 0 => return false,
                 pid if pid == qemu => return true,
                 pid => {
-                    let mut status = 0;
-                    libc::waitpid(pid, &mut status, libc::WNOHANG);
+                    let _ = call(libc::SYS_wait4, args![pid, 0, libc::WNOHANG, 0]);
                 }
             }
         }
@@ -258,157 +440,151 @@ unsafe fn qemu_exited(qemu: pid_t) -> bool {
 /// SIGKILLs every child until none is left, reaping them (a killed child's children are
 /// reparented to us, the subreaper, and found by the next scan); returns QEMU's status if
 /// it was reaped here, else `qemu_status`.
-unsafe fn teardown(qemu: pid_t, mut qemu_status: Option<c_int>, signals: c_int) -> Option<c_int> {
-    // SAFETY: getpid, waitpid, poll, read: system calls on our own stack buffers.
-    unsafe {
-        let me = libc::getpid();
-        // Reaps every child that exited; true once none is left.
-        let reap_all = |qemu_status: &mut Option<c_int>| loop {
-            let mut status = 0;
-            let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
-            if pid == qemu {
-                *qemu_status = Some(status);
-            }
-            if pid > 0 {
-                continue;
-            }
-            if pid == 0 {
-                return false;
-            }
-            if errno() != libc::EINTR {
-                return true; // ECHILD
-            }
+fn teardown(qemu: pid_t, mut qemu_status: Option<c_int>, signals: c_int) -> Option<c_int> {
+    // Reaps every child that exited; true once none is left.
+    let reap_all = |qemu_status: &mut Option<c_int>| loop {
+        let mut status = 0;
+        // SAFETY: wait4 writes the status on our stack.
+        let got = unsafe {
+            call(
+                libc::SYS_wait4,
+                args![-1i32, &mut status as *mut c_int, libc::WNOHANG, 0],
+            )
         };
-        // Usually QEMU was the only child: then /proc is never scanned.
-        while !reap_all(&mut qemu_status) {
-            kill_children(me);
-            if reap_all(&mut qemu_status) {
-                break;
+        match got {
+            Ok(0) => return false,
+            Ok(pid) => {
+                if pid as pid_t == qemu {
+                    *qemu_status = Some(status);
+                }
             }
-            let mut fd = libc::pollfd {
-                fd: signals,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // A negative fd is ignored by poll: then this is a plain sleep.
-            if libc::poll(&mut fd, 1, RESCAN_MS) > 0 {
-                drain_signals(signals);
-            }
+            Err(libc::EINTR) => {}
+            Err(_) => return true, // ECHILD
         }
-        qemu_status
+    };
+    // SAFETY: getpid takes no pointer.
+    let me = unsafe { call(libc::SYS_getpid, args![]) }.map_or(0, |pid| pid as pid_t);
+    // Usually QEMU was the only child: then /proc is never scanned.
+    while !reap_all(&mut qemu_status) {
+        kill_children(me);
+        if reap_all(&mut qemu_status) {
+            break;
+        }
+        let mut fd = [libc::pollfd {
+            fd: signals,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // A negative fd is ignored by poll: then this is a plain sleep.
+        if poll(&mut fd, Some(RESCAN_MS)).is_ok_and(|n| n > 0) {
+            drain_signals(signals);
+        }
     }
+    qemu_status
 }
 
-/// Exits the way QEMU did: its exit code, or killed by its signal (default action
-/// restored; no core dump of this copy of the manager: `run` set its limit to 0).
-unsafe fn exit_as(status: c_int) -> ! {
-    // SAFETY: sigaction, kill, sigprocmask and _exit are system calls; the
-    // structures are zeroed on our stack.
-    unsafe {
-        if libc::WIFEXITED(status) {
-            libc::_exit(libc::WEXITSTATUS(status));
-        }
-        let signal = if libc::WIFSIGNALED(status) {
-            libc::WTERMSIG(status)
-        } else {
-            libc::SIGKILL
-        };
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(signal, &action, ptr::null_mut());
-        libc::kill(libc::getpid(), signal);
-        let mut mask: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut mask);
-        libc::sigaddset(&mut mask, signal);
-        libc::sigprocmask(libc::SIG_UNBLOCK, &mask, ptr::null_mut());
-        // Only if the signal did not end us.
-        libc::_exit(128 + signal)
-    }
+/// The kernel's `sigset_t` (64 signals) with SIGCHLD and the stop signals: what the
+/// watchdog reads from its signalfd.
+fn watched_mask() -> u64 {
+    let bit = |signal: c_int| 1u64 << (signal - 1);
+    STOP_SIGNALS
+        .iter()
+        .fold(bit(libc::SIGCHLD), |mask, &signal| mask | bit(signal))
 }
 
 /// A signalfd reporting SIGCHLD and the stop signals, blocked since [`quiet_signals`]
 /// (-1 if none could be made: then we poll).
-unsafe fn watch_signals() -> c_int {
-    // SAFETY: signalfd on a mask built on our stack (blocked since `quiet_signals`).
-    unsafe { libc::signalfd(-1, &watched_mask(), libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) }
+fn watch_signals() -> c_int {
+    let mask = watched_mask();
+    // SAFETY: signalfd4 on a mask on our stack.
+    unsafe {
+        call(
+            libc::SYS_signalfd4,
+            args![
+                -1i32,
+                &mask as *const u64,
+                8,
+                libc::SFD_NONBLOCK | libc::SFD_CLOEXEC
+            ],
+        )
+    }
+    .map_or(-1, |fd| fd as c_int)
 }
 
 /// Every signal back to its default action (QEMU's exit must also leave a zombie to wait
-/// for, not be reaped by an inherited SIG_IGN), and the watched ones blocked.
+/// for, not be reaped by an inherited SIG_IGN), and exactly the watched ones blocked.
 ///
 /// # Safety
 ///
-/// Only between fork and exec (it changes the whole process's dispositions).
-unsafe fn quiet_signals() {
-    // SAFETY: sigaction and sigprocmask are system calls; the structures are on our stack;
-    // errors are ignored on purpose (an invalid signal number is refused, the rest cannot
-    // fail here).
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_DFL;
-        for signal in 1..=64 {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::sigaction(signal, &action, ptr::null_mut());
-            }
+/// Only in the watchdog (it changes the whole process's dispositions).
+unsafe fn quiet_signals() -> Result<(), c_int> {
+    // The kernel's struct sigaction, all zero: SIG_DFL, no flags, empty mask.
+    let default = [0usize; 4];
+    for signal in 1..=64 {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: rt_sigaction with a zeroed action on our stack; an invalid signal
+            // number (32, 33: the C library's) is refused, which is fine.
+            let _ = unsafe {
+                call(
+                    libc::SYS_rt_sigaction,
+                    args![signal, default.as_ptr(), 0, 8],
+                )
+            };
         }
-        // Blocked, a SIGCHLD stays pending (even at its default action) for the signalfd.
-        libc::sigprocmask(libc::SIG_BLOCK, &watched_mask(), ptr::null_mut());
     }
-}
-
-/// SIGCHLD and the stop signals: what the watchdog reads from its signalfd.
-fn watched_mask() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset only write the set on our stack.
+    let mask = watched_mask();
+    // Blocked, a SIGCHLD stays pending (even at its default action) for the signalfd.
+    // SAFETY: rt_sigprocmask with a mask on our stack.
     unsafe {
-        let mut mask: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut mask);
-        libc::sigaddset(&mut mask, libc::SIGCHLD);
-        for signal in STOP_SIGNALS {
-            libc::sigaddset(&mut mask, signal);
-        }
-        mask
+        call(
+            libc::SYS_rt_sigprocmask,
+            args![libc::SIG_SETMASK, &mask as *const u64, 0, 8],
+        )?;
     }
+    Ok(())
 }
 
 /// Reads every pending signal from the signalfd; true if one of them asks us to stop.
-unsafe fn drain_signals(signals: c_int) -> bool {
+fn drain_signals(signals: c_int) -> bool {
     let mut stop = false;
     loop {
-        // SAFETY: read of exactly one signalfd_siginfo into a zeroed one on our stack.
-        let signal = unsafe {
-            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            if libc::read(
-                signals,
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                size,
-            ) != size as isize
-            {
-                return stop;
-            }
-            info.ssi_signo as c_int
+        // SAFETY: a zeroed signalfd_siginfo on our stack, read in whole.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: read of at most `size` bytes into `info`.
+        let got = unsafe {
+            call(
+                libc::SYS_read,
+                args![signals, &mut info as *mut libc::signalfd_siginfo, size],
+            )
         };
-        stop |= STOP_SIGNALS.contains(&signal);
+        if got != Ok(size) {
+            return stop;
+        }
+        stop |= STOP_SIGNALS.contains(&(info.ssi_signo as c_int));
     }
 }
 
 /// Without a signalfd: takes the pending stop signals; true if there was one.
-unsafe fn pending_stop_signal() -> bool {
-    // SAFETY: sigpending and sigtimedwait (zero timeout) on stack structures.
+fn pending_stop_signal() -> bool {
+    let mut pending: u64 = 0;
+    // SAFETY: rt_sigpending and rt_sigtimedwait (zero timeout) on our stack.
     unsafe {
-        let mut pending: libc::sigset_t = std::mem::zeroed();
-        libc::sigpending(&mut pending);
+        if call(libc::SYS_rt_sigpending, args![&mut pending as *mut u64, 8]).is_err() {
+            return false;
+        }
         let mut stop = false;
         for signal in STOP_SIGNALS {
-            if libc::sigismember(&pending, signal) == 1 {
-                let mut one: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut one);
-                libc::sigaddset(&mut one, signal);
+            let bit = 1u64 << (signal - 1);
+            if pending & bit != 0 {
                 let zero = libc::timespec {
                     tv_sec: 0,
                     tv_nsec: 0,
                 };
-                libc::sigtimedwait(&one, ptr::null_mut(), &zero);
+                let _ = call(
+                    libc::SYS_rt_sigtimedwait,
+                    args![&bit as *const u64, 0, &zero as *const libc::timespec, 8],
+                );
                 stop = true;
             }
         }
@@ -416,93 +592,81 @@ unsafe fn pending_stop_signal() -> bool {
     }
 }
 
+/// Opens `path` (NUL-terminated) relative to `dir` read-only; the descriptor.
+fn open_at(dir: c_int, path: *const c_char, flags: c_int) -> Option<c_int> {
+    // SAFETY: openat of a NUL-terminated path the caller keeps alive.
+    unsafe {
+        call(
+            libc::SYS_openat,
+            args![dir, path, flags | libc::O_RDONLY | libc::O_CLOEXEC, 0],
+        )
+    }
+    .ok()
+    .map(|fd| fd as c_int)
+}
+
+fn close(fd: c_int) {
+    // SAFETY: close of our own descriptor.
+    let _ = unsafe { call(libc::SYS_close, args![fd]) };
+}
+
 /// Closes every descriptor but `keep`: `close_range`, or one by one from /proc/self/fd on
 /// kernels before 5.9.
-unsafe fn close_all_but(keep: RawFd) {
+fn close_all_but(keep: RawFd) {
     let keep = keep as c_uint;
-    // SAFETY: close_range is a system call closing our own descriptors.
+    // SAFETY: close_range closes our own descriptors.
     let ranged = unsafe {
-        (keep == 0
-            || libc::syscall(
-                libc::SYS_close_range,
-                0 as c_ulong,
-                c_ulong::from(keep - 1),
-                0 as c_ulong,
-            ) == 0)
-            && libc::syscall(
-                libc::SYS_close_range,
-                c_ulong::from(keep + 1),
-                c_ulong::from(c_uint::MAX),
-                0 as c_ulong,
-            ) == 0
+        (keep == 0 || call(libc::SYS_close_range, args![0, keep - 1, 0]).is_ok())
+            && call(libc::SYS_close_range, args![keep + 1, c_uint::MAX, 0]).is_ok()
     };
     if ranged {
         return;
     }
-    // SAFETY: open, getdents64 (in `for_each_entry`) and close on our own descriptors.
-    unsafe {
-        let dir = libc::open(
-            c"/proc/self/fd".as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        );
-        if dir < 0 {
-            return;
-        }
-        // /proc/self/fd is listed in descriptor order: closing the ones already listed
-        // does not disturb the listing.
-        for_each_entry(dir, |name| {
-            if let Some(fd) = parse_number(name) {
-                if fd != keep as c_int && fd != dir {
-                    libc::close(fd);
-                }
+    let Some(dir) = open_at(libc::AT_FDCWD, c"/proc/self/fd".as_ptr(), libc::O_DIRECTORY) else {
+        return;
+    };
+    // /proc/self/fd is listed in descriptor order: closing the ones already listed does
+    // not disturb the listing.
+    for_each_entry(dir, |name| {
+        if let Some(fd) = parse_number(name) {
+            if fd != keep as c_int && fd != dir {
+                close(fd);
             }
-        });
-        libc::close(dir);
-    }
+        }
+    });
+    close(dir);
 }
 
 /// SIGKILLs every process whose parent is `me`, found by scanning /proc/<pid>/stat.
-unsafe fn kill_children(me: pid_t) {
-    // SAFETY: open, getdents64, openat, read, close and kill: system calls on stack buffers.
-    unsafe {
-        let proc = libc::open(
-            c"/proc".as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        );
-        if proc < 0 {
+fn kill_children(me: pid_t) {
+    let Some(proc) = open_at(libc::AT_FDCWD, c"/proc".as_ptr(), libc::O_DIRECTORY) else {
+        return;
+    };
+    for_each_entry(proc, |name| {
+        let Some(pid) = parse_number(name) else {
             return;
+        };
+        if parent_of(proc, name) == Some(me) {
+            // SAFETY: kill takes no pointer.
+            let _ = unsafe { call(libc::SYS_kill, args![pid, libc::SIGKILL]) };
         }
-        for_each_entry(proc, |name| {
-            let Some(pid) = parse_number(name) else {
-                return;
-            };
-            if parent_of(proc, name) == Some(me) {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        });
-        libc::close(proc);
-    }
+    });
+    close(proc);
 }
 
 /// The parent pid from /proc/<name>/stat (`proc` is an open /proc).
-unsafe fn parent_of(proc: c_int, name: &[u8]) -> Option<pid_t> {
+fn parent_of(proc: c_int, name: &[u8]) -> Option<pid_t> {
     const SUFFIX: &[u8] = b"/stat\0";
     let mut path = [0u8; 32];
     let end = name.len() + SUFFIX.len();
     path.get_mut(..name.len())?.copy_from_slice(name);
     path.get_mut(name.len()..end)?.copy_from_slice(SUFFIX);
+    let fd = open_at(proc, path.as_ptr().cast(), 0)?;
     let mut stat = [0u8; 512];
-    // SAFETY: openat of a NUL-terminated path on our stack, read into a stack buffer.
-    let n = unsafe {
-        let fd = libc::openat(proc, path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return None;
-        }
-        let n = libc::read(fd, stat.as_mut_ptr().cast(), stat.len());
-        libc::close(fd);
-        n
-    };
-    parse_ppid(stat.get(..usize::try_from(n).ok()?)?)
+    // SAFETY: read into a buffer on our stack, of its length.
+    let n = unsafe { call(libc::SYS_read, args![fd, stat.as_mut_ptr(), stat.len()]) };
+    close(fd);
+    parse_ppid(stat.get(..n.ok()?)?)
 }
 
 /// `pid (comm) state ppid ...`: comm may hold spaces and parentheses, the fields after it
@@ -534,21 +698,19 @@ fn parse_number(text: &[u8]) -> Option<c_int> {
 
 /// Calls `f` with the name of each entry of the open directory `dir` (getdents64 into a
 /// stack buffer; no allocation, unlike readdir).
-unsafe fn for_each_entry(dir: c_int, mut f: impl FnMut(&[u8])) {
+fn for_each_entry(dir: c_int, mut f: impl FnMut(&[u8])) {
     // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name (NUL-ended).
     const NAME_AT: usize = 19;
     let mut buf = [0u8; 4096];
     loop {
         // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
-        let n = unsafe {
-            libc::syscall(
+        let got = unsafe {
+            call(
                 libc::SYS_getdents64,
-                c_long::from(dir),
-                buf.as_mut_ptr(),
-                buf.len(),
+                args![dir, buf.as_mut_ptr(), buf.len()],
             )
         };
-        let Ok(n @ 1..) = usize::try_from(n) else {
+        let Ok(n @ 1..) = got else {
             return;
         };
         let mut at = 0;
