@@ -205,6 +205,15 @@ fn clone_watchdog(
     plan.status = stack.status();
     let plan = Box::into_raw(plan);
     let mut pidfd: c_int = -1;
+    // As posix_spawn does: every signal blocked while the watchdog starts, so that none
+    // runs one of our handlers in it (in our memory) before it has reset them all.
+    let all = nix::sys::signal::SigSet::all();
+    let mut ours = nix::sys::signal::SigSet::empty();
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&all),
+        Some(&mut ours),
+    );
     // SAFETY: the watchdog runs `watchdog_main` on its own stack (mapped until it is
     // reaped: the WatchdogChild owns it), with the plan alive and unchanged until its
     // report (freed below only after the report, or once the watchdog is reaped).
@@ -218,8 +227,13 @@ fn clone_watchdog(
             &mut pidfd as *mut c_int,
         )
     };
+    let error = io::Error::last_os_error();
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&ours),
+        None,
+    );
     if pid < 0 {
-        let error = io::Error::last_os_error();
         // SAFETY: no watchdog runs: the plan is ours again.
         drop(unsafe { Box::from_raw(plan) });
         return Err(error);
