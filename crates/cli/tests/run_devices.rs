@@ -266,7 +266,7 @@ fn net_user_hostfwd_reaches_a_guest_listener() {
     while Instant::now() < deadline + Duration::from_secs(60) {
         if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
+                .set_read_timeout(Some(Duration::from_secs(30)))
                 .unwrap();
             let mut got = Vec::new();
             let _ = stream.read_to_end(&mut got);

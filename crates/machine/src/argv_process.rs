@@ -6,8 +6,8 @@
 //! numbers (and, as with Python's `Popen(close_fds=False)`, any the caller left without
 //! close-on-exec: Rust opens everything close-on-exec); a drop that kills and reaps it.
 //!
-//! Blocking API: call it outside an async context (it runs the spawn on a small runtime of
-//! its own). Waits poll the watchdog's pidfd: it exits once everything is dead.
+//! Blocking API, no runtime needed: the spawn blocks until QEMU has exec'd (about a
+//! millisecond), waits poll the watchdog's pidfd (it exits once everything is dead).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -25,13 +25,12 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitStatus;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use crate::shutdown::REAP_TIMEOUT;
-use crate::spawn::{kill_contained, signal_group, spawn_command, ChildIo, Contained, Program};
+use crate::spawn::{kill_contained, signal_group, spawn_here, ChildIo, Contained, Program};
 
 /// Where QEMU's stdout and stderr go.
 #[derive(Debug)]
@@ -50,22 +49,6 @@ pub struct ArgvProcess {
     status: Option<ExitStatus>,
 }
 
-/// The runtime the spawner registers the watchdog's `Child` with (one worker thread, for
-/// the whole process).
-fn runtime() -> io::Result<&'static tokio::runtime::Runtime> {
-    static RUNTIME: OnceLock<io::Result<tokio::runtime::Runtime>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("qemu-argv-runtime")
-                .enable_all()
-                .build()
-        })
-        .as_ref()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot start a runtime: {e}")))
-}
-
 impl ArgvProcess {
     /// Spawns `argv` (program first) with stdin from /dev/null, output per `output`, and
     /// `inherit` kept open in the child under their numbers (everything else that is
@@ -75,7 +58,7 @@ impl ArgvProcess {
     /// # Errors
     ///
     /// The spawn's error (e.g. `NotFound` for a missing program), `InvalidInput` for an
-    /// empty `argv`, `Other` when called from within an async runtime (it blocks).
+    /// empty `argv` (or one with a NUL byte).
     pub fn spawn(argv: &[String], inherit: &[RawFd], output: Output<'_>) -> io::Result<Self> {
         if argv.is_empty() {
             return Err(io::Error::new(
@@ -89,14 +72,7 @@ impl ArgvProcess {
                 .stdout(ChildIo::Fd(log.try_clone()?.into()))
                 .stderr(ChildIo::Fd(log.try_clone()?.into()));
         }
-        if tokio::runtime::Handle::try_current().is_ok() {
-            // block_on would panic there; async callers have `Machine`.
-            return Err(io::Error::other(
-                "ArgvProcess::spawn blocks: call it outside an async context",
-            ));
-        }
-        let contained =
-            runtime()?.block_on(spawn_command(program, Vec::new(), inherit.to_vec()))?;
+        let contained = spawn_here(program, Vec::new(), inherit.to_vec())?;
         tracing::debug!(
             pid = contained.pid,
             "spawned QEMU from a given command line"
@@ -243,18 +219,16 @@ mod tests {
     }
 
     #[test]
-    fn inside_a_runtime_it_is_an_error_not_a_panic() {
+    fn it_works_inside_a_runtime_too() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
         let argv: Vec<String> = vec!["true".into()];
-        let err = runtime
+        let mut p = runtime
             .block_on(async { ArgvProcess::spawn(&argv, &[], Output::Inherit) })
-            .expect_err("refused");
-        assert!(
-            err.to_string().contains("outside an async context"),
-            "{err}"
-        );
+            .expect("spawn");
+        let status = p.wait_timeout(Duration::from_secs(10)).expect("wait");
+        assert!(status.is_some_and(|s| s.success()));
     }
 
     #[test]

@@ -333,9 +333,43 @@ pub(crate) async fn spawn(
 /// the child has them) keep their numbers in the child.
 pub(crate) async fn spawn_command(
     program: Program,
-    mut child_fds: Vec<OwnedFd>,
+    child_fds: Vec<OwnedFd>,
     inherit: Vec<RawFd>,
 ) -> io::Result<Contained> {
+    let (plan, child_fds, link) = prepare(program, child_fds, inherit)?;
+    let (reply, child) = oneshot::channel();
+    let request = SpawnRequest {
+        plan: SendPlan(plan),
+        child_fds,
+        link,
+        reply,
+    };
+    Handle::current().spawn_blocking(move || start_contained(request));
+    // Cancel-safe: a child in flight when this future is dropped dies with its `Spawned`.
+    child
+        .await
+        .map_err(|_| io::Error::other("the runtime dropped the spawn (shutting down?)"))?
+        .map(Spawned::take)
+}
+
+/// [`spawn_command`] on this thread, blocking until QEMU has exec'd (for callers without a
+/// runtime: nothing about the result needs one).
+pub(crate) fn spawn_here(
+    program: Program,
+    child_fds: Vec<OwnedFd>,
+    inherit: Vec<RawFd>,
+) -> io::Result<Contained> {
+    let (plan, child_fds, link) = prepare(program, child_fds, inherit)?;
+    clone_watchdog(plan, child_fds, link)
+}
+
+/// The watchdog's plan, the descriptors it must get copies of (`child_fds`, its stdio, its
+/// end of the link), and our end of the link.
+fn prepare(
+    program: Program,
+    mut child_fds: Vec<OwnedFd>,
+    inherit: Vec<RawFd>,
+) -> io::Result<(Box<Plan>, Vec<OwnedFd>, OwnedFd)> {
     let (link, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -365,21 +399,9 @@ pub(crate) async fn spawn_command(
         child_fds.push(fd);
     }
     let plan = plan(argv, stdio_fds, inherit, theirs.as_raw_fd(), read_only)?;
-    // Kept open until the clone is done, closed by the spawner after it.
+    // Kept open until the clone is done, closed after it.
     child_fds.push(theirs);
-    let (reply, child) = oneshot::channel();
-    let request = SpawnRequest {
-        plan: SendPlan(plan),
-        child_fds,
-        link,
-        reply,
-    };
-    Handle::current().spawn_blocking(move || start_contained(request));
-    // Cancel-safe: a child in flight when this future is dropped dies with its `Spawned`.
-    child
-        .await
-        .map_err(|_| io::Error::other("the runtime dropped the spawn (shutting down?)"))?
-        .map(Spawned::take)
+    Ok((plan, child_fds, link))
 }
 
 /// A C string of `bytes`; InvalidInput if they hold a NUL.
