@@ -52,18 +52,17 @@ impl UserNet {
     /// let net = qemu_machine::devices::UserNet::new().forward_tcp_on(Ipv4Addr::UNSPECIFIED, 8080, 80);
     /// ```
     pub fn forward_tcp_on(
-        mut self,
+        self,
         address: std::net::Ipv4Addr,
         host_port: u16,
         guest_port: u16,
     ) -> UserNet {
-        self.forwards.push(Forward {
+        self.forward(Forward {
             udp: false,
             address,
             host_port,
             guest_port,
-        });
-        self
+        })
     }
 
     /// Forwards UDP `127.0.0.1:host_port` to the guest's `guest_port`.
@@ -83,22 +82,27 @@ impl UserNet {
     /// let net = qemu_machine::devices::UserNet::new().forward_udp_on(Ipv4Addr::LOCALHOST, 5353, 53);
     /// ```
     pub fn forward_udp_on(
-        mut self,
+        self,
         address: std::net::Ipv4Addr,
         host_port: u16,
         guest_port: u16,
     ) -> UserNet {
-        self.forwards.push(Forward {
+        self.forward(Forward {
             udp: true,
             address,
             host_port,
             guest_port,
-        });
-        self
+        })
     }
 }
 
 impl UserNet {
+    /// Adds `forward`.
+    fn forward(mut self, forward: Forward) -> UserNet {
+        self.forwards.push(forward);
+        self
+    }
+
     /// The `-netdev` and `-device` of the `i`th network.
     pub(super) fn args(&self, i: usize) -> Vec<String> {
         let mut netdev = format!("user,id=qm-net{i}");
