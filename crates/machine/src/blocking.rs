@@ -55,31 +55,63 @@ impl Machine {
     }
 
     /// See [`crate::Machine::launch`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::launch`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn launch(&mut self) -> Result<()> {
         block_on(self.inner.launch())?
     }
 
     /// See [`crate::Machine::qmp`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::qmp`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn qmp(&mut self, name: &str, arguments: Value) -> Result<Value> {
         block_on(self.inner.qmp(name, arguments))?
     }
 
     /// See [`crate::Machine::cmd`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::cmd`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn cmd(&mut self, name: &str, arguments: impl serde::Serialize) -> Result<Value> {
         block_on(self.inner.cmd(name, arguments))?
     }
 
     /// See [`crate::Machine::request`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::request`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn request(&mut self, request: Request) -> Result<Value> {
         block_on(self.inner.request(request))?
     }
 
     /// See [`crate::Machine::send_fd_scm`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::send_fd_scm`].
     pub fn send_fd_scm(&self, fd: impl AsFd) -> Result<()> {
         self.inner.send_fd_scm(fd)
     }
 
     /// See [`crate::Machine::send_file_scm`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::send_file_scm`].
     pub fn send_file_scm(&self, path: impl AsRef<Path>) -> Result<()> {
         self.inner.send_file_scm(path)
     }
@@ -90,6 +122,12 @@ impl Machine {
     }
 
     /// See [`crate::Machine::get_qmp_event_wait`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::get_qmp_event_wait`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn get_qmp_event_wait(&mut self, timeout: Duration) -> Result<Event> {
         block_on(self.inner.get_qmp_event_wait(timeout))?
     }
@@ -100,6 +138,12 @@ impl Machine {
     }
 
     /// See [`crate::Machine::event_wait`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::event_wait`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn event_wait(
         &mut self,
         name: &str,
@@ -110,6 +154,12 @@ impl Machine {
     }
 
     /// See [`crate::Machine::events_wait`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::events_wait`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn events_wait(
         &mut self,
         wanted: &[(&str, Option<Value>)],
@@ -119,21 +169,45 @@ impl Machine {
     }
 
     /// See [`crate::Machine::shutdown`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::shutdown`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn shutdown(&mut self) -> Result<()> {
         block_on(self.inner.shutdown())?
     }
 
     /// See [`crate::Machine::shutdown_timeout`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::shutdown_timeout`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn shutdown_timeout(&mut self, timeout: Duration) -> Result<()> {
         block_on(self.inner.shutdown_timeout(timeout))?
     }
 
     /// See [`crate::Machine::wait`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::wait`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn wait(&mut self, timeout: Duration) -> Result<()> {
         block_on(self.inner.wait(timeout))?
     }
 
     /// See [`crate::Machine::kill`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::kill`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn kill(&mut self) -> Result<()> {
         block_on(self.inner.kill())?
     }
@@ -166,6 +240,10 @@ impl Machine {
 
 impl Machine {
     /// The serial console, blocking form; see [`crate::Machine::console`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Machine::console`].
     pub fn console(&self) -> Result<Console> {
         Ok(Console {
             inner: self.inner.console()?,
@@ -186,21 +264,45 @@ impl Console {
     }
 
     /// See [`crate::Console::write`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Console::write`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn write(&self, bytes: &[u8]) -> Result<()> {
         block_on(self.inner.write(bytes))?
     }
 
     /// See [`crate::Console::send_line`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Console::send_line`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn send_line(&self, line: &str) -> Result<()> {
         block_on(self.inner.send_line(line))?
     }
 
     /// See [`crate::Console::expect`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Console::expect`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn expect(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<Match> {
         block_on(self.inner.expect(pattern, timeout))?
     }
 
     /// See [`crate::Console::expect_any`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Console::expect_any`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn expect_any<F: Into<Pattern>>(
         &self,
         pattern: impl Into<Pattern>,
@@ -211,6 +313,12 @@ impl Console {
     }
 
     /// See [`crate::Console::exec_and_expect`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Console::exec_and_expect`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn exec_and_expect(
         &self,
         command: &str,
@@ -221,6 +329,12 @@ impl Console {
     }
 
     /// See [`crate::Console::interrupt_until`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Console::interrupt_until`]; also [`ErrorKind::Qmp`]
+    /// ([`qmp::Error::InsideAsyncRuntime`]) when called from inside an async runtime, or
+    /// when the shared I/O thread cannot be started.
     pub fn interrupt_until(
         &self,
         pattern: impl Into<Pattern>,

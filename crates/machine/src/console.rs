@@ -41,6 +41,10 @@ pub enum Pattern {
 
 impl Pattern {
     /// A regex pattern; fails on a bad expression.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] when `expression` is not a valid regular expression.
     pub fn regex(expression: &str) -> Result<Pattern> {
         Regex::new(expression)
             .map(Pattern::Regex)
@@ -237,6 +241,11 @@ impl Console {
     ///
     /// Not part of the API (a [`Machine`](crate::Machine) starts its console); public
     /// only for this crate's tests and benchmarks.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] when the ring buffer cannot be allocated; [`ErrorKind::Io`]
+    /// when the stream cannot be set up for tokio (non-blocking, registered with the runtime).
     #[doc(hidden)]
     pub fn start(
         name: impl Into<String>,
@@ -292,6 +301,10 @@ impl Console {
 
     /// Waits for output after the cursor and returns it (moving the cursor); fails once
     /// the console has closed and everything was read.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Console`] once the console has closed and everything in it was read.
     pub async fn read(&self) -> Result<Vec<u8>> {
         loop {
             let arrived = self.shared.arrived.notified();
@@ -354,6 +367,10 @@ impl Console {
     }
 
     /// Writes `line` and a newline.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
     pub async fn send_line(&self, line: &str) -> Result<()> {
         let mut bytes = line.as_bytes().to_vec();
         bytes.push(b'\n');
@@ -513,6 +530,12 @@ impl Console {
 
     /// Sends `interrupt` every `interval` until `pattern` shows up (e.g. to stop a
     /// bootloader's countdown), at most `timeout` in all.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write); [`ErrorKind::Timeout`] when `pattern` has not shown up
+    /// within `timeout`; as [`expect_any`](Self::expect_any) otherwise (the console
+    /// closed).
     pub async fn interrupt_until(
         &self,
         pattern: impl Into<Pattern>,

@@ -23,11 +23,21 @@ use crate::machine::Machine;
 /// fleet::shutdown_all(&mut vms, std::time::Duration::from_secs(30)).await;
 /// # }
 /// ```
+///
+/// # Errors
+///
+/// None of its own: each machine's result is in the list, as [`Machine::launch`] returns
+/// it.
 pub async fn launch_all(machines: &mut [Machine]) -> Vec<Result<()>> {
     futures::future::join_all(machines.iter_mut().map(|m| m.launch())).await
 }
 
 /// Shuts every machine down concurrently, each with `timeout`; one result per machine.
+///
+/// # Errors
+///
+/// None of its own: each machine's result is in the list, as [`Machine::shutdown_timeout`]
+/// returns it.
 pub async fn shutdown_all(machines: &mut [Machine], timeout: Duration) -> Vec<Result<()>> {
     futures::future::join_all(machines.iter_mut().map(|m| m.shutdown_timeout(timeout))).await
 }

@@ -87,6 +87,10 @@ pub fn boot_sector() -> [u8; 512] {
 }
 
 /// Writes the boot image (sparse, [`IMAGE_SIZE`] bytes) to `path`.
+///
+/// # Errors
+///
+/// The I/O error when `path` cannot be created or written.
 pub fn write_image(path: &Path) -> io::Result<()> {
     use std::io::Write;
     let mut file = std::fs::File::create(path)?;

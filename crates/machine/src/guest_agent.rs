@@ -212,6 +212,12 @@ impl GuestAgent {
     }
 
     /// Resyncs: `0xFF`, then `guest-sync-delimited` with a fresh id until the agent echoes it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when the agent has not echoed an id within `timeout`;
+    /// [`ErrorKind::GuestAgent`] when the connection closes or `alive` says QEMU is gone;
+    /// [`ErrorKind::Qmp`] for any other failure of the connection.
     pub async fn sync(&self, timeout: Duration, mut alive: impl FnMut() -> bool) -> Result<()> {
         let deadline = crate::deadline::deadline_after(timeout);
         let mut attempts = 0;
@@ -263,6 +269,11 @@ impl GuestAgent {
     }
 
     /// Runs any agent command and returns its `return` value.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Qmp`]: the agent's error reply ([`qmp::Error::Command`]), a timeout, or
+    /// a closed connection.
     pub async fn execute(&self, command: &str, arguments: Value) -> Result<Value> {
         self.client
             .execute(command, arguments)
@@ -277,39 +288,67 @@ impl GuestAgent {
     /// agent.ping().await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
     pub async fn ping(&self) -> Result<()> {
         self.execute("guest-ping", Value::Null).await.map(drop)
     }
 
     /// `guest-info`: the agent's version and its commands.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
     pub async fn info(&self) -> Result<Value> {
         self.execute("guest-info", Value::Null).await
     }
 
     /// `guest-get-osinfo`.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
     pub async fn get_osinfo(&self) -> Result<Value> {
         self.execute("guest-get-osinfo", Value::Null).await
     }
 
     /// `guest-network-get-interfaces`.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
     pub async fn network_get_interfaces(&self) -> Result<Value> {
         self.execute("guest-network-get-interfaces", Value::Null)
             .await
     }
 
     /// `guest-fsfreeze-status`: `"thawed"` or `"frozen"`.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
     pub async fn fsfreeze_status(&self) -> Result<String> {
         let status = self.execute("guest-fsfreeze-status", Value::Null).await?;
         Ok(status.as_str().unwrap_or_default().to_string())
     }
 
     /// `guest-fsfreeze-freeze`: how many filesystems were frozen.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
     pub async fn fsfreeze_freeze(&self) -> Result<u64> {
         let count = self.execute("guest-fsfreeze-freeze", Value::Null).await?;
         Ok(count.as_u64().unwrap_or(0))
     }
 
     /// `guest-fsfreeze-thaw`: how many filesystems were thawed.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
     pub async fn fsfreeze_thaw(&self) -> Result<u64> {
         let count = self.execute("guest-fsfreeze-thaw", Value::Null).await?;
         Ok(count.as_u64().unwrap_or(0))
@@ -326,6 +365,12 @@ impl GuestAgent {
     /// assert_eq!(output.stdout, b"hi\n");
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute); [`ErrorKind::Timeout`] when the program has not
+    /// exited within `timeout`; [`ErrorKind::GuestAgent`] when the agent's answers make no
+    /// sense (no pid, bad base64).
     pub async fn exec(&self, path: &str, args: &[&str], timeout: Duration) -> Result<ExecOutput> {
         let deadline = crate::deadline::deadline_after(timeout);
         let started = self
@@ -445,6 +490,11 @@ impl GuestAgent {
     }
 
     /// Writes `data` to a guest file (created or truncated), in chunks.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute) (opening, writing or closing the file);
+    /// [`ErrorKind::GuestAgent`] when the agent returns no file handle.
     pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
         let handle = self.open(path, "w").await?;
         let result = async {
@@ -467,6 +517,11 @@ impl GuestAgent {
 
     /// `guest-shutdown` (`mode`: `powerdown`, `halt` or `reboot`). The agent does not
     /// answer when it works, so a timeout or a closed connection is success.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Qmp`] when the agent refuses the command (a timeout or a closed
+    /// connection is success).
     pub async fn shutdown(&self, mode: &str) -> Result<()> {
         let request = Request::new("guest-shutdown")
             .arguments(json!({"mode": mode}))

@@ -68,6 +68,7 @@ mod shutdown;
 pub mod snapshot_cache;
 mod sock;
 mod spawn;
+mod state_file;
 pub mod typed_qmp;
 pub mod usernet;
 pub mod virtiofs;

@@ -79,6 +79,11 @@ impl QmpLog {
 
     /// Logs the command, runs it (a QMP error is logged, not raised), logs the reply, and
     /// returns the reply.
+    ///
+    /// # Errors
+    ///
+    /// As [`Machine::qmp`](crate::Machine::qmp), but a QMP error reply is returned as the
+    /// reply, not raised.
     pub async fn execute(
         &mut self,
         vm: &mut Machine,

@@ -104,6 +104,11 @@ impl Qtest {
     ///
     /// Not part of the API (a [`Machine`](crate::Machine) starts its qtest session);
     /// public only for this crate's tests.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when the stream cannot be set up for tokio (non-blocking, registered
+    /// with the runtime).
     #[doc(hidden)]
     pub fn start(
         name: impl Into<String>,

@@ -343,6 +343,10 @@ impl Subscription {
     }
 
     /// The next queued event, if any, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// The inner `Err`: as [`crate::Subscription::try_recv`].
     pub fn try_recv(&mut self) -> Option<Result<Event>> {
         self.inner.try_recv()
     }

@@ -68,6 +68,10 @@ impl Deadline {
     }
 
     /// Runs `future` until the deadline; `Err(Elapsed)` when it passes first.
+    ///
+    /// # Errors
+    ///
+    /// [`Elapsed`] when the deadline passes before `future` completes.
     pub async fn timeout<F: Future>(&self, future: F) -> Result<F::Output, Elapsed> {
         match self.at {
             Some(at) => tokio::time::timeout_at(at, future)

@@ -277,6 +277,12 @@ impl Subscription {
     }
 
     /// The next queued event, if any, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// The inner `Err` is [`Error::EventsLost`] when events were dropped since the last
+    /// call (the queue was full), and [`Error::Disconnected`] once the session is over and
+    /// the queue is empty.
     pub fn try_recv(&mut self) -> Option<Result<Event, Error>> {
         self.queue.try_take()
     }

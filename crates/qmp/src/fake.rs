@@ -62,12 +62,21 @@ fn timed_out(what: &str) -> io::Error {
 
 impl FakePeer {
     /// A connected pair: the end to hand to the code under test, and the fake.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error when the socketpair cannot be created or registered with the runtime.
     pub fn pair() -> io::Result<(std::os::unix::net::UnixStream, FakePeer)> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         Ok((ours, FakePeer::adopt(theirs)?))
     }
 
     /// Wraps a connected std stream.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error when the stream cannot be made non-blocking or registered with the
+    /// runtime.
     pub fn adopt(stream: std::os::unix::net::UnixStream) -> io::Result<FakePeer> {
         stream.set_nonblocking(true)?;
         Ok(FakePeer {
@@ -77,11 +86,19 @@ impl FakePeer {
     }
 
     /// Sends bytes verbatim.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of the write.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes).await
     }
 
     /// Sends one message followed by `\r\n`.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of the write.
     pub async fn send(&mut self, message: &Value) -> io::Result<()> {
         let mut bytes = serde_json::to_vec(message)?;
         bytes.extend_from_slice(b"\r\n");
@@ -89,6 +106,10 @@ impl FakePeer {
     }
 
     /// Sends a QEMU 7.2-like greeting offering `oob`.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of the write.
     pub async fn greet(&mut self) -> io::Result<()> {
         self.send(&json!({"QMP": {
             "version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": "fake"},
@@ -98,6 +119,10 @@ impl FakePeer {
     }
 
     /// Greets and answers `qmp_capabilities`.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv) and [`send`](Self::send).
     pub async fn handshake(&mut self) -> io::Result<()> {
         self.greet().await?;
         let request = self
@@ -107,6 +132,10 @@ impl FakePeer {
     }
 
     /// Sends an event with a timestamp.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of the write.
     pub async fn event(&mut self, name: &str, data: Value) -> io::Result<()> {
         self.send(&json!({
             "event": name,
@@ -117,6 +146,12 @@ impl FakePeer {
     }
 
     /// The next message from the client.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::TimedOut`] after `timeout`, [`io::ErrorKind::UnexpectedEof`] when
+    /// the client hangs up, [`io::ErrorKind::InvalidData`] for a frame that is not JSON, or
+    /// the I/O error of the read.
     pub async fn recv(&mut self, timeout: Duration) -> io::Result<Value> {
         crate::deadline::Deadline::after(timeout)
             .timeout(self.recv_forever())
@@ -146,6 +181,11 @@ impl FakePeer {
     }
 
     /// The next message, which must be `{"execute": name, ...}`.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv); [`io::ErrorKind::InvalidData`] when the message is not that
+    /// command.
     pub async fn expect_command(&mut self, name: &str, timeout: Duration) -> io::Result<Value> {
         let message = self.recv(timeout).await?;
         if message["execute"] != name && message["exec-oob"] != name {
@@ -158,6 +198,10 @@ impl FakePeer {
     }
 
     /// Answers `request` with `{"return": value}` and its id.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of the write.
     pub async fn reply(&mut self, request: &Value, value: Value) -> io::Result<()> {
         let mut reply = json!({"return": value});
         if let Some(id) = request.get("id") {
@@ -167,6 +211,10 @@ impl FakePeer {
     }
 
     /// Answers `request` with an error and its id.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of the write.
     pub async fn reply_error(
         &mut self,
         request: &Value,
@@ -182,6 +230,10 @@ impl FakePeer {
 
     /// Answers every command with what `handler` says until the client hangs up (`Ok`) or
     /// the handler says [`Reply::Close`].
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv) (but a hang-up ends it with `Ok`) and [`send`](Self::send).
     pub async fn serve(mut self, mut handler: impl FnMut(&Value) -> Reply) -> io::Result<()> {
         loop {
             let request = match self.recv_forever().await {
@@ -200,6 +252,11 @@ impl FakePeer {
     }
 
     /// Waits until the client closes its end, discarding what it sends.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::TimedOut`] when the client has not closed within `timeout`, or the
+    /// I/O error of the read.
     pub async fn wait_closed(&mut self, timeout: Duration) -> io::Result<()> {
         let mut buf = [0u8; 4096];
         crate::deadline::Deadline::after(timeout)

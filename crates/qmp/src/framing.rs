@@ -80,6 +80,11 @@ impl FrameDecoder {
     /// Returns the next complete JSON object, `None` when more input is needed, or an error
     /// when the stream cannot be QMP (a byte outside an object that is not white space, or a
     /// message over the size limit). After an error the stream is unusable.
+    ///
+    /// # Errors
+    ///
+    /// A [`ProtocolError`] when a byte outside an object is not white space, or a message
+    /// exceeds the size limit.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, ProtocolError> {
         let mut i = self.scanned;
         while i < self.buf.len() {

@@ -165,6 +165,10 @@ impl Event {
     }
 
     /// Deserialises `data` into `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] when `data` does not deserialise into `T`.
     pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, Error> {
         let text = self.raw_data().unwrap_or("{}");
         serde_json::from_str(text).map_err(|source| Error::Decode {
@@ -244,6 +248,10 @@ struct Envelope {
 
 impl Message {
     /// Classifies one frame. Unknown members are ignored; only invalid JSON is an error.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::InvalidJson`] when the frame is not valid JSON.
     // Public only for the fuzz targets and property tests; the client parses for itself.
     #[doc(hidden)]
     pub fn parse(frame: &[u8]) -> Result<Message, ProtocolError> {

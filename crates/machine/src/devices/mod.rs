@@ -1,6 +1,6 @@
 //! Typed devices on [`MachineBuilder`]: memory and CPUs, a kernel to boot, disks, user-mode
 //! networking with host port forwards, 9p host shares and an entropy source. Each is
-//! validated before launch (an [`ErrorKind::Config`] error that names the problem) and
+//! validated before launch (an [`ErrorKind::Config`](crate::ErrorKind::Config) error that names the problem) and
 //! rendered to QEMU's syntax at launch, values escaped (`,` as `,,`). Raw
 //! [`args`](MachineBuilder::args) still come last and can add to or override them.
 //!
@@ -17,359 +17,27 @@
 //!     .entropy();
 //! ```
 
-use std::path::{Path, PathBuf};
+mod disk;
+mod network;
+mod share9p;
 
-use serde_json::json;
+use std::path::{Path, PathBuf};
 
 use crate::argv::escape_option_value;
 use crate::config::MachineBuilder;
-use crate::error::{Error, ErrorKind, Result};
-use crate::machine::Machine;
+use crate::error::{Error, Result};
 
+pub use self::disk::{CacheMode, Disk, DiskInterface};
+pub use self::network::UserNet;
+pub use self::share9p::Share9p;
+pub use crate::usernet::forwarded_port;
+
+/// `path` as one value of a QEMU option list, commas doubled; an error if it is not UTF-8.
 fn path_value(path: &Path) -> Result<String> {
     let text = path
         .to_str()
         .ok_or_else(|| Error::config(format!("{} is not valid UTF-8", path.display())))?;
     Ok(escape_option_value(text).into_owned())
-}
-
-/// The image formats a [`Disk`] accepts.
-const FORMATS: &[&str] = &[
-    "raw",
-    "qcow2",
-    "qcow",
-    "qed",
-    "vmdk",
-    "vdi",
-    "vhdx",
-    "vpc",
-    "luks",
-    "parallels",
-    "dmg",
-    "bochs",
-    "cloop",
-];
-
-/// How a disk is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DiskInterface {
-    /// `virtio-blk-pci` (`/dev/vdX` in Linux). The default.
-    #[default]
-    Virtio,
-    /// `ide-hd` on the machine's IDE controller.
-    Ide,
-    /// `scsi-hd` on a `virtio-scsi-pci` controller (added once for all SCSI disks).
-    Scsi,
-}
-
-/// The host cache mode of a disk (`cache=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheMode {
-    /// `none` (O_DIRECT).
-    None,
-    /// `writeback`.
-    Writeback,
-    /// `writethrough`.
-    Writethrough,
-    /// `directsync`.
-    Directsync,
-    /// `unsafe` (ignores flushes).
-    Unsafe,
-}
-
-impl CacheMode {
-    fn as_str(self) -> &'static str {
-        match self {
-            CacheMode::None => "none",
-            CacheMode::Writeback => "writeback",
-            CacheMode::Writethrough => "writethrough",
-            CacheMode::Directsync => "directsync",
-            CacheMode::Unsafe => "unsafe",
-        }
-    }
-}
-
-/// A disk image. `raw` and virtio by default.
-///
-/// ```
-/// use qemu_machine::devices::{CacheMode, Disk, DiskInterface};
-/// let disk = Disk::new("/tmp/data.img")
-///     .interface(DiskInterface::Ide)
-///     .read_only(false)
-///     .snapshot(true)
-///     .cache(CacheMode::Unsafe)
-///     .boot_index(0);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Disk {
-    file: PathBuf,
-    format: String,
-    interface: DiskInterface,
-    read_only: bool,
-    snapshot: bool,
-    cache: Option<CacheMode>,
-    boot_index: Option<u32>,
-}
-
-impl Disk {
-    /// The image at `file` (which must exist at launch).
-    ///
-    /// ```
-    /// let disk = qemu_machine::devices::Disk::new("/tmp/a.img");
-    /// ```
-    pub fn new(file: impl Into<PathBuf>) -> Disk {
-        Disk {
-            file: file.into(),
-            format: "raw".into(),
-            interface: DiskInterface::Virtio,
-            read_only: false,
-            snapshot: false,
-            cache: None,
-            boot_index: None,
-        }
-    }
-
-    /// The image format (`raw`, `qcow2`, ...); an unknown one is refused at launch.
-    ///
-    /// ```
-    /// let disk = qemu_machine::devices::Disk::new("/tmp/a.qcow2").format("qcow2");
-    /// ```
-    pub fn format(mut self, format: impl Into<String>) -> Disk {
-        self.format = format.into();
-        self
-    }
-
-    /// How it is attached (default virtio).
-    ///
-    /// ```
-    /// use qemu_machine::devices::{Disk, DiskInterface};
-    /// let disk = Disk::new("/tmp/a.img").interface(DiskInterface::Scsi);
-    /// ```
-    pub fn interface(mut self, interface: DiskInterface) -> Disk {
-        self.interface = interface;
-        self
-    }
-
-    /// Read-only for the guest (not with IDE, which has no read-only hard disks).
-    ///
-    /// ```
-    /// let disk = qemu_machine::devices::Disk::new("/tmp/a.img").read_only(true);
-    /// ```
-    pub fn read_only(mut self, read_only: bool) -> Disk {
-        self.read_only = read_only;
-        self
-    }
-
-    /// Writes go to a temporary overlay, and the image stays as it was.
-    ///
-    /// ```
-    /// let disk = qemu_machine::devices::Disk::new("/tmp/a.img").snapshot(true);
-    /// ```
-    pub fn snapshot(mut self, snapshot: bool) -> Disk {
-        self.snapshot = snapshot;
-        self
-    }
-
-    /// The host cache mode.
-    ///
-    /// ```
-    /// use qemu_machine::devices::{CacheMode, Disk};
-    /// let disk = Disk::new("/tmp/a.img").cache(CacheMode::None);
-    /// ```
-    pub fn cache(mut self, cache: CacheMode) -> Disk {
-        self.cache = Some(cache);
-        self
-    }
-
-    /// Its place in the boot order (`bootindex`, 0 first).
-    ///
-    /// ```
-    /// let disk = qemu_machine::devices::Disk::new("/tmp/a.img").boot_index(0);
-    /// ```
-    pub fn boot_index(mut self, index: u32) -> Disk {
-        self.boot_index = Some(index);
-        self
-    }
-
-    fn validate(&self) -> Result<()> {
-        if !self.file.is_file() && !is_block_device(&self.file) {
-            return Err(Error::config(format!(
-                "disk image {} does not exist (or is not a file)",
-                self.file.display()
-            )));
-        }
-        if !FORMATS.contains(&self.format.as_str()) {
-            return Err(Error::config(format!(
-                "disk {}: unknown image format {:?} (one of {})",
-                self.file.display(),
-                self.format,
-                FORMATS.join(", ")
-            )));
-        }
-        if self.read_only && self.interface == DiskInterface::Ide {
-            return Err(Error::config(format!(
-                "disk {}: IDE hard disks cannot be read-only; use virtio or SCSI",
-                self.file.display()
-            )));
-        }
-        path_value(&self.file).map(drop)
-    }
-}
-
-fn is_block_device(path: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
-}
-
-/// A port forward from the host to the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Forward {
-    udp: bool,
-    address: std::net::Ipv4Addr,
-    host_port: u16,
-    guest_port: u16,
-}
-
-/// User-mode networking (slirp: the guest is 10.0.2.15, no privileges needed) on a
-/// `virtio-net-pci` card, with port forwards on the host's 127.0.0.1 (or another address
-/// when asked).
-///
-/// ```
-/// let net = qemu_machine::devices::UserNet::new().forward_tcp(0, 22).forward_udp(5353, 53);
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UserNet {
-    forwards: Vec<Forward>,
-}
-
-impl UserNet {
-    /// No forwards yet.
-    ///
-    /// ```
-    /// let net = qemu_machine::devices::UserNet::new();
-    /// ```
-    pub fn new() -> UserNet {
-        UserNet::default()
-    }
-
-    /// Forwards TCP `127.0.0.1:host_port` to the guest's `guest_port`; host port 0 picks
-    /// a free one (read it after launch with [`Machine::host_port`]).
-    ///
-    /// ```
-    /// let net = qemu_machine::devices::UserNet::new().forward_tcp(0, 8080);
-    /// ```
-    pub fn forward_tcp(self, host_port: u16, guest_port: u16) -> UserNet {
-        self.forward_tcp_on(std::net::Ipv4Addr::LOCALHOST, host_port, guest_port)
-    }
-
-    /// Forwards TCP `address:host_port` to the guest's `guest_port`: another host
-    /// address than 127.0.0.1 (`0.0.0.0` is every interface: the guest's port is then open
-    /// to the network).
-    ///
-    /// ```
-    /// use std::net::Ipv4Addr;
-    /// let net = qemu_machine::devices::UserNet::new().forward_tcp_on(Ipv4Addr::UNSPECIFIED, 8080, 80);
-    /// ```
-    pub fn forward_tcp_on(
-        mut self,
-        address: std::net::Ipv4Addr,
-        host_port: u16,
-        guest_port: u16,
-    ) -> UserNet {
-        self.forwards.push(Forward {
-            udp: false,
-            address,
-            host_port,
-            guest_port,
-        });
-        self
-    }
-
-    /// Forwards UDP `127.0.0.1:host_port` to the guest's `guest_port`.
-    ///
-    /// ```
-    /// let net = qemu_machine::devices::UserNet::new().forward_udp(5353, 53);
-    /// ```
-    pub fn forward_udp(self, host_port: u16, guest_port: u16) -> UserNet {
-        self.forward_udp_on(std::net::Ipv4Addr::LOCALHOST, host_port, guest_port)
-    }
-
-    /// Forwards UDP `address:host_port` to the guest's `guest_port` (see
-    /// [`forward_tcp_on`](Self::forward_tcp_on)).
-    ///
-    /// ```
-    /// use std::net::Ipv4Addr;
-    /// let net = qemu_machine::devices::UserNet::new().forward_udp_on(Ipv4Addr::LOCALHOST, 5353, 53);
-    /// ```
-    pub fn forward_udp_on(
-        mut self,
-        address: std::net::Ipv4Addr,
-        host_port: u16,
-        guest_port: u16,
-    ) -> UserNet {
-        self.forwards.push(Forward {
-            udp: true,
-            address,
-            host_port,
-            guest_port,
-        });
-        self
-    }
-}
-
-/// A host directory shared with the guest over 9p (`virtio-9p-pci`), read-only unless
-/// asked. In a Linux guest: `mount -t 9p -o trans=virtio TAG /mnt`.
-///
-/// ```
-/// let share = qemu_machine::devices::Share9p::new("data", "/srv/data").writable(true);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Share9p {
-    tag: String,
-    path: PathBuf,
-    writable: bool,
-}
-
-impl Share9p {
-    /// Shares `path` (a directory) under the mount tag `tag` (at most 31 bytes).
-    ///
-    /// ```
-    /// let share = qemu_machine::devices::Share9p::new("data", "/srv/data");
-    /// ```
-    pub fn new(tag: impl Into<String>, path: impl Into<PathBuf>) -> Share9p {
-        Share9p {
-            tag: tag.into(),
-            path: path.into(),
-            writable: false,
-        }
-    }
-
-    /// Lets the guest write (default: read-only).
-    ///
-    /// ```
-    /// let share = qemu_machine::devices::Share9p::new("data", "/srv").writable(true);
-    /// ```
-    pub fn writable(mut self, writable: bool) -> Share9p {
-        self.writable = writable;
-        self
-    }
-
-    fn validate(&self) -> Result<()> {
-        if self.tag.is_empty() || self.tag.len() > 31 {
-            return Err(Error::config(format!(
-                "9p mount tag {:?} must have 1 to 31 bytes",
-                self.tag
-            )));
-        }
-        if !self.path.is_dir() {
-            return Err(Error::config(format!(
-                "9p share {}: {} is not a directory",
-                self.tag,
-                self.path.display()
-            )));
-        }
-        path_value(&self.path).map(drop)
-    }
 }
 
 /// The typed devices of a machine, rendered to arguments at launch.
@@ -482,68 +150,24 @@ impl Devices {
             push("-device", "virtio-scsi-pci,id=qm-scsi".into());
         }
         for (i, disk) in self.disks.iter().enumerate() {
-            let Ok(file) = path_value(&disk.file) else {
-                continue;
-            };
-            let mut drive = format!("file={file},format={},if=none,id=qm-disk{i}", disk.format);
-            if disk.read_only {
-                drive.push_str(",readonly=on");
-            }
-            if disk.snapshot {
-                drive.push_str(",snapshot=on");
-            }
-            if let Some(cache) = disk.cache {
-                drive.push_str(",cache=");
-                drive.push_str(cache.as_str());
-            }
-            push("-drive", drive);
-            let mut device = match disk.interface {
-                DiskInterface::Virtio => format!("virtio-blk-pci,drive=qm-disk{i}"),
-                DiskInterface::Ide => format!("ide-hd,drive=qm-disk{i}"),
-                DiskInterface::Scsi => format!("scsi-hd,bus=qm-scsi.0,drive=qm-disk{i}"),
-            };
-            if let Some(index) = disk.boot_index {
-                device.push_str(&format!(",bootindex={index}"));
-            }
-            push("-device", device);
+            argv.extend(disk.args(i));
         }
         for (i, net) in self.nets.iter().enumerate() {
-            let mut netdev = format!("user,id=qm-net{i}");
-            for forward in &net.forwards {
-                netdev.push_str(&format!(
-                    ",hostfwd={}:{}:{}-:{}",
-                    if forward.udp { "udp" } else { "tcp" },
-                    forward.address,
-                    forward.host_port,
-                    forward.guest_port
-                ));
-            }
-            push("-netdev", netdev);
-            push("-device", format!("virtio-net-pci,netdev=qm-net{i}"));
+            argv.extend(net.args(i));
         }
         for (i, share) in self.shares.iter().enumerate() {
-            let Ok(path) = path_value(&share.path) else {
-                continue;
-            };
-            let mut fsdev = format!("local,id=qm-fs{i},path={path},security_model=none");
-            if !share.writable {
-                fsdev.push_str(",readonly=on");
-            }
-            push("-fsdev", fsdev);
-            push(
-                "-device",
-                format!(
-                    "virtio-9p-pci,fsdev=qm-fs{i},mount_tag={}",
-                    escape_option_value(&share.tag)
-                ),
-            );
+            argv.extend(share.args(i));
         }
         if self.entropy {
-            push(
-                "-object",
-                "rng-random,id=qm-rng,filename=/dev/urandom".into(),
+            argv.extend(
+                [
+                    "-object",
+                    "rng-random,id=qm-rng,filename=/dev/urandom",
+                    "-device",
+                    "virtio-rng-pci,rng=qm-rng",
+                ]
+                .map(String::from),
             );
-            push("-device", "virtio-rng-pci,rng=qm-rng".into());
         }
         argv.extend(crate::virtiofs::args(
             &self.virtiofs,
@@ -620,7 +244,7 @@ impl Devices {
 
 impl MachineBuilder {
     /// The QEMU arguments this builder's typed devices render to: the same ones, in the
-    /// same order, that [`Machine::launch`] puts before the raw [`args`](Self::args). For
+    /// same order, that [`Machine::launch`](crate::Machine::launch) puts before the raw [`args`](Self::args). For
     /// showing a command line without launching (`qemu-machine run --dry-run`).
     ///
     /// ```
@@ -766,66 +390,10 @@ impl MachineBuilder {
     }
 }
 
-/// The host port forwarded to TCP `guest_port`, in HMP `info usernet` output.
-///
-/// ```
-/// let text = "  TCP[HOST_FORWARD]   3       127.0.0.1 45783       10.0.2.15    22     0     0\n";
-/// assert_eq!(qemu_machine::devices::forwarded_port(text, 22), Some(45783));
-/// assert_eq!(qemu_machine::devices::forwarded_port(text, 80), None);
-/// ```
-pub fn forwarded_port(info_usernet: &str, guest_port: u16) -> Option<u16> {
-    info_usernet.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.as_slice() {
-            [protocol, _fd, _source, port, _dest, dest_port, ..]
-                if *protocol == "TCP[HOST_FORWARD]"
-                    && dest_port.parse::<u16>().ok() == Some(guest_port) =>
-            {
-                port.parse().ok()
-            }
-            _ => None,
-        }
-    })
-}
-
-impl Machine {
-    /// The host port that forwards to the guest's TCP `guest_port` (see
-    /// [`UserNet::forward_tcp`]; useful when the host port was 0).
-    ///
-    /// ```no_run
-    /// # async fn f(vm: &mut qemu_machine::Machine) -> qemu_machine::Result<()> {
-    /// let port = vm.host_port(22).await?;
-    /// println!("ssh -p {port} 127.0.0.1");
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// As [`cmd`](Self::cmd); [`ErrorKind::Unexpected`] when no such forward exists.
-    pub async fn host_port(&mut self, guest_port: u16) -> Result<u16> {
-        let text = self
-            .cmd(
-                "human-monitor-command",
-                json!({"command-line": "info usernet"}),
-            )
-            .await?;
-        let text = text.as_str().unwrap_or_default();
-        forwarded_port(text, guest_port).ok_or_else(|| {
-            Error::new(
-                self.name().to_string(),
-                ErrorKind::Unexpected {
-                    message: format!(
-                        "no TCP host forward to guest port {guest_port} in `info usernet`: {text:?}"
-                    ),
-                },
-            )
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{ErrorKind, Machine};
 
     #[test]
     fn renders_escaped_devices() {
