@@ -112,6 +112,10 @@ pub enum ErrorKind {
     /// The configuration (or an argument) cannot work; never a runtime condition.
     #[error("invalid machine configuration: {0}")]
     Config(String),
+    /// A saved state that does not fit this machine: saved from another configuration, or
+    /// a disk changed since it was saved ([`Machine::launch_restored`](crate::Machine)).
+    #[error("{0}")]
+    StaleState(String),
     /// A local I/O error (run dir, log file, sockets).
     #[error("{context}: {source}")]
     Io {

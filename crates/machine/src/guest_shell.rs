@@ -291,8 +291,12 @@ impl Console {
         let deadline = crate::deadline::deadline_after(options.timeout);
         let token = token();
         let start_marker = format!("__QM_{token}S");
-        let end = Regex::new(&format!(r"\r?\n__QM_{token}_(\d+)__"))
-            .map_err(|e| Error::config(format!("marker regex: {e}")))?;
+        let end = Regex::new(&format!(r"\r?\n__QM_{token}_(\d+)__")).map_err(|e| {
+            Error::io(
+                "building the exit marker's pattern",
+                std::io::Error::other(e),
+            )
+        })?;
         let line = format!(
             "printf '__QM_''{token}S\\n'; eval {}; printf '\\n__QM_''{token}_%d__\\n' $?",
             shell_quote(command)

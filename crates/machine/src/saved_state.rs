@@ -330,7 +330,7 @@ impl Machine {
         let stream_blake3 =
             tokio::task::spawn_blocking(move || hash_stream(&hash_file, stream_bytes))
                 .await
-                .map_err(|e| Error::config(format!("hashing the state failed: {e}")))?
+                .map_err(|e| Error::io("hashing the state", std::io::Error::other(e)))?
                 .map_err(io)?;
         let info = StateInfo {
             format: STATE_FORMAT,
@@ -406,7 +406,7 @@ impl Machine {
     /// [`ErrorKind::Migration`] when the file is not a whole state file (truncated,
     /// corrupt: checked before QEMU starts, or before it reads the stream), was saved by
     /// another QEMU version, or QEMU cannot load it (QEMU's words included);
-    /// [`ErrorKind::Config`] when it was saved from another configuration or a disk
+    /// [`ErrorKind::StaleState`] when it was saved from another configuration or a disk
     /// changed since; [`ErrorKind::Timeout`] past `timeout`; otherwise as
     /// [`launch`](Self::launch). On any error QEMU is killed and reaped, and its run dir
     /// removed.
@@ -421,22 +421,22 @@ impl Machine {
         let original = self.config().clone();
         let config = &original.config;
         if fingerprint(config) != info.fingerprint {
-            return Err(Error::config(format!(
+            return Err(Error::from(ErrorKind::StaleState(format!(
                 "{} was saved from a machine configured differently (machine type, \
                  accelerator, memory, devices or arguments); restore it with the \
                  configuration it was saved with",
                 path.display()
-            )));
+            ))));
         }
         for stamp in &info.disks {
             let now = DiskStamp::of(&stamp.path)?;
             if now != *stamp {
-                return Err(Error::config(format!(
+                return Err(Error::from(ErrorKind::StaleState(format!(
                     "the disk {} changed since {} was saved (size or modification time): \
                      the saved guest would find different data under it",
                     stamp.path.display(),
                     path.display()
-                )));
+                ))));
             }
         }
         let mut restore = original.clone().args(["-incoming", "defer"]);

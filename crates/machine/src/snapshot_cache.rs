@@ -278,7 +278,10 @@ impl SnapshotCache {
                 Ok(()) => return Ok(Warm::Hit),
                 // Damaged, from another QEMU build, or a disk touched since: rebuild.
                 Err(e)
-                    if matches!(e.kind(), ErrorKind::Migration { .. } | ErrorKind::Config(_)) =>
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Migration { .. } | ErrorKind::StaleState(_)
+                    ) =>
                 {
                     tracing::warn!(path = %path.display(), "cache entry unusable, rebuilding: {e}");
                     unusable = Some(meta.ino());

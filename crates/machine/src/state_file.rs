@@ -245,7 +245,7 @@ pub(crate) fn create_partial(path: &Path) -> Result<(File, Partial)> {
 /// The bytes of a header for `info`.
 pub(crate) fn header_bytes(info: &StateInfo) -> Result<Vec<u8>> {
     let json = serde_json::to_vec(info)
-        .map_err(|e| Error::config(format!("the state header does not serialise: {e}")))?;
+        .map_err(|e| Error::io("encoding the state header", std::io::Error::other(e)))?;
     let mut header = Vec::with_capacity(HEADER_BYTES as usize);
     header.extend_from_slice(STATE_MAGIC);
     header.extend_from_slice(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_le_bytes());

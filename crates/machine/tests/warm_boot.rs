@@ -170,7 +170,7 @@ async fn restored_guests_answer_run_independently_and_damaged_states_are_refused
     let other = Machine::new(builder.clone().args(["-smp", "2"]));
     let mut other = other;
     let err = other.launch_restored(&state, RESTORE).await.unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::Config(_)), "{err}");
+    assert!(matches!(err.kind(), ErrorKind::StaleState(_)), "{err}");
     assert!(qemu_using(&disk).is_empty());
 }
 
