@@ -117,7 +117,8 @@ impl Phase {
 /// A spawned QEMU and everything attached to it.
 #[derive(Debug)]
 pub(crate) struct Running {
-    /// The watchdog, which exits as QEMU did once QEMU and all it started are dead.
+    /// The watchdog, which reports QEMU's exit status once QEMU and all it started are
+    /// dead.
     pub(crate) child: Child,
     /// QEMU's pid (the wrapper's when there is one), the leader of its process group.
     pub(crate) pid: u32,
