@@ -524,6 +524,35 @@ pub(crate) fn signal_group(pid: u32, signal: Signal) {
 mod tests {
     use super::*;
 
+    /// `read_only` (virtiofsd's read-only shares): the watchdog, cloned into our memory,
+    /// makes a mount namespace of its own; the program cannot write there, we still can.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_only_view_is_read_only_for_the_program_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |name: &str| {
+            let file = dir.path().join(name);
+            Program::new([
+                "sh".into(),
+                "-c".into(),
+                format!("echo x > '{}'", file.display()),
+            ])
+            .stderr(ChildIo::Null)
+        };
+        let mut spawned = spawn_command(touch("ro").read_only(dir.path()), Vec::new(), Vec::new())
+            .await
+            .expect("a read-only view (needs CAP_SYS_ADMIN, as virtiofsd's sandbox does)");
+        // sh's redirection failed (EROFS).
+        assert!(!spawned.child.wait().await.unwrap().success());
+        assert!(!dir.path().join("ro").exists());
+        let mut spawned = spawn_command(touch("rw"), Vec::new(), Vec::new())
+            .await
+            .unwrap();
+        assert!(spawned.child.wait().await.unwrap().success());
+        assert!(dir.path().join("rw").exists());
+        // Our own view was not touched.
+        std::fs::write(dir.path().join("ours"), "x").unwrap();
+    }
+
     #[test]
     fn a_program_in_path_that_cannot_run_is_permission_denied_as_with_std() {
         use std::os::unix::fs::PermissionsExt;
