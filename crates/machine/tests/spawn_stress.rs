@@ -176,3 +176,30 @@ fn raw_spawns_from_many_threads_dropped_at_once_leave_nothing() {
     settles("open descriptors", fds, Duration::from_secs(10), open_fds);
     settles("mappings", mapped + 40, Duration::from_secs(15), maps);
 }
+
+/// A runtime shut down (in the background, as at a host's exit) with launches in flight:
+/// whatever each one got to is killed and reaped all the same.
+#[test]
+fn a_runtime_shut_down_mid_launch_leaves_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id()));
+    for _ in 0..6 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for _ in 0..20 {
+            let builder = scratch.builder().machine_type("none");
+            runtime.spawn(async move {
+                let mut vm = Machine::new(builder);
+                let _ = vm.launch().await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(80)));
+        runtime.shutdown_background();
+    }
+    assert_no_children(Duration::from_secs(30));
+}
