@@ -426,7 +426,11 @@ fn plan(
     let program = argv
         .first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command line"))?;
-    let path = c_string(find_program(program)?.into_os_string().into_vec())?;
+    let path = c_string(
+        find_program(program, std::env::var_os("PATH"))?
+            .into_os_string()
+            .into_vec(),
+    )?;
     let args = argv.len();
     let mut strings = Vec::with_capacity(args + 64);
     for arg in argv {
@@ -466,20 +470,29 @@ fn plan(
     }))
 }
 
-/// `program` as exec would find it: itself if it has a slash, else the first executable
-/// file of that name in `PATH`; NotFound (ENOENT) when there is none.
-fn find_program(program: &std::ffi::OsStr) -> io::Result<PathBuf> {
+/// `program` as `execvp` would find it: itself if it has a slash, else the first
+/// executable file of that name in `path` (our `PATH`); as `execvp` (and so std's
+/// `Command`), PermissionDenied (EACCES) when there is one of that name that cannot run (a
+/// file without execute permission, a directory), else NotFound (ENOENT).
+fn find_program(program: &std::ffi::OsStr, path: Option<OsString>) -> io::Result<PathBuf> {
     if program.as_bytes().contains(&b'/') {
         return Ok(PathBuf::from(program));
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            candidate.is_file()
-                && nix::unistd::access(candidate.as_path(), nix::unistd::AccessFlags::X_OK).is_ok()
-        })
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    let path = path.unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut denied = false;
+    for candidate in std::env::split_paths(&path).map(|dir| dir.join(program)) {
+        if candidate.is_file()
+            && nix::unistd::access(candidate.as_path(), nix::unistd::AccessFlags::X_OK).is_ok()
+        {
+            return Ok(candidate);
+        }
+        denied |= candidate.exists();
+    }
+    Err(io::Error::from_raw_os_error(if denied {
+        libc::EACCES
+    } else {
+        libc::ENOENT
+    }))
 }
 
 /// `fd` moved to a number above 2 (close-on-exec) if it has one of the standard streams'
@@ -532,6 +545,72 @@ pub(crate) fn signal_group(pid: u32, signal: Signal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `read_only` (virtiofsd's read-only shares): the watchdog, cloned into our memory,
+    /// makes a mount namespace of its own; the program cannot write there, we still can.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_only_view_is_read_only_for_the_program_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |name: &str| {
+            let file = dir.path().join(name);
+            Program::new([
+                "sh".into(),
+                "-c".into(),
+                format!("echo x > '{}'", file.display()),
+            ])
+            .stderr(ChildIo::Null)
+        };
+        let mut spawned = spawn_command(touch("ro").read_only(dir.path()), Vec::new(), Vec::new())
+            .await
+            .expect("a read-only view (needs CAP_SYS_ADMIN, as virtiofsd's sandbox does)");
+        // sh's redirection failed (EROFS).
+        assert!(!spawned.child.wait().await.unwrap().success());
+        assert!(!dir.path().join("ro").exists());
+        let mut spawned = spawn_command(touch("rw"), Vec::new(), Vec::new())
+            .await
+            .unwrap();
+        assert!(spawned.child.wait().await.unwrap().success());
+        assert!(dir.path().join("rw").exists());
+        // Our own view was not touched.
+        std::fs::write(dir.path().join("ours"), "x").unwrap();
+    }
+
+    #[test]
+    fn a_program_in_path_that_cannot_run_is_permission_denied_as_with_std() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::create_dir(dir.path().join("adir")).unwrap();
+        let runs = dir.path().join("runs");
+        std::fs::write(&runs, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&runs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = || {
+            let mut path = OsString::from("/nonexistent:");
+            path.push(dir.path());
+            Some(path)
+        };
+        for name in ["plain", "adir"] {
+            let error = find_program(name.as_ref(), path()).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                io::ErrorKind::PermissionDenied,
+                "{name}: {error}"
+            );
+        }
+        let error = find_program("none".as_ref(), path()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound, "{error}");
+        assert_eq!(find_program("runs".as_ref(), path()).unwrap(), runs);
+        // An executable later in PATH wins over one that cannot run earlier, as with execvp.
+        let mut path = path().unwrap();
+        path.push(":/bin");
+        std::fs::write(dir.path().join("sh"), "").unwrap();
+        assert_eq!(
+            find_program("sh".as_ref(), Some(path)).unwrap(),
+            Path::new("/bin/sh")
+        );
+    }
 
     /// `cargo test -p qemu-machine --lib watchdog_spawn_cost -- --ignored --nocapture`:
     /// spawn-to-reaped of `/bin/true`, under the watchdog and without it, interleaved so

@@ -19,7 +19,11 @@
 //!   gave it, and exits; the manager reports that status as the VM's;
 //! - the link ends (the manager died, even by SIGKILL, or dropped the machine) or the
 //!   manager writes a byte on it: the same teardown, starting with SIGKILL to the group;
-//! - SIGTERM, SIGINT, SIGHUP or SIGQUIT to the watchdog itself: the same teardown.
+//! - a signal to the watchdog itself whose default action would end it (SIGTERM, SIGINT,
+//!   SIGHUP, SIGQUIT, but also SIGUSR1, SIGALRM, SIGABRT or SIGSEGV sent with `kill`, a
+//!   real-time signal...): the same teardown. Dying of it instead would leave what QEMU
+//!   started (a wrapper's children) running, reparented away; a core-dumping one would
+//!   also dump the manager's memory, and on kernels before 5.16 kill the manager.
 //!
 //! Why a watchdog process rather than the manager as a subreaper: when the manager is
 //! SIGKILLed, only a process that outlives it can kill what QEMU started; a subreaper in
@@ -46,8 +50,35 @@ use crate::raw_syscall::syscall;
 /// The watchdog's name in `ps` and `/proc/<pid>/comm`.
 pub(crate) const WATCHDOG_NAME: &std::ffi::CStr = c"qemu-watchdog";
 
-/// Signals that make the watchdog end the VM, as if its manager had gone.
-const STOP_SIGNALS: [c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+/// Signals whose default action ignores or stops a process: every other one (but SIGKILL)
+/// makes the watchdog end the VM, as if its manager had gone.
+const NOT_FATAL: [c_int; 8] = [
+    libc::SIGCHLD,
+    libc::SIGCONT,
+    libc::SIGURG,
+    libc::SIGWINCH,
+    libc::SIGSTOP,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+];
+
+/// The kernel's `sigset_t` bit of `signal` (1..=64).
+const fn bit(signal: c_int) -> u64 {
+    1u64 << (signal - 1)
+}
+
+/// The signals that make the watchdog end the VM: every signal whose default action would
+/// end the watchdog (SIGKILL aside, which cannot be caught), real-time ones included.
+fn stop_mask() -> u64 {
+    let mut mask = !bit(libc::SIGKILL);
+    let mut i = 0;
+    while i < NOT_FATAL.len() {
+        mask &= !bit(NOT_FATAL[i]);
+        i += 1;
+    }
+    mask
+}
 
 /// While tearing down, how long to wait for a SIGCHLD before scanning for descendants again
 /// (a SIGCHLD wakes it sooner); also the poll period if `signalfd` is unavailable.
@@ -321,6 +352,14 @@ unsafe fn run(link: RawFd, qemu: pid_t, status: &AtomicI32) -> ! {
             libc::SYS_prctl,
             args![libc::PR_SET_NAME, WATCHDOG_NAME.as_ptr(), 0, 0, 0],
         );
+        // Its memory is the manager's: never dumped to a core file should it fault. 1, not
+        // 0: the value at which the kernel also refuses a dump to a `core_pattern` pipe
+        // (and below the smallest file dump). Set now, so that QEMU keeps our limit.
+        let no_core: [u64; 2] = [1, 1];
+        let _ = call(
+            libc::SYS_prlimit64,
+            args![0, libc::RLIMIT_CORE, no_core.as_ptr(), 0],
+        );
         // Copies of the manager's descriptors (other VMs' links, sockets) must not stay
         // open here: that would keep peers from seeing EOF.
         close_all_but(link);
@@ -484,12 +523,10 @@ fn teardown(qemu: pid_t, mut qemu_status: Option<c_int>, signals: c_int) -> Opti
 }
 
 /// The kernel's `sigset_t` (64 signals) with SIGCHLD and the stop signals: what the
-/// watchdog reads from its signalfd.
+/// watchdog blocks and reads from its signalfd. A fault of its own (a synchronous SIGSEGV)
+/// still ends it: the kernel unblocks those.
 fn watched_mask() -> u64 {
-    let bit = |signal: c_int| 1u64 << (signal - 1);
-    STOP_SIGNALS
-        .iter()
-        .fold(bit(libc::SIGCHLD), |mask, &signal| mask | bit(signal))
+    stop_mask() | bit(libc::SIGCHLD)
 }
 
 /// A signalfd reporting SIGCHLD and the stop signals, blocked since [`quiet_signals`]
@@ -561,7 +598,8 @@ fn drain_signals(signals: c_int) -> bool {
         if got != Ok(size) {
             return stop;
         }
-        stop |= STOP_SIGNALS.contains(&(info.ssi_signo as c_int));
+        stop |=
+            (1..=64).contains(&info.ssi_signo) && stop_mask() & bit(info.ssi_signo as c_int) != 0;
     }
 }
 
@@ -574,16 +612,16 @@ fn pending_stop_signal() -> bool {
             return false;
         }
         let mut stop = false;
-        for signal in STOP_SIGNALS {
-            let bit = 1u64 << (signal - 1);
-            if pending & bit != 0 {
+        for signal in 1..=64 {
+            let one = bit(signal);
+            if pending & stop_mask() & one != 0 {
                 let zero = libc::timespec {
                     tv_sec: 0,
                     tv_nsec: 0,
                 };
                 let _ = call(
                     libc::SYS_rt_sigtimedwait,
-                    args![&bit as *const u64, 0, &zero as *const libc::timespec, 8],
+                    args![&one as *const u64, 0, &zero as *const libc::timespec, 8],
                 );
                 stop = true;
             }
