@@ -58,6 +58,7 @@ mod machine;
 pub mod migration;
 mod output;
 pub mod probe;
+mod proc_scan;
 pub mod qmp_log;
 pub mod qtest;
 mod raw_syscall;

@@ -24,6 +24,23 @@ pub(crate) unsafe fn syscall(number: c_long, args: [usize; 6]) -> Result<usize, 
     }
 }
 
+/// [`syscall`]'s arguments: up to six values of any integer or pointer type, each cast to
+/// `usize` (a negative `c_int` keeps its low 32 bits, which is what the kernel reads),
+/// zero-padded.
+macro_rules! args {
+    ($($a:expr),* $(,)?) => {{
+        let mut all = [0usize; 6];
+        let given: &[usize] = &[$($a as usize),*];
+        let mut i = 0;
+        while i < given.len() {
+            all[i] = given[i];
+            i += 1;
+        }
+        all
+    }};
+}
+pub(crate) use args;
+
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn raw(number: c_long, a: [usize; 6]) -> isize {

@@ -200,8 +200,8 @@ async fn the_watchdog_exits_as_qemu_did() {
     };
     assert_eq!(failure.status.and_then(|s| s.code()), Some(7), "{err}");
 
-    // Signals from outside, the watchdog re-raising each on itself. (No core files from
-    // QEMU's SIGABRT: QEMU inherits our limit.)
+    // Signals from outside, reported as QEMU's own through the watchdog's status slot.
+    // (No core files from QEMU's SIGABRT: QEMU inherits our limit.)
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_CORE).unwrap();
     setrlimit(Resource::RLIMIT_CORE, 0, hard).unwrap();
