@@ -571,9 +571,16 @@ pub(crate) fn to_arguments(name: &str, arguments: impl serde::Serialize) -> Resu
 impl Drop for Machine {
     fn drop(&mut self) {
         let keep = self.config.keep_run_dir == KeepRunDir::Always;
-        if let Phase::Launching(running) | Phase::Running(running) =
-            std::mem::replace(&mut self.phase, Phase::Configured)
-        {
+        if !matches!(self.phase, Phase::Launching(_) | Phase::Running(_)) {
+            return;
+        }
+        let running = self.enter(|phase| match phase {
+            Phase::Launching(running) | Phase::Running(running) => {
+                (Phase::Configured, Some(running))
+            }
+            other => (other, None),
+        });
+        if let Some(running) = running {
             tracing::warn!(
                 machine = %self.config.name,
                 pid = running.pid,

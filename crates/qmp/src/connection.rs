@@ -147,13 +147,28 @@ impl Connection {
         let Some(from) = from else {
             return false;
         };
-        tracing::debug!(
-            target: "qmp::session",
-            peer = %self.peer,
-            name = %self.name,
-            "QMP session: {from} -> {}",
-            *self.session.borrow()
-        );
+        let to = self.session.borrow();
+        // An end the peer or the socket forced on us is worth a warning; the rest is routine.
+        if matches!(
+            *to,
+            SessionState::Closed(DisconnectReason::Io(_) | DisconnectReason::Protocol(_))
+        ) {
+            tracing::warn!(
+                target: "qmp::session",
+                peer = %self.peer,
+                name = %self.name,
+                "QMP session: {from} -> {}",
+                *to
+            );
+        } else {
+            tracing::debug!(
+                target: "qmp::session",
+                peer = %self.peer,
+                name = %self.name,
+                "QMP session: {from} -> {}",
+                *to
+            );
+        }
         true
     }
 

@@ -75,9 +75,7 @@ pub(crate) async fn read_loop(
         connection.note_received(n, messages, last);
     };
     if let Some(connection) = connection.upgrade() {
-        if !matches!(reason, DisconnectReason::Eof) {
-            tracing::warn!(peer = %connection.peer, "QMP session ends: {reason}");
-        }
+        // Logged once, by the session's transition to closed.
         connection.disconnect(reason);
     }
 }
