@@ -35,7 +35,9 @@ for tool in cpio:cpio depmod:kmod apt-get:apt dpkg-deb:dpkg; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     as_root apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    # --no-remove: installing a tool must never remove a package the user had.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-remove "${missing[@]}" ||
+        { echo "apt-get could not install ${missing[*]} without removing a package; install them by hand" >&2; exit 1; }
 fi
 
 resolve_kernel() {

@@ -1,4 +1,10 @@
-"""Fixtures: the QEMU binary (env QEMU, else qemu-system-x86_64 on PATH) and a tiny BIOS."""
+"""Fixtures: the QEMU binary and a tiny BIOS.
+
+The QEMU binary is found as the Rust tests find it (qemu_test_support::qemu(),
+crates/test-support/src/binaries.rs): `$QEMU` when set and not empty, taken as given
+(scripts/test makes a relative one absolute before it changes directory), else
+qemu-system-x86_64 on PATH. This fixture is the Python tests' one place for it.
+"""
 
 import os
 import shutil
@@ -10,6 +16,7 @@ import pytest
 def qemu_binary() -> str:
     binary = os.environ.get("QEMU") or shutil.which("qemu-system-x86_64")
     if not binary:
+        # A failure, never a skip: the suite tests nothing without QEMU.
         pytest.fail("no QEMU: set QEMU= or install qemu-system-x86_64")
     return binary
 

@@ -143,6 +143,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if benching { 10 } else { 1 })
         .max(1);
+    let version = qemu_test_support::qemu_version();
+    let accel = qemu_machine::Accel::KvmOrTcg.as_arg();
+    println!(
+        "QEMU {version}: {} (accel {accel}), {runs} runs each",
+        version.line
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -151,11 +157,6 @@ fn main() {
     runtime.block_on(async {
         let scratch = Scratch::new();
         let files = tempfile::tempdir().expect("temp dir");
-        let probe = qemu_machine::Probe::of(&qemu_test_support::qemu())
-            .await
-            .expect("probe");
-        let accel = qemu_machine::Accel::KvmOrTcg.as_arg();
-        println!("{} (accel {accel}), {runs} runs each", probe.version_text);
         let small = measure(&scratch, 256, runs, files.path()).await;
         measure(&scratch, 1024, runs, files.path()).await;
         println!(

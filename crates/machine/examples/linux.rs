@@ -1,7 +1,6 @@
 //! Boots the Linux test guest (build it first: `guests/build-linux-guest.sh`), runs a shell
 //! command on its serial console, and powers it off through ACPI.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use qemu_machine::{Accel, Machine};
@@ -9,9 +8,7 @@ use serde_json::json;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::var_os("QEMU_MACHINE_LINUX_GUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".cache/guests/linux"));
+    let dir = qemu_test_support::guests::linux_guest_dir();
     let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
     if !kernel.exists() {
         return Err(format!(

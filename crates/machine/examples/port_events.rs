@@ -1,4 +1,5 @@
-//! Port of a Python stop/cont test: events matched with a sub-dict, and execute-and-await.
+//! Port of a Python stop/cont test: events matched with a sub-dict, and execute-and-await
+//! (`cargo run -p qemu-machine --example port_events`; QEMU from `$QEMU`).
 use std::time::Duration;
 
 use qemu_machine::qmp::commands::{QueryStatus, RunState};
@@ -8,7 +9,7 @@ use serde_json::json;
 #[tokio::main]
 async fn main() -> Result<(), Report> {
     let t = Duration::from_secs(5);
-    let mut vm = Machine::new(Machine::builder("qemu-system-x86_64").builtin_guest());
+    let mut vm = Machine::new(Machine::builder(qemu_test_support::qemu()).builtin_guest());
     vm.launch().await?;
     vm.cmd("stop", ()).await?;
     let stop = vm.event_wait("STOP", None, t).await?;

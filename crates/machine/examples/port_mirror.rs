@@ -1,11 +1,12 @@
-//! Port of an iotests-style mirror test with a golden log (`qmp_log` + `run_job_logged`).
+//! Port of an iotests-style mirror test with a golden log (`qmp_log` + `run_job_logged`):
+//! `cargo run -p qemu-machine --example port_mirror` (QEMU from `$QEMU`).
 use qemu_machine::{job::*, qmp_log::*, Machine, Report};
 use serde_json::json;
 
 #[tokio::main]
 async fn main() -> Result<(), Report> {
     let dir = tempfile::tempdir()?;
-    let mut vm = Machine::new(Machine::builder("qemu-system-x86_64"));
+    let mut vm = Machine::new(Machine::builder(qemu_test_support::qemu()));
     vm.launch().await?;
     let mut log = QmpLog::new().with_filter(filter_timestamps);
     log = log.with_filter(filter_test_paths(dir.path()));

@@ -423,7 +423,7 @@ async fn kept_run_dirs_and_a_separate_log_dir() {
 #[tokio::test]
 async fn names_cannot_escape_the_run_dir() {
     for name in ["../evil", "a/b", "..", ""] {
-        let mut vm = Machine::new(Machine::builder("qemu-system-x86_64").name(name));
+        let mut vm = Machine::new(Machine::builder(qemu_test_support::qemu()).name(name));
         let err = vm.launch().await.unwrap_err();
         assert!(matches!(err.kind(), ErrorKind::Config(_)), "{name}: {err}");
     }
