@@ -14,27 +14,12 @@ use qemu_machine::Machine;
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Every process (not thread) whose parent is this process, zombies included.
-fn children() -> Vec<(u32, String)> {
+fn children() -> Vec<qemu_test_support::processes::ProcStat> {
     let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let mut fields = stat[close + 1..].split_whitespace();
-        let state = fields.next().unwrap_or("?");
-        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == me {
-            found.push((pid, format!("{} {state}", &stat[..=close])));
-        }
-    }
-    found
+    qemu_test_support::processes::all_processes()
+        .into_iter()
+        .filter(|p| p.ppid == me)
+        .collect()
 }
 
 fn maps() -> usize {
