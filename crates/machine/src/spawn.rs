@@ -23,7 +23,7 @@ use std::sync::atomic::AtomicI32;
 use std::time::Duration;
 
 use nix::libc::{self, c_int, c_void};
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{killpg, pthread_sigmask, SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::unistd::Pid;
 use tokio::runtime::Handle;
@@ -207,11 +207,10 @@ fn clone_watchdog(
     let mut pidfd: c_int = -1;
     // As posix_spawn does: every signal blocked while the watchdog starts, so that none
     // runs one of our handlers in it (in our memory) before it has reset them all.
-    let all = nix::sys::signal::SigSet::all();
-    let mut ours = nix::sys::signal::SigSet::empty();
-    let _ = nix::sys::signal::pthread_sigmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&all),
+    let mut ours = SigSet::empty();
+    let _ = pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
         Some(&mut ours),
     );
     // SAFETY: the watchdog runs `watchdog_main` on its own stack (mapped until it is
@@ -228,11 +227,7 @@ fn clone_watchdog(
         )
     };
     let error = io::Error::last_os_error();
-    let _ = nix::sys::signal::pthread_sigmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&ours),
-        None,
-    );
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&ours), None);
     if pid < 0 {
         // SAFETY: no watchdog runs: the plan is ours again.
         drop(unsafe { Box::from_raw(plan) });
