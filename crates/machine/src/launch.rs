@@ -222,7 +222,7 @@ impl Machine {
         // Drained from the first byte: QEMU never blocks on it, and nothing is missed.
         let sessions = (|| {
             if let Some((ours, _)) = console {
-                running.console = Some(Console::start(
+                running.console = Some(Console::open(
                     name.clone(),
                     ours,
                     self.config.console_buffer,
@@ -230,7 +230,7 @@ impl Machine {
                 )?);
             }
             if let Some((ours, _)) = qtest {
-                running.qtest = Some(Qtest::start(name.clone(), ours, qtest_accel)?);
+                running.qtest = Some(Qtest::open(name.clone(), ours, qtest_accel)?);
             }
             Ok::<_, Error>(())
         })();
