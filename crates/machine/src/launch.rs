@@ -11,10 +11,9 @@ use crate::argv::{command_line, Attachments, MonitorChardev};
 use crate::config::{Config, KeepRunDir, Monitor};
 use crate::console::Console;
 use crate::error::{
-    redact_argv, secrets_of, shell_words, Error, ErrorKind, LaunchFailure, LaunchReason, Result,
+    redact_argv, shell_words, Error, ErrorKind, LaunchFailure, LaunchReason, Result,
 };
 use crate::machine::{Finished, Machine, Phase, Running, EXIT_GRACE};
-use crate::output::{read_tail, ERROR_TAIL, LOG_TAIL};
 use crate::probe::Probe;
 use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
@@ -270,14 +269,9 @@ impl Machine {
         }
         running.close_sessions();
         let keep = self.config.keep_run_dir != KeepRunDir::Never;
-        let secrets = secrets_of(&running.argv);
-        let full_log =
-            (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
-        if let Some(path) = full_log {
-            crate::log_file::scrub_kept_log(path, &secrets);
-        }
-        let output = read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log);
-        let log = read_tail(&running.log_path, LOG_TAIL, &secrets, full_log);
+        let stays = keep || self.config.log_dir.is_some();
+        let tails = crate::log_file::finish(&running.log_path, &running.argv, stays, true);
+        let (output, log) = (tails.error, tails.log);
         let name = self.config.name.clone();
         self.enter(|phase| {
             let (Phase::Launching(mut running) | Phase::Running(mut running)) = phase else {

@@ -12,10 +12,9 @@ use tokio::time::Instant;
 
 use crate::config::{KeepRunDir, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::error::{
-    redact_argv, secrets_of, shell_words, AbnormalShutdown, Error, ErrorKind, Result, ShutdownCause,
+    redact_argv, shell_words, AbnormalShutdown, Error, ErrorKind, Result, ShutdownCause,
 };
 use crate::machine::{Finished, Machine, Phase};
-use crate::output::{read_tail, ERROR_TAIL, LOG_TAIL};
 use crate::spawn::signal_group;
 
 /// How long to wait, once QEMU has exited, for the console's last bytes.
@@ -206,18 +205,10 @@ impl Machine {
             KeepRunDir::OnFailure => cause.is_some(),
             KeepRunDir::Never => false,
         };
-        let secrets = secrets_of(&running.argv);
-        let full_log =
-            (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
-        if let Some(path) = full_log {
-            crate::log_file::scrub_kept_log(path, &secrets);
-        }
-        let log = read_tail(&running.log_path, LOG_TAIL, &secrets, full_log);
-        let output = if cause.is_some() {
-            read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log)
-        } else {
-            String::new()
-        };
+        let stays = keep || self.config.log_dir.is_some();
+        let tails =
+            crate::log_file::finish(&running.log_path, &running.argv, stays, cause.is_some());
+        let (output, log) = (tails.error, tails.log);
         self.enter(|phase| {
             let (Phase::Launching(mut running) | Phase::Running(mut running)) = phase else {
                 unreachable!("checked above")
