@@ -1,6 +1,5 @@
 //! Launching: run dir, sockets, command line, spawn, then QMP while watching the child.
 
-use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -13,6 +12,7 @@ use crate::console::Console;
 use crate::error::{
     redact_argv, shell_words, Error, ErrorKind, LaunchFailure, LaunchReason, Result,
 };
+use crate::log_file::create_private;
 use crate::machine::{Finished, Machine, Phase, Running, EXIT_GRACE};
 use crate::probe::Probe;
 use crate::qtest::Qtest;
@@ -403,16 +403,4 @@ async fn connect_qmp(
         }
         Ok(reason) => Err(reason),
     }
-}
-
-/// A new private (0600) file at `path`, replacing (never following or truncating through)
-/// what is there; a FIFO, socket, device or directory there is a configuration error.
-pub(crate) fn create_private(path: &Path) -> Result<File> {
-    qmp::fsutil::create_private_file(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::InvalidInput {
-            Error::config(format!("cannot create a log file: {e}"))
-        } else {
-            Error::io(format!("creating {}", path.display()), e)
-        }
-    })
 }

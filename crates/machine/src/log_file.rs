@@ -8,17 +8,18 @@
 //! with its run dir (the default) is not rewritten; one kept (`keep_run_dir`, `log_dir`)
 //! is replaced by a scrubbed copy (0600, renamed into place) if it holds a secret.
 //!
+//! [`create_private`] makes each log file of a run (QEMU's, the console's, virtiofsd's);
 //! [`finish`] is the end of every run's log: scrubbed when it stays, then its tails read
 //! for the machine's `get_log()` and errors.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use memchr::memmem;
 
-use crate::error::secrets_of;
+use crate::error::{secrets_of, Error, Result};
 use crate::output::{read_tail, ERROR_TAIL, LOG_TAIL};
 
 /// Lines are scrubbed one at a time, at most this long: a longer line is scrubbed in
@@ -74,6 +75,18 @@ pub(crate) fn scrub_file(path: &Path, secrets: &[(String, String)]) -> io::Resul
     }
     let _ = std::fs::remove_file(&temp);
     copied.map(|()| false)
+}
+
+/// A new private (0600) file at `path`, replacing (never following or truncating through)
+/// what is there; a FIFO, socket, device or directory there is a configuration error.
+pub(crate) fn create_private(path: &Path) -> Result<File> {
+    qmp::fsutil::create_private_file(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            Error::config(format!("cannot create a log file: {e}"))
+        } else {
+            Error::io(format!("creating {}", path.display()), e)
+        }
+    })
 }
 
 /// What a finished run's log gives the machine: the tail `get_log()` keeps and the tail an

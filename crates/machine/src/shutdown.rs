@@ -12,7 +12,8 @@ use tokio::time::Instant;
 
 use crate::config::{KeepRunDir, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::error::{
-    redact_argv, shell_words, AbnormalShutdown, Error, ErrorKind, Result, ShutdownCause,
+    redact_argv, shell_words, signal_name, AbnormalShutdown, Error, ErrorKind, Result,
+    ShutdownCause,
 };
 use crate::machine::{Finished, Machine, Phase};
 use crate::spawn::signal_group;
@@ -237,11 +238,6 @@ impl Machine {
         })
         .map_or(Ok(()), Err)
     }
-}
-
-/// A signal's name (`SIGKILL`), or its number when it has none.
-pub(crate) fn signal_name(signal: i32) -> String {
-    Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.as_str().to_string())
 }
 
 pub(crate) async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
