@@ -267,7 +267,8 @@ impl Console {
 
     /// Waits for `pattern`, failing at once if any of `failures` shows up first (e.g.
     /// `Kernel panic`). Moves the cursor past the match. Both take what
-    /// [`expect`](Self::expect) takes (`&str`, `String`, bytes, a [`Regex`], a [`Pattern`]).
+    /// [`expect`](Self::expect) takes (`&str`, `String`, bytes, a
+    /// [`Regex`](regex::bytes::Regex), a [`Pattern`]).
     ///
     /// ```no_run
     /// # async fn f(console: &qemu_machine::Console) -> qemu_machine::Result<()> {

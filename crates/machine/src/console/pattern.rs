@@ -24,7 +24,7 @@ impl Pattern {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`] when `expression` is not a valid regular expression.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `expression` is not a valid regular expression.
     pub fn regex(expression: &str) -> Result<Pattern> {
         Regex::new(expression)
             .map(Pattern::Regex)
