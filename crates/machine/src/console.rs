@@ -89,32 +89,17 @@ pub struct Console {
 }
 
 impl Console {
-    /// [`Console::open`] over a raw socket. Not part of the API (a
-    /// [`Machine`](crate::Machine) starts its console); public only with the feature
-    /// `fuzzing`, for this crate's tests and benchmarks.
-    ///
-    /// # Errors
-    ///
-    /// As [`Console::open`].
-    #[cfg(feature = "fuzzing")]
-    #[doc(hidden)]
-    pub fn start(
-        name: impl Into<String>,
-        stream: std::os::unix::net::UnixStream,
-        capacity: usize,
-        log: Option<File>,
-    ) -> Result<Console> {
-        Console::open(name, stream, capacity, log)
-    }
-
     /// Starts draining `stream` (our end of the console) into a ring of `capacity` bytes,
     /// and into `log` if given. Must be called inside a tokio runtime.
+    ///
+    /// A [`Machine`](crate::Machine) starts its own console; this is for a console socket
+    /// the caller set up itself (the Python engine's `QEMUMachine` passes its own).
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`] when the ring buffer cannot be allocated; [`ErrorKind::Io`]
     /// when the stream cannot be set up for tokio (non-blocking, registered with the runtime).
-    pub(crate) fn open(
+    pub fn start(
         name: impl Into<String>,
         stream: std::os::unix::net::UnixStream,
         capacity: usize,

@@ -221,7 +221,7 @@ impl Machine {
         // Drained from the first byte: QEMU never blocks on it, and nothing is missed.
         let sessions = (|| {
             if let Some((ours, _)) = console {
-                running.console = Some(Console::open(
+                running.console = Some(Console::start(
                     name.clone(),
                     ours,
                     self.config.console_buffer,
