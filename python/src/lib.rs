@@ -22,13 +22,14 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use qemu_machine::argv_process::{ArgvProcess, Output};
+use qmp::sync::lock_unpoisoned;
 use qmp::{EventFilter, Request};
 
 /// Longest stretch a wait runs without checking for signals (Ctrl-C).
@@ -57,12 +58,6 @@ fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
 /// Runs `future` on the module's runtime, blocking this (GIL-free) thread.
 fn block_on<F: std::future::Future>(future: F) -> PyResult<F::Output> {
     Ok(runtime()?.block_on(future))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn duration(seconds: f64) -> PyResult<Duration> {
@@ -155,7 +150,7 @@ impl Process {
 
     /// The return code if it has exited (reaping it), else None.
     fn poll(&self) -> PyResult<Option<i32>> {
-        Ok(lock(&self.inner).try_wait()?.map(returncode))
+        Ok(lock_unpoisoned(&self.inner).try_wait()?.map(returncode))
     }
 
     /// Waits at most `timeout` seconds for it to exit; the return code, or None on timeout.
@@ -163,7 +158,7 @@ impl Process {
         let timeout = duration(timeout)?;
         let inner = &self.inner;
         sliced(py, timeout, |slice| {
-            Ok(lock(inner).wait_timeout(slice)?.map(returncode))
+            Ok(lock_unpoisoned(inner).wait_timeout(slice)?.map(returncode))
         })
     }
 
@@ -171,18 +166,18 @@ impl Process {
     fn send_signal(&self, signal: i32) -> PyResult<()> {
         let signal = nix::sys::signal::Signal::try_from(signal)
             .map_err(|e| PyValueError::new_err(format!("bad signal {signal}: {e}")))?;
-        lock(&self.inner).signal(signal);
+        lock_unpoisoned(&self.inner).signal(signal);
         Ok(())
     }
 
     /// SIGKILL to its process group.
     fn kill(&self) {
-        lock(&self.inner).kill();
+        lock_unpoisoned(&self.inner).kill();
     }
 
     /// SIGTERM to its process group.
     fn terminate(&self) {
-        lock(&self.inner).terminate();
+        lock_unpoisoned(&self.inner).terminate();
     }
 }
 
@@ -278,7 +273,7 @@ impl Qmp {
         let timeout = duration(timeout)?;
         let events = &self.events;
         let next = |slice: Duration| -> PyResult<Option<String>> {
-            let mut guard = lock(events);
+            let mut guard = lock_unpoisoned(events);
             let Some(subscription) = guard.as_mut() else {
                 return Err(pyo3::exceptions::PyEOFError::new_err("no QMP session"));
             };
@@ -307,7 +302,7 @@ impl Qmp {
 
     /// Every event queued now, as JSON.
     fn drain_events(&self) -> Vec<String> {
-        lock(&self.events)
+        lock_unpoisoned(&self.events)
             .as_mut()
             .map(|s| s.drain().iter().map(|e| e.to_json().to_string()).collect())
             .unwrap_or_default()
@@ -327,7 +322,7 @@ impl Qmp {
     /// Ends the session.
     fn close(&self) {
         self.client.close();
-        lock(&self.events).take();
+        lock_unpoisoned(&self.events).take();
     }
 }
 
@@ -377,7 +372,7 @@ impl Console {
             pending.drain(..n).collect()
         };
         {
-            let mut pending = lock(&self.pending);
+            let mut pending = lock_unpoisoned(&self.pending);
             if !pending.is_empty() || size == 0 {
                 return Ok(PyBytes::new(py, &take(&mut pending)));
             }
@@ -395,7 +390,7 @@ impl Console {
         let Some(bytes) = got else {
             return Err(PyTimeoutError::new_err("no console output in time"));
         };
-        let mut pending = lock(&self.pending);
+        let mut pending = lock_unpoisoned(&self.pending);
         pending.extend_from_slice(&bytes);
         Ok(PyBytes::new(py, &take(&mut pending)))
     }
@@ -411,7 +406,7 @@ impl Console {
 
     /// Bytes queued for Python now, without waiting.
     fn pending(&self) -> usize {
-        lock(&self.pending).len()
+        lock_unpoisoned(&self.pending).len()
     }
 }
 

@@ -6,7 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixListener;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::machine::Machine;
@@ -45,11 +46,7 @@ impl Machine {
         let channel = channel
             .try_clone()
             .map_err(|e| Error::io("duplicating the guest agent socket", e))?;
-        channel
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("preparing the guest agent socket", e))?;
-        let channel = UnixStream::from_std(channel)
-            .map_err(|e| Error::io("preparing the guest agent socket", e))?;
+        let channel = crate::sock::split(channel, "guest agent")?;
         let listener = UnixListener::bind(&path)
             .map_err(|e| Error::io(format!("listening on {}", path.display()), e))?;
         if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
@@ -65,8 +62,12 @@ impl Machine {
     }
 }
 
-async fn serve(listener: UnixListener, channel: UnixStream, path: PathBuf, machine: String) {
-    let (mut from_agent, mut to_agent) = channel.into_split();
+async fn serve(
+    listener: UnixListener,
+    (mut from_agent, mut to_agent): (OwnedReadHalf, OwnedWriteHalf),
+    path: PathBuf,
+    machine: String,
+) {
     loop {
         // A closed channel (QEMU gone) ends the proxy even with no client.
         let client = tokio::select! {

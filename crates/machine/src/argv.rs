@@ -1,32 +1,10 @@
 //! The QEMU command line, laid out exactly as QEMUMachine does.
 
-use std::borrow::Cow;
 use std::os::fd::RawFd;
 use std::path::Path;
 
 use crate::config::Config;
-
-/// A value for a QEMU option string (`key=value,...`): QEMU reads `,,` as a comma inside
-/// a value, and a lone `,` as the start of the next option, so every comma is doubled.
-/// Use it for anything not under your control, paths above all.
-///
-/// ```
-/// use qemu_machine::escape_option_value;
-///
-/// let path = "/tmp/a,b/disk.img";
-/// assert_eq!(escape_option_value(path), "/tmp/a,,b/disk.img");
-/// let drive = format!("file={},format=raw", escape_option_value(path));
-/// assert_eq!(drive, "file=/tmp/a,,b/disk.img,format=raw");
-/// // Nothing to escape: no copy.
-/// assert!(matches!(escape_option_value("plain"), std::borrow::Cow::Borrowed(_)));
-/// ```
-pub fn escape_option_value(s: &str) -> Cow<'_, str> {
-    if s.contains(',') {
-        Cow::Owned(s.replace(',', ",,"))
-    } else {
-        Cow::Borrowed(s)
-    }
-}
+use crate::option_value::escape_option_value;
 
 /// How the monitor reaches QEMU, once its socket exists.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use regex::bytes::Regex;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -20,107 +19,18 @@ use tokio::time::Instant;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sock::{write_all_before, WriteFailed};
 
+mod byte_ring;
+mod pattern;
+
+use byte_ring::ByteRing;
+pub use pattern::{Pattern, REGEX_LOOKBACK};
+
 /// Default size of the console's ring buffer.
 pub const DEFAULT_CONSOLE_BUFFER: usize = 1024 * 1024;
-/// A regex match may start at most this far before the newest bytes (substring matches
-/// have no such limit); this keeps matching linear in the output.
-pub const REGEX_LOOKBACK: usize = 64 * 1024;
 /// How much recent output an error quotes.
 const QUOTE: usize = 2048;
 /// Deadline for a write the guest does not take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What to look for in console output.
-#[derive(Debug, Clone)]
-pub enum Pattern {
-    /// These exact bytes.
-    Substring(Vec<u8>),
-    /// A regular expression over bytes.
-    Regex(Regex),
-}
-
-impl Pattern {
-    /// A regex pattern; fails on a bad expression.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::Config`] when `expression` is not a valid regular expression.
-    pub fn regex(expression: &str) -> Result<Pattern> {
-        Regex::new(expression)
-            .map(Pattern::Regex)
-            .map_err(|e| Error::config(format!("bad console regex {expression:?}: {e}")))
-    }
-
-    fn find(&self, haystack: &[u8], from: usize) -> Option<(usize, usize)> {
-        match self {
-            Pattern::Substring(needle) => memchr::memmem::find(&haystack[from..], needle)
-                .map(|at| (from + at, from + at + needle.len())),
-            Pattern::Regex(regex) => regex.find_at(haystack, from).map(|m| (m.start(), m.end())),
-        }
-    }
-
-    /// Where the next search must start so that no match is missed, after a search of
-    /// `haystack` from `from` found nothing.
-    fn resume_from(&self, haystack: &[u8], from: usize) -> usize {
-        match self {
-            Pattern::Substring(needle) => from.max(
-                haystack
-                    .len()
-                    .saturating_sub(needle.len().saturating_sub(1)),
-            ),
-            Pattern::Regex(_) => {
-                let line_start = memchr::memrchr(b'\n', haystack).map_or(0, |i| i + 1);
-                from.max(line_start)
-                    .max(haystack.len().saturating_sub(REGEX_LOOKBACK))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for Pattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Pattern::Substring(bytes) => write!(f, "{:?}", String::from_utf8_lossy(bytes)),
-            Pattern::Regex(regex) => write!(f, "/{}/", regex.as_str()),
-        }
-    }
-}
-
-impl From<&str> for Pattern {
-    fn from(text: &str) -> Self {
-        Pattern::Substring(text.as_bytes().to_vec())
-    }
-}
-
-impl From<&[u8]> for Pattern {
-    fn from(bytes: &[u8]) -> Self {
-        Pattern::Substring(bytes.to_vec())
-    }
-}
-
-impl From<String> for Pattern {
-    fn from(text: String) -> Self {
-        Pattern::Substring(text.into_bytes())
-    }
-}
-
-impl From<&String> for Pattern {
-    fn from(text: &String) -> Self {
-        Pattern::Substring(text.as_bytes().to_vec())
-    }
-}
-
-impl From<&Pattern> for Pattern {
-    fn from(pattern: &Pattern) -> Self {
-        pattern.clone()
-    }
-}
-
-impl From<Regex> for Pattern {
-    fn from(regex: Regex) -> Self {
-        Pattern::Regex(regex)
-    }
-}
 
 /// A successful [`Console::expect`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,63 +41,6 @@ pub struct Match {
     pub before: String,
     /// Bytes the ring buffer dropped before they could be examined (0 normally).
     pub lost: u64,
-}
-
-/// A fixed-size ring of the newest bytes.
-#[derive(Debug)]
-struct ByteRing {
-    buf: Box<[u8]>,
-    /// Physical index of the oldest byte.
-    head: usize,
-    len: usize,
-}
-
-impl ByteRing {
-    /// A ring of `capacity` bytes; an allocation failure is an error, not an abort.
-    fn new(capacity: usize) -> std::result::Result<ByteRing, std::collections::TryReserveError> {
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(capacity.max(1))?;
-        buf.resize(capacity.max(1), 0);
-        Ok(ByteRing {
-            buf: buf.into_boxed_slice(),
-            head: 0,
-            len: 0,
-        })
-    }
-
-    /// Appends, dropping the oldest bytes as needed; returns how many were dropped.
-    fn push(&mut self, mut data: &[u8]) -> usize {
-        let capacity = self.buf.len();
-        let mut dropped = 0;
-        if data.len() >= capacity {
-            dropped = self.len + data.len() - capacity;
-            data = &data[data.len() - capacity..];
-            self.head = 0;
-            self.len = 0;
-        }
-        let overflow = (self.len + data.len()).saturating_sub(capacity);
-        if overflow > 0 {
-            self.head = (self.head + overflow) % capacity;
-            self.len -= overflow;
-            dropped += overflow;
-        }
-        let tail = (self.head + self.len) % capacity;
-        let first = data.len().min(capacity - tail);
-        self.buf[tail..tail + first].copy_from_slice(&data[..first]);
-        self.buf[..data.len() - first].copy_from_slice(&data[first..]);
-        self.len += data.len();
-        dropped
-    }
-
-    /// Appends the bytes from logical offset `from` (0 = oldest) to the end to `out`.
-    fn copy_from(&self, from: usize, out: &mut Vec<u8>) {
-        let capacity = self.buf.len();
-        let start = (self.head + from) % capacity;
-        let count = self.len - from;
-        let first = count.min(capacity - start);
-        out.extend_from_slice(&self.buf[start..start + first]);
-        out.extend_from_slice(&self.buf[..count - first]);
-    }
 }
 
 #[derive(Debug)]
@@ -203,7 +56,7 @@ struct Buffer {
 
 impl Buffer {
     fn oldest(&self) -> u64 {
-        self.total - self.ring.len as u64
+        self.total - self.ring.len() as u64
     }
 }
 
@@ -239,14 +92,13 @@ impl Console {
     /// Starts draining `stream` (our end of the console) into a ring of `capacity` bytes,
     /// and into `log` if given. Must be called inside a tokio runtime.
     ///
-    /// Not part of the API (a [`Machine`](crate::Machine) starts its console); public
-    /// only for this crate's tests and benchmarks.
+    /// A [`Machine`](crate::Machine) starts its own console; this is for a console socket
+    /// the caller set up itself (the Python engine's `QEMUMachine` passes its own).
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`] when the ring buffer cannot be allocated; [`ErrorKind::Io`]
     /// when the stream cannot be set up for tokio (non-blocking, registered with the runtime).
-    #[doc(hidden)]
     pub fn start(
         name: impl Into<String>,
         stream: std::os::unix::net::UnixStream,
@@ -281,7 +133,7 @@ impl Console {
     /// Everything still in the ring buffer (the newest bytes), regardless of the cursor.
     pub fn history(&self) -> Vec<u8> {
         let buffer = self.shared.buffer();
-        let mut out = Vec::with_capacity(buffer.ring.len);
+        let mut out = Vec::with_capacity(buffer.ring.len());
         buffer.ring.copy_from(0, &mut out);
         out
     }
@@ -400,7 +252,8 @@ impl Console {
 
     /// Waits for `pattern`, failing at once if any of `failures` shows up first (e.g.
     /// `Kernel panic`). Moves the cursor past the match. Both take what
-    /// [`expect`](Self::expect) takes (`&str`, `String`, bytes, a [`Regex`], a [`Pattern`]).
+    /// [`expect`](Self::expect) takes (`&str`, `String`, bytes, a
+    /// [`Regex`](regex::bytes::Regex), a [`Pattern`]).
     ///
     /// ```no_run
     /// # async fn f(console: &qemu_machine::Console) -> qemu_machine::Result<()> {
@@ -636,42 +489,4 @@ async fn drain(stream: OwnedReadHalf, shared: Arc<Shared>, mut log: Option<File>
     };
     shared.buffer().end = Some(reason);
     shared.arrived.notify_waiters();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ring_keeps_the_newest_bytes() {
-        let mut ring = ByteRing::new(8).unwrap();
-        assert_eq!(ring.push(b"abcdef"), 0);
-        assert_eq!(ring.push(b"ghij"), 2);
-        let mut out = Vec::new();
-        ring.copy_from(0, &mut out);
-        assert_eq!(out, b"cdefghij");
-        assert_eq!(ring.push(b"0123456789AB"), 12);
-        out.clear();
-        ring.copy_from(0, &mut out);
-        assert_eq!(out, b"456789AB");
-        out.clear();
-        ring.copy_from(5, &mut out);
-        assert_eq!(out, b"9AB");
-    }
-
-    #[test]
-    fn patterns_resume_without_missing_a_split_match() {
-        let needle = Pattern::from("login:");
-        let hay = b"....log";
-        assert!(needle.find(hay, 0).is_none());
-        let from = needle.resume_from(hay, 0);
-        let hay = b"....login: ";
-        assert_eq!(needle.find(hay, from), Some((4, 10)));
-
-        let regex = Pattern::regex(r"rc=\d+").unwrap();
-        let hay = b"line one\nrc=";
-        let from = regex.resume_from(hay, 0);
-        assert_eq!(from, 9);
-        assert_eq!(regex.find(b"line one\nrc=42", from), Some((9, 14)));
-    }
 }

@@ -274,13 +274,19 @@ impl fmt::Display for ShutdownCause {
             ShutdownCause::UnsentSignal { signal } => write!(
                 f,
                 "QEMU was killed by signal {signal} ({}), which nobody here sent",
-                crate::shutdown::signal_name(*signal)
+                signal_name(*signal)
             ),
             ShutdownCause::NotReaped { pid } => {
                 write!(f, "QEMU (pid {pid}) could not be reaped after SIGKILL")
             }
         }
     }
+}
+
+/// A signal's name (`SIGKILL`), or its number when it has none.
+pub(crate) fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map_or_else(|_| signal.to_string(), |s| s.as_str().to_string())
 }
 
 /// Why and how a launch failed: exit status, the full command line and QEMU's output.

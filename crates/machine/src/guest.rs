@@ -107,7 +107,7 @@ pub fn drive_args(path: &Path) -> Vec<String> {
         "-drive".into(),
         format!(
             "file={},format=raw,if=ide,snapshot=on",
-            crate::argv::escape_option_value(&path.to_string_lossy())
+            crate::option_value::escape_option_value(&path.to_string_lossy())
         ),
         "-device".into(),
         DEBUG_EXIT_DEVICE.into(),

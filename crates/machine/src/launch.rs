@@ -1,6 +1,5 @@
 //! Launching: run dir, sockets, command line, spawn, then QMP while watching the child.
 
-use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -11,10 +10,10 @@ use crate::argv::{command_line, Attachments, MonitorChardev};
 use crate::config::{Config, KeepRunDir, Monitor};
 use crate::console::Console;
 use crate::error::{
-    redact_argv, secrets_of, shell_words, Error, ErrorKind, LaunchFailure, LaunchReason, Result,
+    redact_argv, shell_words, Error, ErrorKind, LaunchFailure, LaunchReason, Result,
 };
+use crate::log_file::create_private;
 use crate::machine::{Finished, Machine, Phase, Running, EXIT_GRACE};
-use crate::output::{read_tail, ERROR_TAIL, LOG_TAIL};
 use crate::probe::Probe;
 use crate::qtest::Qtest;
 use crate::run_dir::RunDir;
@@ -230,7 +229,7 @@ impl Machine {
                 )?);
             }
             if let Some((ours, _)) = qtest {
-                running.qtest = Some(Qtest::start(name.clone(), ours, qtest_accel)?);
+                running.qtest = Some(Qtest::open(name.clone(), ours, qtest_accel)?);
             }
             Ok::<_, Error>(())
         })();
@@ -270,14 +269,9 @@ impl Machine {
         }
         running.close_sessions();
         let keep = self.config.keep_run_dir != KeepRunDir::Never;
-        let secrets = secrets_of(&running.argv);
-        let full_log =
-            (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
-        if let Some(path) = full_log {
-            crate::log_file::scrub_kept_log(path, &secrets);
-        }
-        let output = read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log);
-        let log = read_tail(&running.log_path, LOG_TAIL, &secrets, full_log);
+        let stays = keep || self.config.log_dir.is_some();
+        let tails = crate::log_file::finish(&running.log_path, &running.argv, stays, true);
+        let (output, log) = (tails.error, tails.log);
         let name = self.config.name.clone();
         self.enter(|phase| {
             let (Phase::Launching(mut running) | Phase::Running(mut running)) = phase else {
@@ -409,16 +403,4 @@ async fn connect_qmp(
         }
         Ok(reason) => Err(reason),
     }
-}
-
-/// A new private (0600) file at `path`, replacing (never following or truncating through)
-/// what is there; a FIFO, socket, device or directory there is a configuration error.
-pub(crate) fn create_private(path: &Path) -> Result<File> {
-    qmp::fsutil::create_private_file(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::InvalidInput {
-            Error::config(format!("cannot create a log file: {e}"))
-        } else {
-            Error::io(format!("creating {}", path.display()), e)
-        }
-    })
 }

@@ -56,6 +56,7 @@ mod launch;
 mod log_file;
 mod machine;
 pub mod migration;
+mod option_value;
 mod output;
 pub mod probe;
 mod proc_scan;
@@ -77,7 +78,6 @@ mod watchdog;
 mod watchdog_child;
 
 pub use accel::{is_kvm_pvm, kvm_really_usable, Accel};
-pub use argv::escape_option_value;
 pub use config::{
     ConsoleConfig, KeepRunDir, MachineBuilder, Monitor, DEFAULT_LAUNCH_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, MAX_CONSOLE_BUFFER,
@@ -92,6 +92,7 @@ pub use event_match::{conv_keys, event_match};
 pub use guest_agent::{ExecOutput, GuestAgent};
 pub use guest_shell::{CommandOutput, RunOptions};
 pub use machine::Machine;
+pub use option_value::escape_option_value;
 pub use probe::Probe;
 pub use qmp;
 pub use qtest::{IrqEvent, Qtest};

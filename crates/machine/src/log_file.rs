@@ -7,13 +7,20 @@
 //! (output lost if the manager dies, QEMU blocked if the copier stalls). A log removed
 //! with its run dir (the default) is not rewritten; one kept (`keep_run_dir`, `log_dir`)
 //! is replaced by a scrubbed copy (0600, renamed into place) if it holds a secret.
+//!
+//! [`create_private`] makes each log file of a run (QEMU's, the console's, virtiofsd's);
+//! [`finish`] is the end of every run's log: scrubbed when it stays, then its tails read
+//! for the machine's `get_log()` and errors.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use memchr::memmem;
+
+use crate::error::{secrets_of, Error, Result};
+use crate::output::{read_tail, ERROR_TAIL, LOG_TAIL};
 
 /// Lines are scrubbed one at a time, at most this long: a longer line is scrubbed in
 /// pieces of this size (a secret across a cut is missed; QEMU's echo of an option is one
@@ -21,7 +28,7 @@ use memchr::memmem;
 const LINE_CAP: u64 = 1024 * 1024;
 
 /// Rewrites the log at `path` with each `(secret, replacement)` of `secrets` applied in
-/// order (see [`secrets_of`](crate::error::secrets_of)); true if it changed. A path that
+/// order (see [`secrets_of`]); true if it changed. A path that
 /// is not a regular file is left alone.
 pub(crate) fn scrub_file(path: &Path, secrets: &[(String, String)]) -> io::Result<bool> {
     if secrets.iter().all(|(secret, _)| secret.is_empty()) {
@@ -68,6 +75,47 @@ pub(crate) fn scrub_file(path: &Path, secrets: &[(String, String)]) -> io::Resul
     }
     let _ = std::fs::remove_file(&temp);
     copied.map(|()| false)
+}
+
+/// A new private (0600) file at `path`, replacing (never following or truncating through)
+/// what is there; a FIFO, socket, device or directory there is a configuration error.
+pub(crate) fn create_private(path: &Path) -> Result<File> {
+    qmp::fsutil::create_private_file(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            Error::config(format!("cannot create a log file: {e}"))
+        } else {
+            Error::io(format!("creating {}", path.display()), e)
+        }
+    })
+}
+
+/// What a finished run's log gives the machine: the tail `get_log()` keeps and the tail an
+/// error quotes, secrets replaced in both.
+#[derive(Debug)]
+pub(crate) struct Tails {
+    /// The last [`LOG_TAIL`] of the log.
+    pub(crate) log: String,
+    /// The last [`ERROR_TAIL`] of the log; empty when not asked for.
+    pub(crate) error: String,
+}
+
+/// Ends a run's log once QEMU is gone: scrubs the file on disk when it `stays` (a kept run
+/// dir or a log dir), then reads its tails (the error's only `with_error` one), with the
+/// secrets of `argv` replaced and, when the file stays, naming it as the whole log.
+pub(crate) fn finish(path: &Path, argv: &[String], stays: bool, with_error: bool) -> Tails {
+    let secrets = secrets_of(argv);
+    let full_log = stays.then_some(path);
+    if stays {
+        scrub_kept_log(path, &secrets);
+    }
+    Tails {
+        log: read_tail(path, LOG_TAIL, &secrets, full_log),
+        error: if with_error {
+            read_tail(path, ERROR_TAIL, &secrets, full_log)
+        } else {
+            String::new()
+        },
+    }
 }
 
 /// [`scrub_file`] for a log that stays on disk, a failure logged (the run ends anyway).

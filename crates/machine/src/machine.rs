@@ -362,14 +362,21 @@ impl Machine {
     /// [`ErrorKind::NotRunning`] when QEMU is not running, [`ErrorKind::NoQtest`] when no qtest
     /// session was configured.
     pub fn qtest(&self) -> Result<Qtest> {
+        self.running_part(|running| running.qtest.clone(), ErrorKind::NoQtest)
+    }
+
+    /// What `part` takes from the running process: [`ErrorKind::NotRunning`] when QEMU is not
+    /// running, `missing` when the process has no such part.
+    fn running_part<T>(
+        &self,
+        part: impl FnOnce(&Running) -> Option<T>,
+        missing: ErrorKind,
+    ) -> Result<T> {
         let running = self
             .phase
             .running()
             .ok_or_else(|| Error::new(self.config.name.clone(), ErrorKind::NotRunning))?;
-        running
-            .qtest
-            .clone()
-            .ok_or_else(|| Error::new(self.config.name.clone(), ErrorKind::NoQtest))
+        part(running).ok_or_else(|| Error::new(self.config.name.clone(), missing))
     }
 
     /// A synced guest-agent session (see [`MachineBuilder::guest_agent`]): the first call
@@ -453,14 +460,7 @@ impl Machine {
     }
 
     fn client(&self) -> Result<qmp::Client> {
-        let running = self
-            .phase
-            .running()
-            .ok_or_else(|| Error::new(self.config.name.clone(), ErrorKind::NotRunning))?;
-        running
-            .qmp
-            .clone()
-            .ok_or_else(|| Error::new(self.config.name.clone(), ErrorKind::NoQmp))
+        self.running_part(|running| running.qmp.clone(), ErrorKind::NoQmp)
     }
 
     /// Sends a command and returns the whole response (`{"return": ...}` or

@@ -99,18 +99,31 @@ pub struct Qtest {
 }
 
 impl Qtest {
+    /// [`Qtest::open`] over a raw socket. Not part of the API (a
+    /// [`Machine`](crate::Machine) starts its qtest session); public only with the feature
+    /// `fuzzing`, for this crate's tests.
+    ///
+    /// # Errors
+    ///
+    /// As [`Qtest::open`].
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn start(
+        name: impl Into<String>,
+        stream: std::os::unix::net::UnixStream,
+        clock_available: bool,
+    ) -> Result<Qtest> {
+        Qtest::open(name, stream, clock_available)
+    }
+
     /// Starts a session over our end of the qtest socketpair. `clock_available` says
     /// whether QEMU runs the qtest accelerator (without it `clock_*` are refused).
-    ///
-    /// Not part of the API (a [`Machine`](crate::Machine) starts its qtest session);
-    /// public only for this crate's tests.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Io`] when the stream cannot be set up for tokio (non-blocking, registered
     /// with the runtime).
-    #[doc(hidden)]
-    pub fn start(
+    pub(crate) fn open(
         name: impl Into<String>,
         stream: std::os::unix::net::UnixStream,
         clock_available: bool,
@@ -620,40 +633,53 @@ async fn read_lines(
     shared.irq_arrived.notify_waiters();
 }
 
-/// An `IRQ raise N` / `IRQ lower N` line.
-pub fn parse_irq(line: &str) -> Option<IrqEvent> {
-    let rest = line.strip_prefix("IRQ ")?;
-    let (level, number) = rest.split_once(' ')?;
-    let raised = match level {
-        "raise" => true,
-        "lower" => false,
-        _ => return None,
-    };
-    Some(IrqEvent {
-        line: number.trim().parse().ok()?,
-        raised,
-    })
-}
+// The reply parsers are public only with the feature `fuzzing`, for the fuzz target and the
+// property tests that drive them directly.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use reply::{parse_hex_bytes, parse_irq, parse_number};
+#[cfg(not(feature = "fuzzing"))]
+use reply::{parse_hex_bytes, parse_irq, parse_number};
 
-/// The number after `OK`: `0x` hex or decimal.
-pub fn parse_number(text: &str) -> Option<u64> {
-    let word = text.split_whitespace().next()?;
-    match word.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => word.parse().ok(),
-    }
-}
+/// Parsing the text of qtest lines.
+mod reply {
+    use super::IrqEvent;
 
-/// The bytes of a `read` reply: `0x` and two hex digits per byte.
-pub fn parse_hex_bytes(text: &str) -> Option<Vec<u8>> {
-    let hex = text.trim().strip_prefix("0x")?;
-    if hex.len() % 2 != 0 {
-        return None;
+    /// An `IRQ raise N` / `IRQ lower N` line.
+    pub fn parse_irq(line: &str) -> Option<IrqEvent> {
+        let rest = line.strip_prefix("IRQ ")?;
+        let (level, number) = rest.split_once(' ')?;
+        let raised = match level {
+            "raise" => true,
+            "lower" => false,
+            _ => return None,
+        };
+        Some(IrqEvent {
+            line: number.trim().parse().ok()?,
+            raised,
+        })
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
+
+    /// The number after `OK`: `0x` hex or decimal.
+    pub fn parse_number(text: &str) -> Option<u64> {
+        let word = text.split_whitespace().next()?;
+        match word.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => word.parse().ok(),
+        }
+    }
+
+    /// The bytes of a `read` reply: `0x` and two hex digits per byte.
+    pub fn parse_hex_bytes(text: &str) -> Option<Vec<u8>> {
+        let hex = text.trim().strip_prefix("0x")?;
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect()
+    }
 }
 
 #[cfg(test)]

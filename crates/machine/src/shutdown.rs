@@ -12,10 +12,10 @@ use tokio::time::Instant;
 
 use crate::config::{KeepRunDir, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::error::{
-    redact_argv, secrets_of, shell_words, AbnormalShutdown, Error, ErrorKind, Result, ShutdownCause,
+    redact_argv, shell_words, signal_name, AbnormalShutdown, Error, ErrorKind, Result,
+    ShutdownCause,
 };
 use crate::machine::{Finished, Machine, Phase};
-use crate::output::{read_tail, ERROR_TAIL, LOG_TAIL};
 use crate::spawn::signal_group;
 
 /// How long to wait, once QEMU has exited, for the console's last bytes.
@@ -206,18 +206,10 @@ impl Machine {
             KeepRunDir::OnFailure => cause.is_some(),
             KeepRunDir::Never => false,
         };
-        let secrets = secrets_of(&running.argv);
-        let full_log =
-            (keep || self.config.log_dir.is_some()).then_some(running.log_path.as_path());
-        if let Some(path) = full_log {
-            crate::log_file::scrub_kept_log(path, &secrets);
-        }
-        let log = read_tail(&running.log_path, LOG_TAIL, &secrets, full_log);
-        let output = if cause.is_some() {
-            read_tail(&running.log_path, ERROR_TAIL, &secrets, full_log)
-        } else {
-            String::new()
-        };
+        let stays = keep || self.config.log_dir.is_some();
+        let tails =
+            crate::log_file::finish(&running.log_path, &running.argv, stays, cause.is_some());
+        let (output, log) = (tails.error, tails.log);
         self.enter(|phase| {
             let (Phase::Launching(mut running) | Phase::Running(mut running)) = phase else {
                 unreachable!("checked above")
@@ -246,11 +238,6 @@ impl Machine {
         })
         .map_or(Ok(()), Err)
     }
-}
-
-/// A signal's name (`SIGKILL`), or its number when it has none.
-pub(crate) fn signal_name(signal: i32) -> String {
-    Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.as_str().to_string())
 }
 
 pub(crate) async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {

@@ -1,6 +1,6 @@
-//! Socket plumbing shared by the console and qtest sessions: our end of a socketpair made
-//! usable by tokio, split into a reader (for the task that drains it) and a writer, and
-//! writes bounded by a deadline.
+//! Socket plumbing shared by the console, qtest and guest-agent sessions: our end of a
+//! socketpair made usable by tokio, split into a reader (for the task that drains it) and a
+//! writer, and writes bounded by a deadline.
 
 use std::io;
 

@@ -192,7 +192,7 @@ pub(crate) fn args(
             "-device".to_string(),
             format!(
                 "vhost-user-fs-pci,chardev=qm-vfs{i},tag={}",
-                crate::argv::escape_option_value(&share.tag)
+                crate::option_value::escape_option_value(&share.tag)
             ),
         ]);
     }
@@ -252,7 +252,7 @@ async fn start_one(i: usize, share: &VirtioFs, run_dir: &Path) -> Result<(Daemon
     let qemu_end = UnixStream::connect(&socket).map_err(|e| io("connecting its socket", e));
     let _ = std::fs::remove_file(&socket);
     let qemu_end = qemu_end?;
-    let log = crate::launch::create_private(&run_dir.join(format!("virtiofsd{i}.log")))?;
+    let log = crate::log_file::create_private(&run_dir.join(format!("virtiofsd{i}.log")))?;
     let listener = UnixListener::from(
         crate::spawn::above_stdio(listener.into())
             .map_err(|e| io("moving its socket above the standard streams", e))?,

@@ -67,16 +67,6 @@ impl FrameDecoder {
         self.buf.extend_from_slice(data);
     }
 
-    /// How many bytes are buffered but not yet returned as a frame.
-    pub fn pending_len(&self) -> usize {
-        self.buf.len() - self.consumed
-    }
-
-    /// The buffered bytes not yet returned as a frame (for diagnostics).
-    pub fn pending(&self) -> &[u8] {
-        &self.buf[self.consumed..]
-    }
-
     /// Returns the next complete JSON object, `None` when more input is needed, or an error
     /// when the stream cannot be QMP (a byte outside an object that is not white space, or a
     /// message over the size limit). After an error the stream is unusable.

@@ -41,9 +41,13 @@ mod error;
 mod events;
 pub mod fake;
 pub mod fsutil;
-// Public only for the fuzz targets and property tests, which drive the decoder directly.
+// Public only with the feature `fuzzing`, for the fuzz targets and property tests, which
+// drive the decoder directly.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod framing;
+#[cfg(not(feature = "fuzzing"))]
+mod framing;
 mod message;
 mod mux;
 mod open_enum;

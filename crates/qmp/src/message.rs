@@ -247,14 +247,24 @@ struct Envelope {
 }
 
 impl Message {
+    /// [`Message::classify`], public only with the feature `fuzzing`, for the fuzz targets
+    /// and property tests; the client parses for itself.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::InvalidJson`] when the frame is not valid JSON.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn parse(frame: &[u8]) -> Result<Message, ProtocolError> {
+        Message::classify(frame)
+    }
+
     /// Classifies one frame. Unknown members are ignored; only invalid JSON is an error.
     ///
     /// # Errors
     ///
     /// [`ProtocolError::InvalidJson`] when the frame is not valid JSON.
-    // Public only for the fuzz targets and property tests; the client parses for itself.
-    #[doc(hidden)]
-    pub fn parse(frame: &[u8]) -> Result<Message, ProtocolError> {
+    pub(crate) fn classify(frame: &[u8]) -> Result<Message, ProtocolError> {
         let envelope: Envelope =
             serde_json::from_slice(frame).map_err(|e| ProtocolError::InvalidJson {
                 reason: e.to_string(),
@@ -295,27 +305,29 @@ mod tests {
     #[test]
     fn classifies_envelopes() {
         let greeting = br#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian"}, "capabilities": ["oob"], "future": 1}}"#;
-        match Message::parse(greeting).unwrap() {
+        match Message::classify(greeting).unwrap() {
             Message::Greeting(g) => {
                 assert_eq!(g.version.qemu.to_string(), "7.2.22");
                 assert_eq!(g.capabilities, ["oob"]);
             }
             other => panic!("{other:?}"),
         }
-        match Message::parse(br#"{"return": {"status": "running"}, "id": 7}"#).unwrap() {
+        match Message::classify(br#"{"return": {"status": "running"}, "id": 7}"#).unwrap() {
             Message::Response(r) => {
                 assert_eq!(r.id, Some(Value::from(7)));
                 assert_eq!(r.result.unwrap().get(), r#"{"status": "running"}"#);
             }
             other => panic!("{other:?}"),
         }
-        match Message::parse(br#"{"error": {"class": "CommandNotFound", "desc": "x", "new": 1}}"#)
-            .unwrap()
+        match Message::classify(
+            br#"{"error": {"class": "CommandNotFound", "desc": "x", "new": 1}}"#,
+        )
+        .unwrap()
         {
             Message::Response(r) => assert_eq!(r.result.unwrap_err().class, "CommandNotFound"),
             other => panic!("{other:?}"),
         }
-        match Message::parse(
+        match Message::classify(
             br#"{"event": "NEW_THING", "data": {"a": [1]}, "timestamp": {"seconds": 1, "microseconds": 2}}"#,
         )
         .unwrap()
@@ -328,14 +340,14 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            Message::parse(br#"{"something": 1}"#).unwrap(),
+            Message::classify(br#"{"something": 1}"#).unwrap(),
             Message::Unknown(_)
         ));
         // Found by a property test: a null return is still a return.
-        match Message::parse(br#"{"return": null, "id": 1}"#).unwrap() {
+        match Message::classify(br#"{"return": null, "id": 1}"#).unwrap() {
             Message::Response(r) => assert_eq!(r.result.unwrap().get(), "null"),
             other => panic!("{other:?}"),
         }
-        assert!(Message::parse(b"{nope}").is_err());
+        assert!(Message::classify(b"{nope}").is_err());
     }
 }

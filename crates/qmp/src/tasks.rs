@@ -58,7 +58,7 @@ pub(crate) async fn read_loop(
                         Direction::In,
                         frame,
                     );
-                    let message = match Message::parse(frame) {
+                    let message = match Message::classify(frame) {
                         Ok(message) => message,
                         Err(e) => break 'session DisconnectReason::Protocol(e),
                     };

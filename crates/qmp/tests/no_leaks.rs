@@ -1,17 +1,15 @@
 //! Every mode, run to the end, leaves no fd, QEMU child or socket file behind. One test in
 //! its own binary, so no other test's descriptors blur the count.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{open_fds, qemu_children, Qemu};
+use qemu_test_support::{open_fds, qemu_children, BareQemu};
 use qmp::{Client, EventFilter, Listener};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(10);
 
-async fn quit(client: Client, mut qemu: Qemu) {
+async fn quit(client: Client, mut qemu: BareQemu) {
     let mut events = client.subscribe(EventFilter::all());
     client.execute("quit", json!({})).await.unwrap();
     while events.recv_timeout(T).await.is_ok() {}
@@ -42,14 +40,14 @@ fn nothing_is_left_behind() {
     runtime.block_on(async {
         for round in 0..3 {
             // Socketpair.
-            let (qemu, ours) = Qemu::with_socketpair(&["-machine", "none"]);
+            let (qemu, ours) = BareQemu::with_socketpair(&["-machine", "none"]);
             let client = Client::builder().adopt_unix(ours).await.unwrap();
             quit(client, qemu).await;
 
             // Server mode, UNIX.
             let path = dir.path().join(format!("qmp{round}.sock"));
             let listener = Listener::bind_unix(&path).unwrap();
-            let qemu = Qemu::spawn(
+            let qemu = BareQemu::spawn(
                 &[
                     "-machine".into(),
                     "none".into(),
@@ -65,7 +63,7 @@ fn nothing_is_left_behind() {
 
             // A session dropped without quit: the QEMU is killed by its guard, and the
             // client's socket closes with the last handle.
-            let (qemu, ours) = Qemu::with_socketpair(&["-machine", "none"]);
+            let (qemu, ours) = BareQemu::with_socketpair(&["-machine", "none"]);
             let client = Client::builder().adopt_unix(ours).await.unwrap();
             let _subscription = client.subscribe(EventFilter::all());
             drop(client);
@@ -73,7 +71,7 @@ fn nothing_is_left_behind() {
 
             // The multiplexer: a negotiated client, a client dropped for its budget, a
             // refused extra client; then the multiplexer is dropped with clients connected.
-            let (qemu, ours) = Qemu::with_socketpair(&["-machine", "none"]);
+            let (qemu, ours) = BareQemu::with_socketpair(&["-machine", "none"]);
             let upstream = Client::builder().adopt_unix(ours).await.unwrap();
             let path = dir.path().join(format!("mux{round}.sock"));
             let mux = qmp::Multiplexer::serve_with(
@@ -104,7 +102,7 @@ fn nothing_is_left_behind() {
     });
 
     // The blocking facade too.
-    let (qemu, ours) = Qemu::with_socketpair(&["-machine", "none"]);
+    let (qemu, ours) = BareQemu::with_socketpair(&["-machine", "none"]);
     let client = qmp::blocking::Client::adopt_unix(Client::builder(), ours).unwrap();
     client.execute("query-status", json!({})).unwrap();
     drop(client);

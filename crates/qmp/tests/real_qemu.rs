@@ -1,19 +1,17 @@
 //! The client against a real `qemu-system-x86_64`, in all three connection modes.
 
-mod common;
-
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use common::Qemu;
+use qemu_test_support::BareQemu;
 use qmp::commands::{AddFd, Closefd, Getfd, QueryFdsets, QueryStatus, QueryVersion, RunState};
 use qmp::{Address, Client, Error, EventFilter, Listener, Request, TypedEvent};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(10);
 
-async fn socketpair_client(extra: &[&str]) -> (Qemu, Client) {
-    let (qemu, ours) = Qemu::with_socketpair(extra);
+async fn socketpair_client(extra: &[&str]) -> (BareQemu, Client) {
+    let (qemu, ours) = BareQemu::with_socketpair(extra);
     let client = Client::builder().adopt_unix(ours).await.expect("handshake");
     (qemu, client)
 }
@@ -58,7 +56,7 @@ async fn server_mode_unix_qemu_connects_to_us() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qmp.sock");
     let listener = Listener::bind_unix(&path).unwrap();
-    let _qemu = Qemu::spawn(
+    let _qemu = BareQemu::spawn(
         &[
             "-machine".into(),
             "none".into(),
@@ -96,7 +94,7 @@ async fn server_mode_tcp_loopback() {
     let Address::Tcp(_, port) = listener.address().clone() else {
         unreachable!()
     };
-    let _qemu = Qemu::spawn(
+    let _qemu = BareQemu::spawn(
         &[
             "-machine".into(),
             "none".into(),
@@ -119,7 +117,7 @@ async fn server_mode_tcp_loopback() {
 async fn client_mode_connects_to_qemus_socket() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qmp.sock");
-    let _qemu = Qemu::spawn(
+    let _qemu = BareQemu::spawn(
         &[
             "-machine".into(),
             "none".into(),
@@ -298,7 +296,7 @@ fn blocking_facade_queues_events_while_the_caller_sleeps() {
     let (b_ours, b_theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     use std::os::fd::AsRawFd;
     let (fa, fb) = (a_theirs.as_raw_fd(), b_theirs.as_raw_fd());
-    let _qemu = Qemu::spawn(
+    let _qemu = BareQemu::spawn(
         &[
             "-machine".into(),
             "pc".into(),
@@ -349,7 +347,7 @@ async fn the_multiplexer_serves_two_clients_with_their_own_replies_and_all_event
 
     let a = Client::builder().connect_unix(&path).await.unwrap();
     let b = Client::builder().connect_unix(&path).await.unwrap();
-    let (major, minor, micro) = common::qemu_version().numbers;
+    let (major, minor, micro) = qemu_test_support::qemu_version().numbers;
     let version = &a.greeting().unwrap().version.qemu;
     assert_eq!(
         (version.major, version.minor, version.micro),

@@ -23,9 +23,9 @@ mod share9p;
 
 use std::path::{Path, PathBuf};
 
-use crate::argv::escape_option_value;
 use crate::config::MachineBuilder;
 use crate::error::{Error, Result};
+use crate::option_value::escape_option_value;
 
 pub use self::disk::{CacheMode, Disk, DiskInterface};
 pub use self::network::UserNet;

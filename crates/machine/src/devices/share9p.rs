@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::argv::escape_option_value;
 use crate::error::{Error, Result};
+use crate::option_value::escape_option_value;
 
 use super::path_value;
 
