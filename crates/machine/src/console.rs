@@ -97,8 +97,8 @@ impl Console {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`] when the ring buffer cannot be allocated; [`ErrorKind::Io`]
-    /// when the stream cannot be set up for tokio (non-blocking, registered with the runtime).
+    /// [`ErrorKind::Io`] when the ring buffer cannot be allocated (`OutOfMemory`) or the
+    /// stream cannot be set up for tokio (non-blocking, registered with the runtime).
     pub fn start(
         name: impl Into<String>,
         stream: std::os::unix::net::UnixStream,
@@ -106,9 +106,10 @@ impl Console {
         log: Option<File>,
     ) -> Result<Console> {
         let ring = ByteRing::new(capacity).map_err(|e| {
-            Error::config(format!(
-                "cannot allocate a console buffer of {capacity} bytes: {e}"
-            ))
+            Error::io(
+                format!("allocating a console buffer of {capacity} bytes"),
+                std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
+            )
         })?;
         let (reader, writer) = crate::sock::split(stream, "console")?;
         let shared = Arc::new(Shared {
